@@ -1,0 +1,32 @@
+"""Flax NNX ports of Hugging Face models, used as pure functions of a params dict."""
+
+from jaxtar.models.functional import (
+    Model,
+    ModelOutput,
+    cast_params,
+    count_params,
+    create_model,
+    model_for_config,
+)
+from jaxtar.models.hf import CheckpointError, from_pretrained, hf_state_dict, load_tokenizer, save_pretrained
+from jaxtar.models.llama import LlamaConfig
+from jaxtar.models.lora import LoraConfig, LoraParams, init_lora, merge_lora
+
+__all__ = [
+    "CheckpointError",
+    "from_pretrained",
+    "hf_state_dict",
+    "load_tokenizer",
+    "save_pretrained",
+    "LlamaConfig",
+    "LoraConfig",
+    "LoraParams",
+    "Model",
+    "ModelOutput",
+    "cast_params",
+    "count_params",
+    "create_model",
+    "init_lora",
+    "merge_lora",
+    "model_for_config",
+]

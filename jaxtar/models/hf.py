@@ -1,0 +1,354 @@
+"""Hugging Face checkpoints in and out: ``from_pretrained`` / ``save_pretrained`` over safetensors.
+
+Loading is strict and streaming: every checkpoint key must match exactly one rule of the family's table (or be
+explicitly ignored), every leaf must be filled, every shape is checked against the header before any tensor is read,
+and tensors are read one at a time, cast and placed with the requested sharding, so a large model never needs two
+full copies in host memory. Only safetensors are read (pickle can execute code); remote code is never run.
+
+Example:
+    >>> model, params = from_pretrained("path/to/hf_folder", dtype=jnp.bfloat16)
+    >>> save_pretrained(model, params, "out/defended")   # transformers loads it unchanged
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.flax
+
+from jaxtar.models.functional import Model, Params, model_for_config
+from jaxtar.models.registry import architecture_for
+from jaxtar.models.rules import Rule, match_keys
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+ShardingSpec = jax.sharding.Sharding | Callable[[tuple[str, ...], tuple[int, ...]], jax.sharding.Sharding] | None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked; the message says why and what to do."""
+
+
+def resolve_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder/file as is; otherwise a Hub repo id from the local cache, else downloaded.
+
+    Raises:
+        CheckpointError: when a Hub id can be neither found in the cache nor downloaded (e.g. offline).
+    """
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    name = str(path_or_id)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(f"no such checkpoint folder or file: {name}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached; try the network below
+        pass
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(
+            f"could not get {name!r} from the Hugging Face Hub ({type(err).__name__}: {str(err)[:200]}). "
+            f"On a machine with access run `huggingface-cli download {name}` and copy the folder here, "
+            "then pass its path (or set HF_HOME to a cache that holds it)."
+        ) from err
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` as a dict; refuses configs that ask for remote code."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} has no config.json: not a Hugging Face model folder")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
+    if "auto_map" in config:
+        raise CheckpointError(
+            f"{config_path} asks for custom code (auto_map); jaxtar never runs code from a checkpoint "
+            "(no trust_remote_code). Use a model type jaxtar ports natively."
+        )
+    return config
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """Maps each tensor name to its safetensors file (single file or sharded with an index)."""
+    index = folder / "model.safetensors.index.json"
+    single = folder / "model.safetensors"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {k: folder / v for k, v in weight_map.items()}
+        missing = sorted({str(f.name) for f in files.values() if not f.is_file()})
+        if missing:
+            raise CheckpointError(f"{index} lists shard files that are missing: {missing}")
+        return files
+    if single.is_file():
+        with _open(single) as f:
+            return {k: single for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{folder} holds only pickle weights ({', '.join(pickles)}). jaxtar loads safetensors only, because "
+            "unpickling can execute arbitrary code. Convert once in a trusted environment: "
+            "`AutoModel.from_pretrained(folder).save_pretrained(out, safe_serialization=True)`."
+        )
+    raise CheckpointError(f"{folder} has no model.safetensors or model.safetensors.index.json")
+
+
+def _open(path: Path) -> Any:
+    try:
+        return safetensors.safe_open(str(path), framework="flax")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_leaves(v, (*prefix, k)))
+        return out
+    return {prefix: tree}
+
+
+def _sharding_for(spec: ShardingSpec, path: tuple[str, ...], shape: tuple[int, ...]) -> Any:
+    if spec is None:
+        return None
+    if isinstance(spec, jax.sharding.Sharding):
+        return spec
+    return spec(path, shape)
+
+
+def _plan(model: Model, keys: list[str], rules: list[Rule], ignore: list[str], folder: Path):
+    """Checks the key set against the table; returns ``{leaf path: [(key, rule, layer)]}`` and the leaf shapes."""
+    matched, unknown = match_keys(keys, rules, ignore)
+    if unknown:
+        raise CheckpointError(f"{folder}: checkpoint keys no rule accounts for: {sorted(unknown)[:20]}")
+    shapes = {p: tuple(a.shape) for p, a in _leaves(model.abstract_params()).items()}
+    by_leaf: dict[tuple[str, ...], list] = defaultdict(list)
+    for key, (rule, layer) in matched.items():
+        if rule.path not in shapes:
+            raise CheckpointError(f"{folder}: key {key} maps to {rule.path}, which this config does not have")
+        by_leaf[rule.path].append((key, rule, layer))
+    missing = []
+    for rule in rules:
+        shape = shapes.get(rule.path)
+        if shape is None:
+            raise CheckpointError(f"rule for {rule.hf_key} targets {rule.path}, absent from the model (table bug)")
+        have = {layer for _, _, layer in by_leaf.get(rule.path, [])}
+        want = set(range(shape[0])) if rule.stacked else {None}
+        missing += [rule.key(i) for i in sorted(want - have, key=lambda x: -1 if x is None else x)]
+        extra = have - want
+        if extra:
+            raise CheckpointError(f"{folder}: {rule.hf_key} has layers {sorted(extra)} beyond the config's {shape[0]}")
+    if missing:
+        raise CheckpointError(f"{folder}: checkpoint is missing keys: {missing[:20]}")
+    return by_leaf, shapes
+
+
+def load_params(
+    model: Model,
+    folder: Path,
+    rules: list[Rule],
+    ignore: list[str],
+    *,
+    dtype: Any = jnp.float32,
+    sharding: ShardingSpec = None,
+) -> Params:
+    """Streams the safetensors of ``folder`` into ``model``'s params tree (see the module docstring)."""
+    files = _weight_files(folder)
+    by_leaf, shapes = _plan(model, sorted(files), rules, ignore, folder)
+    cpu = jax.devices("cpu")[0]
+    with contextlib.ExitStack() as stack:
+        handles = {f: stack.enter_context(_open(f)) for f in sorted(set(files.values()))}
+        for path, entries in by_leaf.items():  # every shape first, before any data is read
+            for key, rule, _ in entries:
+                want = rule.transform.hf_shape(shapes[path][1:] if rule.stacked else shapes[path])
+                got = tuple(handles[files[key]].get_slice(key).get_shape())
+                if got != tuple(want):
+                    raise CheckpointError(f"{folder}: {key} has shape {got}, the config implies {tuple(want)}")
+        params: Params = {}
+        np_dtype = np.dtype(dtype)
+        for path, entries in sorted(by_leaf.items()):
+            buffer = np.empty(shapes[path], np_dtype)
+            for key, rule, layer in entries:
+                with jax.default_device(cpu):
+                    try:
+                        tensor = np.asarray(handles[files[key]].get_tensor(key))
+                    except Exception as err:  # noqa: BLE001
+                        raise CheckpointError(f"{folder}: could not read {key} (truncated file?): {err}") from err
+                value = rule.transform.to_ours(tensor).astype(np_dtype)
+                if layer is None:
+                    buffer[...] = value
+                else:
+                    buffer[layer] = value
+                del tensor, value
+            _set(params, path, jax.device_put(buffer, _sharding_for(sharding, path, shapes[path])))
+            del buffer
+    return params
+
+
+def from_pretrained(
+    path_or_id: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    sharding: ShardingSpec = None,
+    revision: str | None = None,
+) -> tuple[Model, Params]:
+    """Loads a Hugging Face checkpoint (local folder, Hub id, or a ``.gguf`` file) into its jaxtar port.
+
+    Args:
+        path_or_id: a folder with ``config.json`` + safetensors, a Hub repo id, or a GGUF file.
+        dtype: parameter dtype (e.g. ``jnp.bfloat16``).
+        sharding: one ``Sharding`` for every leaf, or ``fn(path, shape) -> Sharding``; ``None`` = default device.
+        revision: Hub revision (branch, tag or commit) for repo ids.
+
+    Example:
+        >>> model, params = from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=jnp.bfloat16)
+    """
+    folder = resolve_checkpoint(path_or_id, revision)
+    if folder.is_file() and folder.suffix == ".gguf":
+        from jaxtar.models.gguf import load_gguf
+
+        return load_gguf(folder, dtype=dtype, sharding=sharding)
+    if folder.is_file():
+        raise CheckpointError(f"{folder} is a file; pass the model folder (or a .gguf file)")
+    config_dict = read_config(folder)
+    try:
+        arch = architecture_for(config_dict.get("model_type"))
+        config = arch.config_from_hf(config_dict)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{folder}/config.json: {err}") from err
+    model = model_for_config(config)
+    params = load_params(model, folder, arch.rules(config), arch.ignore(config), dtype=dtype, sharding=sharding)
+    return model, params
+
+
+def _new_output_dir(out_dir: Path, overwrite: bool) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists and is not empty; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def _commit_dir(tmp: Path, out_dir: Path) -> None:
+    """Moves the finished temporary folder into place (the old one, if overwriting, only goes once it is done)."""
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        tmp.rename(out_dir)
+
+
+def _hf_tensors(model: Model, params: Params) -> list[tuple[str, int, Callable[[], np.ndarray]]]:
+    """``(hf_key, nbytes, materialise)`` for every checkpoint tensor, without materialising any yet."""
+    arch = architecture_for(model.config.model_type)
+    leaves = _leaves(params)
+    out = []
+    for rule in arch.rules(model.config):
+        leaf = leaves[rule.path]
+        for layer in range(leaf.shape[0]) if rule.stacked else [None]:
+            part = leaf[layer] if layer is not None else leaf
+
+            def materialise(part=part, rule=rule) -> np.ndarray:
+                return np.ascontiguousarray(rule.transform.to_hf(np.asarray(jax.device_get(part))))
+
+            out.append((rule.key(layer), int(part.size * part.dtype.itemsize), materialise))
+    return out
+
+
+def hf_state_dict(model: Model, params: Params) -> dict[str, np.ndarray]:
+    """The checkpoint as ``{hf_key: numpy array}`` in transformers' layout (e.g. to build a torch reference)."""
+    return {key: materialise() for key, _, materialise in _hf_tensors(model, params)}
+
+
+def save_pretrained(
+    model: Model,
+    params: Params,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    max_shard_bytes: int = 4 * 1024**3,
+    overwrite: bool = False,
+) -> Path:
+    """Writes ``config.json`` + safetensors (sharded with an index past ``max_shard_bytes``) that transformers loads.
+
+    The folder is written under a temporary name and renamed into place when complete; an existing non-empty
+    ``out_dir`` is refused unless ``overwrite=True``.
+
+    Example:
+        >>> save_pretrained(model, params, "out/model", tokenizer=tokenizer)
+    """
+    arch = architecture_for(model.config.model_type)
+    out_dir = Path(out_dir)
+    config = arch.config_to_hf(model.config)
+    tmp = _new_output_dir(out_dir, overwrite)
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tensors = _hf_tensors(model, params)
+        shards: list[list] = [[]]
+        size = 0
+        for entry in tensors:
+            if shards[-1] and size + entry[1] > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append(entry)
+            size += entry[1]
+        names = (
+            ["model.safetensors"]
+            if len(shards) == 1
+            else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        )
+        for name, shard in zip(names, shards, strict=True):  # one shard in host memory at a time
+            with jax.default_device(jax.devices("cpu")[0]):
+                arrays = {key: jnp.asarray(materialise()) for key, _, materialise in shard}
+                safetensors.flax.save_file(arrays, str(tmp / name), metadata={"format": "pt"})
+                del arrays
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(nbytes for _, nbytes, _ in tensors)},
+                "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key, _, _ in shard},
+            }
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        _commit_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_tokenizer(path_or_id: str | os.PathLike, revision: str | None = None) -> Any:
+    """The tokenizer saved beside a checkpoint, through ``transformers.AutoTokenizer`` (no remote code)."""
+    from transformers import AutoTokenizer
+
+    folder = resolve_checkpoint(path_or_id, revision)
+    if folder.is_file() and folder.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(str(folder.parent), gguf_file=folder.name, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)

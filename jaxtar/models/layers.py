@@ -1,0 +1,129 @@
+"""Pure building blocks shared by the ports: norms, linear layers (with LoRA), RoPE and attention.
+
+Weights are plain arrays; a linear layer is a dict ``{"kernel": [in, out], "bias": [out]?}`` (kernel in
+``x @ kernel`` layout, i.e. the transpose of torch's ``out x in``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)  # what transformers adds to masked scores
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """Llama-style RMSNorm, computed in float32 and cast back (as transformers does)."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * x32.astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis in float32, cast back to the input dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def linear(
+    x: jax.Array,
+    p: dict[str, jax.Array],
+    lora: dict[str, jax.Array] | None = None,
+    *,
+    lora_scale: float = 1.0,
+    lora_dropout: float = 0.0,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
+    """``x @ kernel + bias``, plus ``scale * (dropout(x) @ a) @ b`` when a LoRA adapter is given."""
+    y = x @ p["kernel"].astype(x.dtype)
+    if "bias" in p:
+        y = y + p["bias"].astype(x.dtype)
+    if lora is not None:
+        h = x
+        if lora_dropout > 0.0 and dropout_key is not None:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - lora_dropout, x.shape)
+            h = jnp.where(keep, x / (1.0 - lora_dropout), 0.0).astype(x.dtype)
+        y = y + lora_scale * ((h @ lora["a"].astype(x.dtype)) @ lora["b"].astype(x.dtype))
+    return y
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> jax.Array:
+    """Inverse RoPE frequencies ``[head_dim // 2]``; supports ``linear`` and ``llama3`` scaling."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if not scaling:
+        return inv_freq
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return jnp.where(medium, smoothed, scaled)
+    raise ValueError(f"unsupported RoPE scaling type {kind!r} (supported: default, linear, llama3)")
+
+
+def apply_rope(x_bthd: jax.Array, position_ids_bt: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotary embedding in transformers' rotate-half convention, computed in float32."""
+    angles = position_ids_bt[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, hd]
+    x32 = x_bthd.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x_bthd.dtype)
+
+
+def attention(
+    q_bthd: jax.Array,
+    k_bskd: jax.Array,
+    v_bskd: jax.Array,
+    allowed_bts: jax.Array,
+    *,
+    scale: float | None = None,
+) -> jax.Array:
+    """Multi-head attention with grouped K/V heads (MHA, GQA and MQA); softmax in float32.
+
+    Args:
+        q_bthd: queries ``[B, T, H, hd]``.
+        k_bskd, v_bskd: keys and values ``[B, S, KV, hd]`` with ``H % KV == 0``.
+        allowed_bts: boolean ``[B, T, S]``: may query ``t`` attend to key ``s``.
+        scale: score scale, default ``hd ** -0.5``.
+
+    Returns:
+        ``[B, T, H * hd]``.
+    """
+    b, t, h, hd = q_bthd.shape
+    kv = k_bskd.shape[2]
+    q = q_bthd.reshape(b, t, kv, h // kv, hd)
+    scale = hd**-0.5 if scale is None else scale
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(allowed_bts[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
+    return out.reshape(b, t, h * hd)
+
+
+def causal_mask(
+    query_pos_bt: jax.Array,
+    key_pos_s: jax.Array,
+    key_valid_bs: jax.Array,
+    sliding_window: int | None = None,
+) -> jax.Array:
+    """``[B, T, S]`` mask: key not in the future, not padding, and within the sliding window if any."""
+    q = query_pos_bt[:, :, None]
+    k = key_pos_s[None, None, :]
+    allowed = (k <= q) & key_valid_bs[:, None, :]
+    if sliding_window is not None:
+        allowed = allowed & (q - k < sliding_window)
+    return allowed
