@@ -140,7 +140,7 @@ def _sharding_for(spec: ShardingSpec, path: tuple[str, ...], shape: tuple[int, .
     return spec(path, shape)
 
 
-def _plan(model: Model, keys: list[str], rules: list[Rule], ignore: list[str], folder: Path):
+def _plan(model: Model, keys: list[str], rules: list[Rule], ignore: list[str], folder: Any):
     """Checks the key set against the table; returns ``{leaf path: [(key, rule, layer)]}`` and the leaf shapes."""
     matched, unknown = match_keys(keys, rules, ignore)
     if unknown:
@@ -167,6 +167,46 @@ def _plan(model: Model, keys: list[str], rules: list[Rule], ignore: list[str], f
     return by_leaf, shapes
 
 
+def stream_params(
+    model: Model,
+    keys: list[str],
+    get_shape: Callable[[str], tuple[int, ...]],
+    get_tensor: Callable[[str], np.ndarray],
+    rules: list[Rule],
+    ignore: list[str],
+    *,
+    source: str,
+    dtype: Any = jnp.float32,
+    sharding: ShardingSpec = None,
+) -> Params:
+    """Fills ``model``'s params tree from a keyed tensor source, strictly and one tensor at a time.
+
+    Used for safetensors folders and GGUF files alike: keys are checked against ``rules`` first, then every shape,
+    and only then is any tensor read, transformed, cast to ``dtype`` and placed with ``sharding``.
+    """
+    by_leaf, shapes = _plan(model, keys, rules, ignore, source)
+    for path, entries in by_leaf.items():  # every shape first, before any data is read
+        for key, rule, _ in entries:
+            want = tuple(rule.transform.hf_shape(shapes[path][1:] if rule.stacked else shapes[path]))
+            got = tuple(get_shape(key))
+            if got != want:
+                raise CheckpointError(f"{source}: {key} has shape {got}, the config implies {want}")
+    params: Params = {}
+    np_dtype = np.dtype(dtype)
+    for path, entries in sorted(by_leaf.items()):
+        buffer = np.empty(shapes[path], np_dtype)  # one leaf in host memory at a time
+        for key, rule, layer in entries:
+            value = rule.transform.to_ours(get_tensor(key)).astype(np_dtype)
+            if layer is None:
+                buffer[...] = value
+            else:
+                buffer[layer] = value
+            del value
+        _set(params, path, jax.device_put(buffer, _sharding_for(sharding, path, shapes[path])))
+        del buffer
+    return params
+
+
 def load_params(
     model: Model,
     folder: Path,
@@ -178,35 +218,21 @@ def load_params(
 ) -> Params:
     """Streams the safetensors of ``folder`` into ``model``'s params tree (see the module docstring)."""
     files = _weight_files(folder)
-    by_leaf, shapes = _plan(model, sorted(files), rules, ignore, folder)
     cpu = jax.devices("cpu")[0]
     with contextlib.ExitStack() as stack:
         handles = {f: stack.enter_context(_open(f)) for f in sorted(set(files.values()))}
-        for path, entries in by_leaf.items():  # every shape first, before any data is read
-            for key, rule, _ in entries:
-                want = rule.transform.hf_shape(shapes[path][1:] if rule.stacked else shapes[path])
-                got = tuple(handles[files[key]].get_slice(key).get_shape())
-                if got != tuple(want):
-                    raise CheckpointError(f"{folder}: {key} has shape {got}, the config implies {tuple(want)}")
-        params: Params = {}
-        np_dtype = np.dtype(dtype)
-        for path, entries in sorted(by_leaf.items()):
-            buffer = np.empty(shapes[path], np_dtype)
-            for key, rule, layer in entries:
-                with jax.default_device(cpu):
-                    try:
-                        tensor = np.asarray(handles[files[key]].get_tensor(key))
-                    except Exception as err:  # noqa: BLE001
-                        raise CheckpointError(f"{folder}: could not read {key} (truncated file?): {err}") from err
-                value = rule.transform.to_ours(tensor).astype(np_dtype)
-                if layer is None:
-                    buffer[...] = value
-                else:
-                    buffer[layer] = value
-                del tensor, value
-            _set(params, path, jax.device_put(buffer, _sharding_for(sharding, path, shapes[path])))
-            del buffer
-    return params
+
+        def get_tensor(key: str) -> np.ndarray:
+            with jax.default_device(cpu):
+                try:
+                    return np.asarray(handles[files[key]].get_tensor(key))
+                except Exception as err:  # noqa: BLE001
+                    raise CheckpointError(f"{folder}: could not read {key} (truncated file?): {err}") from err
+
+        return stream_params(
+            model, sorted(files), lambda key: tuple(handles[files[key]].get_slice(key).get_shape()), get_tensor,
+            rules, ignore, source=str(folder), dtype=dtype, sharding=sharding,
+        )  # fmt: skip
 
 
 def from_pretrained(
