@@ -1,5 +1,6 @@
 """Flax NNX ports of Hugging Face models, used as pure functions of a params dict."""
 
+from jaxtar.models.bert import BERT_LORA_TARGETS, BertConfig, with_classifier
 from jaxtar.models.functional import (
     Model,
     ModelOutput,
@@ -8,6 +9,7 @@ from jaxtar.models.functional import (
     create_model,
     model_for_config,
 )
+from jaxtar.models.gpt2 import GPT2_LORA_TARGETS, GPT2Config
 from jaxtar.models.hf import CheckpointError, from_pretrained, hf_state_dict, load_tokenizer, save_pretrained
 from jaxtar.models.llama import LlamaConfig
 from jaxtar.models.lora import LoraConfig, LoraParams, init_lora, merge_lora
@@ -29,4 +31,9 @@ __all__ = [
     "init_lora",
     "merge_lora",
     "model_for_config",
+    "GPT2Config",
+    "GPT2_LORA_TARGETS",
+    "BertConfig",
+    "BERT_LORA_TARGETS",
+    "with_classifier",
 ]

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from jaxtar.models.functional import Model, Params
 from jaxtar.models.layers import causal_mask
 
+DECODERS = ("llama", "mistral", "qwen2", "gpt2")  # ports whose module has ``forward(..., cache, cache_index, ...)``
+
 
 def init_cache(model: Model, batch_size: int, length: int, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
     """An empty KV cache ``{"k", "v"}: [L, B, length, KV, hd]``."""
@@ -101,8 +103,8 @@ def generate(
     ``temperature=0`` is greedy; otherwise samples (optionally top-k / nucleus) with ``key``. After a row emits an
     end-of-sequence token it is filled with ``pad_token_id``.
     """
-    if model.config.model_type not in ("llama", "mistral", "qwen2"):
-        raise ValueError(f"generation supports the Llama-family decoders, not {model.config.model_type!r}")
+    if model.config.model_type not in DECODERS:
+        raise ValueError(f"generation needs a decoder ({', '.join(DECODERS)}), not {model.config.model_type!r}")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if temperature < 0:

@@ -147,7 +147,11 @@ def _plan(model: Model, keys: list[str], rules: list[Rule], ignore: list[str], f
         raise CheckpointError(f"{folder}: checkpoint keys no rule accounts for: {sorted(unknown)[:20]}")
     shapes = {p: tuple(a.shape) for p, a in _leaves(model.abstract_params()).items()}
     by_leaf: dict[tuple[str, ...], list] = defaultdict(list)
+    seen: dict[tuple, str] = {}
     for key, (rule, layer) in matched.items():
+        if (rule.path, layer) in seen:
+            raise CheckpointError(f"{folder}: {key} and {seen[rule.path, layer]} both fill {rule.path} (layer {layer})")
+        seen[rule.path, layer] = key
         if rule.path not in shapes:
             raise CheckpointError(f"{folder}: key {key} maps to {rule.path}, which this config does not have")
         by_leaf[rule.path].append((key, rule, layer))

