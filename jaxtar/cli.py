@@ -99,7 +99,15 @@ def run_demo(args: argparse.Namespace) -> int:
     return run_generate(args)
 
 
+# Subcommands of later layers live in jaxtar/commands/<name>.py and register themselves on import.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"jaxtar.commands.{name}")
     parser = argparse.ArgumentParser(prog="jaxtar", description="Tamper-resistant open-weight models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, configure, fn) in SUBCOMMANDS.items():

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import Model, ModelOutput, Params, model_for_config
-from jaxtar.models.gpt2 import ACTIVATIONS
-from jaxtar.models.layers import attention, layer_norm, linear
+from jaxtar.models.layers import ACTIVATIONS, attention, layer_norm, linear
 from jaxtar.models.lora import LoraParams
+from jaxtar.models.modules import Dense, LayerNormParams, StackedLinear
 
 BERT_LORA_TARGETS = ("query", "key", "value", "attn_out", "intermediate", "ffn_out")
 _PROJ_IDS = {name: i for i, name in enumerate(BERT_LORA_TARGETS)}
@@ -99,27 +99,6 @@ class BertConfig:
         return cls(**{**fields, **overrides})
 
 
-class _StackedLinear(nnx.Module):
-    """``n_layers`` linear maps as one ``[L, in, out]`` kernel and ``[L, out]`` bias."""
-
-    def __init__(self, n_layers: int, d_in: int, d_out: int, std: float, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(std * jax.random.normal(rngs.params(), (n_layers, d_in, d_out)))
-        self.bias = nnx.Param(jnp.zeros((n_layers, d_out)))
-
-
-class _LayerNorm(nnx.Module):
-    def __init__(self, shape: tuple[int, ...]):
-        self.scale = nnx.Param(jnp.ones(shape))
-        self.bias = nnx.Param(jnp.zeros(shape))
-
-
-class _Dense(nnx.Module):
-    def __init__(self, d_in: int, d_out: int, bias: bool, std: float, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(std * jax.random.normal(rngs.params(), (d_in, d_out)))
-        if bias:
-            self.bias = nnx.Param(jnp.zeros((d_out,)))
-
-
 class Bert(nnx.Module):
     """The encoder (plus optional classifier). Call it through ``Model.apply`` (pure) rather than directly."""
 
@@ -134,20 +113,20 @@ class Bert(nnx.Module):
         self.embed = table(c.vocab_size)
         self.pos_embed = table(c.max_position_embeddings)
         self.type_embed = table(c.type_vocab_size)
-        self.embed_norm = _LayerNorm((d,))
+        self.embed_norm = LayerNormParams((d,))
         self.layers = nnx.Dict(
-            query=_StackedLinear(n, d, d, std, rngs),
-            key=_StackedLinear(n, d, d, std, rngs),
-            value=_StackedLinear(n, d, d, std, rngs),
-            attn_out=_StackedLinear(n, d, d, std, rngs),
-            attn_norm=_LayerNorm((n, d)),
-            intermediate=_StackedLinear(n, d, f, std, rngs),
-            ffn_out=_StackedLinear(n, f, d, std, rngs),
-            ffn_norm=_LayerNorm((n, d)),
+            query=StackedLinear(n, d, d, std, rngs),
+            key=StackedLinear(n, d, d, std, rngs),
+            value=StackedLinear(n, d, d, std, rngs),
+            attn_out=StackedLinear(n, d, d, std, rngs),
+            attn_norm=LayerNormParams((n, d)),
+            intermediate=StackedLinear(n, d, f, std, rngs),
+            ffn_out=StackedLinear(n, f, d, std, rngs),
+            ffn_norm=LayerNormParams((n, d)),
         )
-        self.pooler = _Dense(d, d, True, std, rngs)
+        self.pooler = Dense(d, d, std, rngs, bias=True)
         if c.num_labels:
-            self.classifier = _Dense(d, c.num_labels, c.classifier_bias, std, rngs)
+            self.classifier = Dense(d, c.num_labels, std, rngs, bias=c.classifier_bias)
 
     def __call__(
         self,

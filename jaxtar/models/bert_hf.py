@@ -22,8 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxtar.models.bert import ACTIVATIONS, BertConfig
-from jaxtar.models.gpt2_hf import AliasRule
-from jaxtar.models.rules import IDENTITY, TRANSPOSE, Rule, Transform
+from jaxtar.models.rules import IDENTITY, TRANSPOSE, AliasRule, Rule, Transform
 
 PREFIX = "bert."
 LEGACY = (("LayerNorm.weight", "LayerNorm.gamma"), ("LayerNorm.bias", "LayerNorm.beta"))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,23 +29,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import ModelOutput
-from jaxtar.models.layers import attention, causal_mask, layer_norm, linear
+from jaxtar.models.layers import ACTIVATIONS, attention, causal_mask, layer_norm, linear
 from jaxtar.models.lora import LoraParams
+from jaxtar.models.modules import LayerNormParams, StackedLinear
 
 GPT2_LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj")
 _PROJ_IDS = {name: i for i, name in enumerate(GPT2_LORA_TARGETS)}
-
-# transformers' activation names (ACT2FN) -> jax functions. "gelu" is the exact erf form; the "new"/"tanh" ones are
-# the tanh approximation, which is what GPT-2 uses.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,20 +102,6 @@ class GPT2Config:
         return cls(**{**fields, **overrides})
 
 
-class _StackedLinear(nnx.Module):
-    """``n_layers`` linear maps as one ``[L, in, out]`` kernel and ``[L, out]`` bias."""
-
-    def __init__(self, n_layers: int, d_in: int, d_out: int, std: float, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(std * jax.random.normal(rngs.params(), (n_layers, d_in, d_out)))
-        self.bias = nnx.Param(jnp.zeros((n_layers, d_out)))
-
-
-class _LayerNorm(nnx.Module):
-    def __init__(self, shape: tuple[int, ...]):
-        self.scale = nnx.Param(jnp.ones(shape))
-        self.bias = nnx.Param(jnp.zeros(shape))
-
-
 class GPT2(nnx.Module):
     """The decoder. Call it through ``Model.apply`` (pure) rather than directly."""
 
@@ -141,14 +115,14 @@ class GPT2(nnx.Module):
             embedding=nnx.Param(std * jax.random.normal(rngs.params(), (c.max_position_embeddings, d)))
         )
         self.layers = nnx.Dict(
-            ln_1=_LayerNorm((n, d)),
-            c_attn=_StackedLinear(n, d, 3 * d, std, rngs),
-            c_proj=_StackedLinear(n, d, d, resid_std, rngs),
-            ln_2=_LayerNorm((n, d)),
-            c_fc=_StackedLinear(n, d, f, std, rngs),
-            mlp_c_proj=_StackedLinear(n, f, d, resid_std, rngs),
+            ln_1=LayerNormParams((n, d)),
+            c_attn=StackedLinear(n, d, 3 * d, std, rngs),
+            c_proj=StackedLinear(n, d, d, resid_std, rngs),
+            ln_2=LayerNormParams((n, d)),
+            c_fc=StackedLinear(n, d, f, std, rngs),
+            mlp_c_proj=StackedLinear(n, f, d, resid_std, rngs),
         )
-        self.final_norm = _LayerNorm((d,))
+        self.final_norm = LayerNormParams((d,))
 
     def __call__(
         self,

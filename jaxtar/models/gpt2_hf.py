@@ -13,40 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from typing import Any
 
 from jaxtar.models.gpt2 import ACTIVATIONS, GPT2Config
-from jaxtar.models.rules import IDENTITY, Rule
+from jaxtar.models.rules import IDENTITY, AliasRule, Rule
 
 PREFIX = "transformer."
 IGNORE = [r"(^|\.)h\.\d+\.attn\.(masked_)?bias$", r"^lm_head\.weight$"]
-
-
-@dataclasses.dataclass(frozen=True)
-class AliasRule(Rule):
-    """A ``Rule`` that also matches older spellings of its key; saving always writes ``hf_key`` itself.
-
-    Attributes:
-        optional_prefix: a leading prefix (e.g. ``"transformer."``, ``"bert."``) that checkpoints may or may not
-            carry, whether or not ``hf_key`` starts with it.
-        legacy_suffixes: ``(current, legacy)`` pairs, e.g. ``("LayerNorm.weight", "LayerNorm.gamma")``: a key ending
-            in ``current`` may be spelled with ``legacy`` instead.
-    """
-
-    optional_prefix: str = ""
-    legacy_suffixes: tuple[tuple[str, str], ...] = ()
-
-    def pattern(self) -> re.Pattern[str]:
-        stem, endings = self.hf_key.removeprefix(self.optional_prefix), [""]
-        for current, legacy in self.legacy_suffixes:
-            if stem.endswith(current):
-                stem, endings = stem[: -len(current)], [current, legacy]
-                break
-        body = re.escape(stem).replace(r"\{i\}", r"(?P<i>\d+)")
-        prefix = f"(?:{re.escape(self.optional_prefix)})?" if self.optional_prefix else ""
-        return re.compile(f"^{prefix}{body}(?:{'|'.join(re.escape(e) for e in endings)})$")
 
 
 def config_from_hf(d: dict[str, Any]) -> GPT2Config:

@@ -7,12 +7,25 @@ Weights are plain arrays; a linear layer is a dict ``{"kernel": [in, out], "bias
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)  # what transformers adds to masked scores
+
+# transformers' activation names (ACT2FN) -> jax functions. "gelu" is the exact erf form; the "new"/"tanh" ones are
+# the tanh approximation, which is what GPT-2 uses.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:

@@ -22,6 +22,7 @@ from flax import nnx
 from jaxtar.models.functional import ModelOutput
 from jaxtar.models.layers import apply_rope, attention, causal_mask, linear, rms_norm, rope_inv_freq
 from jaxtar.models.lora import LoraParams
+from jaxtar.models.modules import RMSNormParams, StackedLinear
 
 DECODER_TYPES = ("llama", "mistral", "qwen2")
 _PROJ_IDS = {n: i for i, n in enumerate(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))}
@@ -100,20 +101,6 @@ class LlamaConfig:
         return cls(**{**fields, **overrides})
 
 
-class _StackedLinear(nnx.Module):
-    """``num_layers`` linear maps stored as one ``[L, in, out]`` kernel (+ optional ``[L, out]`` bias)."""
-
-    def __init__(self, n_layers: int, d_in: int, d_out: int, bias: bool, std: float, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(std * jax.random.normal(rngs.params(), (n_layers, d_in, d_out)))
-        if bias:
-            self.bias = nnx.Param(jnp.zeros((n_layers, d_out)))
-
-
-class _Norm(nnx.Module):
-    def __init__(self, shape: tuple[int, ...]):
-        self.scale = nnx.Param(jnp.ones(shape))
-
-
 class Llama(nnx.Module):
     """The decoder. Call it through ``Model.apply`` (pure) rather than directly."""
 
@@ -124,17 +111,17 @@ class Llama(nnx.Module):
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         self.embed = nnx.Dict(embedding=nnx.Param(std * jax.random.normal(rngs.params(), (c.vocab_size, d))))
         self.layers = nnx.Dict(
-            attn_norm=_Norm((n, d)),
-            q_proj=_StackedLinear(n, d, q_dim, c.qkv_bias, std, rngs),
-            k_proj=_StackedLinear(n, d, kv_dim, c.qkv_bias, std, rngs),
-            v_proj=_StackedLinear(n, d, kv_dim, c.qkv_bias, std, rngs),
-            o_proj=_StackedLinear(n, q_dim, d, c.o_bias, std, rngs),
-            mlp_norm=_Norm((n, d)),
-            gate_proj=_StackedLinear(n, d, c.intermediate_size, False, std, rngs),
-            up_proj=_StackedLinear(n, d, c.intermediate_size, False, std, rngs),
-            down_proj=_StackedLinear(n, c.intermediate_size, d, False, std, rngs),
+            attn_norm=RMSNormParams((n, d)),
+            q_proj=StackedLinear(n, d, q_dim, std, rngs, bias=c.qkv_bias),
+            k_proj=StackedLinear(n, d, kv_dim, std, rngs, bias=c.qkv_bias),
+            v_proj=StackedLinear(n, d, kv_dim, std, rngs, bias=c.qkv_bias),
+            o_proj=StackedLinear(n, q_dim, d, std, rngs, bias=c.o_bias),
+            mlp_norm=RMSNormParams((n, d)),
+            gate_proj=StackedLinear(n, d, c.intermediate_size, std, rngs, bias=False),
+            up_proj=StackedLinear(n, d, c.intermediate_size, std, rngs, bias=False),
+            down_proj=StackedLinear(n, c.intermediate_size, d, std, rngs, bias=False),
         )
-        self.final_norm = _Norm((d,))
+        self.final_norm = RMSNormParams((d,))
         if not c.tie_word_embeddings:
             self.lm_head = nnx.Dict(kernel=nnx.Param(std * jax.random.normal(rngs.params(), (d, c.vocab_size))))
 
