@@ -1,0 +1,62 @@
+"""Pure loss functions of logits / hidden states and a batch (all masked; see :mod:`jaxtar.objectives.lm`).
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxtar.objectives import next_token_cross_entropy
+    >>> float(next_token_cross_entropy(jnp.zeros((1, 4, 2)), jnp.zeros((1, 4), jnp.int32))) == float(jnp.log(2.0))
+    True
+"""
+
+from jaxtar.objectives.calibration import calibrated_cross_entropy, remapped_cross_entropy, solve_calibration
+from jaxtar.objectives.dpo import DPOOutput, dpo_loss, dpo_loss_from_logits, reference_log_probs
+from jaxtar.objectives.entropy import negative_entropy_loss, next_token_entropy
+from jaxtar.objectives.lm import (
+    batch_cross_entropy,
+    batch_loss_mask,
+    masked_mean,
+    next_token_cross_entropy,
+    next_token_log_probs,
+    sequence_log_probs,
+)
+from jaxtar.objectives.random_mapping import (
+    cosine_similarity,
+    random_mapping_loss,
+    random_mapping_loss_from_ids,
+    random_mapping_matrix,
+    random_mapping_vectors,
+)
+from jaxtar.objectives.representation import (
+    layer_list,
+    per_token_distance,
+    representation_distance_loss,
+    safe_norm,
+    stack_hidden_states,
+)
+
+__all__ = [
+    "calibrated_cross_entropy",
+    "remapped_cross_entropy",
+    "solve_calibration",
+    "DPOOutput",
+    "batch_cross_entropy",
+    "batch_loss_mask",
+    "cosine_similarity",
+    "dpo_loss",
+    "dpo_loss_from_logits",
+    "layer_list",
+    "masked_mean",
+    "negative_entropy_loss",
+    "next_token_cross_entropy",
+    "next_token_entropy",
+    "next_token_log_probs",
+    "per_token_distance",
+    "random_mapping_loss",
+    "random_mapping_loss_from_ids",
+    "random_mapping_matrix",
+    "random_mapping_vectors",
+    "reference_log_probs",
+    "representation_distance_loss",
+    "safe_norm",
+    "sequence_log_probs",
+    "stack_hidden_states",
+]
