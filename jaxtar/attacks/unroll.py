@@ -1,0 +1,333 @@
+"""The differentiable attack: K optimiser steps as `lax.scan` over pure parameter pytrees.
+
+An `AttackProblem` says what the attacker trains and on what loss:
+
+* `attack_init(defended, key) -> trainable`: the attacker's starting point. Full-parameter attacks return the
+  defended params; LoRA attacks return fresh adapters (the defended params stay frozen but still receive the
+  meta-gradient through the attack); MLAC returns (defended trunk, fresh head).
+* `attack_loss(defended, trainable, batch) -> scalar`: the loss one attack step minimises.
+* `tamper_loss(defended, trainable, batch) -> scalar`: the defence's loss at the attacked weights (optional here;
+  the meta-gradient estimators need it).
+
+Steps are grouped into *segments* of `every` steps, each followed by an optional *record* (a tamper-loss
+evaluation, a metric, a gradient accumulation). A run of identical segments is one `lax.scan`; `run_plan` is the
+engine every estimator in `jaxtar.meta` shares, `unroll` the plain (red-team) front end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxtar.attacks.adversary import Adversary
+from jaxtar.attacks.optimizers import AttackOptimizer, make_optimizer
+
+PyTree = Any
+
+
+@dataclass(frozen=True)
+class AttackProblem:
+    """What the attacker trains (see the module docstring for the three functions).
+
+    Example:
+        >>> p = full_parameter_problem(lambda w, b: jnp.sum((w - b) ** 2))
+        >>> p.attack_loss(None, jnp.ones(2), jnp.zeros(2)).item()
+        2.0
+    """
+
+    attack_init: Callable[[PyTree, jax.Array], PyTree]
+    attack_loss: Callable[[PyTree, PyTree, PyTree], jax.Array]
+    tamper_loss: Callable[[PyTree, PyTree, PyTree], jax.Array] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("attack_init", "attack_loss"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"AttackProblem.{name} must be callable")
+        if self.tamper_loss is not None and not callable(self.tamper_loss):
+            raise TypeError("AttackProblem.tamper_loss must be callable or None")
+
+
+def full_parameter_problem(
+    loss: Callable[[PyTree, PyTree], jax.Array], tamper: Callable[[PyTree, PyTree], jax.Array] | None = None
+) -> AttackProblem:
+    """A full-parameter attack: the attacker trains the defended params themselves.
+
+    Args:
+        loss: `loss(params, batch)` the attacker minimises.
+        tamper: `tamper(params, batch)` the defender evaluates at the attacked params.
+    """
+    return AttackProblem(
+        attack_init=lambda defended, key: defended,
+        attack_loss=lambda defended, trainable, batch: loss(trainable, batch),
+        tamper_loss=None if tamper is None else (lambda defended, trainable, batch: tamper(trainable, batch)),
+    )
+
+
+def lora_problem(
+    init_adapters: Callable[[jax.Array], PyTree],
+    loss: Callable[[PyTree, PyTree, PyTree], jax.Array],
+    tamper: Callable[[PyTree, PyTree, PyTree], jax.Array] | None = None,
+) -> AttackProblem:
+    """A LoRA attack: fresh adapters are trained on top of the frozen defended params.
+
+    Args:
+        init_adapters: `init_adapters(key)` -> adapter pytree (e.g. `jaxtar.models.lora.init_lora`).
+        loss: `loss(defended, adapters, batch)`.
+        tamper: `tamper(defended, adapters, batch)`.
+    """
+    return AttackProblem(attack_init=lambda defended, key: init_adapters(key), attack_loss=loss, tamper_loss=tamper)
+
+
+def model_attack_problem(
+    adversary: Adversary,
+    attack_loss: Callable[[PyTree, PyTree, Any], jax.Array],
+    tamper_loss: Callable[[PyTree, PyTree, Any], jax.Array] | None = None,
+    *,
+    model: Any = None,
+) -> AttackProblem:
+    """The full-parameter or LoRA attack `adversary` describes, on a `jaxtar.models` model.
+
+    Args:
+        adversary: its `lora` decides full-parameter (None) or LoRA.
+        attack_loss: `attack_loss(params, batch, lora)` with `lora` a `LoraParams` or None (pass it to
+            `model.apply(..., lora=lora)`; LoRA dropout needs a per-step key in the batch).
+        tamper_loss: `tamper_loss(params, batch, lora)`, the same convention.
+        model: the `jaxtar.models.Model` (needed for LoRA).
+    """
+    tamper = tamper_loss
+    if adversary.lora is None:
+        return AttackProblem(
+            attack_init=lambda defended, key: defended,
+            attack_loss=lambda defended, trainable, batch: attack_loss(trainable, batch, None),
+            tamper_loss=None if tamper is None else (lambda defended, trainable, batch: tamper(trainable, batch, None)),
+        )
+    if model is None:
+        raise ValueError("a LoRA adversary needs the model (model=...) to shape its adapters")
+    from jaxtar.models.lora import init_lora
+
+    config = adversary.lora.to_config()
+    return AttackProblem(
+        attack_init=lambda defended, key: init_lora(key, model, defended, config),
+        attack_loss=lambda defended, trainable, batch: attack_loss(defended, batch, trainable),
+        tamper_loss=None if tamper is None else (lambda defended, trainable, batch: tamper(defended, batch, trainable)),
+    )
+
+
+class Carry(NamedTuple):
+    """Loop state of an unroll: trainable params, optimiser state, step counter, record accumulator."""
+
+    trainable: PyTree
+    opt_state: PyTree
+    step: jax.Array
+    acc: PyTree
+
+
+@dataclass(frozen=True)
+class Run:
+    """`count` identical segments of `length` steps, each followed by a record when `record`."""
+
+    count: int
+    length: int
+    record: bool
+
+
+def plan_runs(start: int, stop: int, every: int | None) -> tuple[Run, ...]:
+    """Steps start+1..stop grouped into runs; a record follows every step number divisible by `every`.
+
+    Example:
+        >>> plan_runs(0, 10, 4)
+        (Run(count=2, length=4, record=True), Run(count=1, length=2, record=False))
+    """
+    segments: list[tuple[int, bool]] = []
+    p = start
+    while p < stop:
+        nxt = (p // every + 1) * every if every else stop + 1
+        if nxt <= stop:
+            segments.append((nxt - p, True))
+            p = nxt
+        else:
+            segments.append((stop - p, False))
+            p = stop
+    runs: list[Run] = []
+    for length, record in segments:
+        if runs and runs[-1].length == length and runs[-1].record == record:
+            runs[-1] = Run(runs[-1].count + 1, length, record)
+        else:
+            runs.append(Run(1, length, record))
+    return tuple(runs)
+
+
+def count_records(runs: tuple[Run, ...]) -> int:
+    """Number of records a plan makes (not counting an initial one)."""
+    return sum(r.count for r in runs if r.record)
+
+
+def _take(tree: PyTree, start: int, stop: int, shape: tuple[int, ...]) -> PyTree:
+    return jax.tree.map(lambda x: x[start:stop].reshape(shape + x.shape[1:]), tree)
+
+
+def _scan(f, carry, xs, unroll: bool):
+    if jax.tree.leaves(xs)[0].shape[0] == 1:  # a length-1 loop: call the body (fewer nested while loops)
+        carry, y = f(carry, jax.tree.map(lambda x: x[0], xs))
+        return carry, jax.tree.map(lambda x: x[None], y)
+    return jax.lax.scan(f, carry, xs, unroll=True if unroll else 1)
+
+
+def run_plan(
+    step_fn: Callable[[Carry, PyTree], tuple[Carry, jax.Array]],
+    record_fn: Callable[[Carry, PyTree], tuple[Carry, PyTree]] | None,
+    carry: Carry,
+    runs: tuple[Run, ...],
+    step_xs: PyTree,
+    record_xs: PyTree = None,
+    *,
+    group: int = 1,
+    unroll: bool = False,
+) -> tuple[Carry, jax.Array, PyTree]:
+    """Execute a plan: scans of segments, each segment `length` steps then an optional record.
+
+    Args:
+        step_fn: `(carry, x_k) -> (carry, y_k)`; `step_xs` has a leading axis with one entry per step.
+        record_fn: `(carry, r_j) -> (carry, o_j)`; `record_xs` has a leading axis with one entry per record.
+        carry: the initial loop state.
+        runs: from `plan_runs`.
+        group: segments per `jax.checkpoint`-ed super-segment (two-level rematerialisation); 1 for none.
+        unroll: fully unroll every scan (for XLA cost analysis, which counts a loop body once).
+
+    Returns:
+        (final carry, per-step outputs stacked [num_steps, ...], per-record outputs stacked [num_records, ...]).
+    """
+    ys, outs = [], []
+    i = j = 0
+    for run in runs:
+        n = run.count * run.length
+
+        def segment(c, inp, run=run):
+            xs_seg, rx = inp
+            c, y = _scan(step_fn, c, xs_seg, unroll)
+            o = None
+            if run.record:
+                c, o = record_fn(c, rx)
+            return c, (y, o)
+
+        xs = _take(step_xs, i, i + n, (run.count, run.length))
+        rxs = _take(record_xs, j, j + run.count, (run.count,)) if run.record else None
+        g = group if group > 1 and run.count >= group else 1
+        q, r = divmod(run.count, g)
+        pieces = []
+        if g > 1:
+            outer = jax.checkpoint(lambda c, inp, seg=segment: _scan(seg, c, inp, unroll))
+            grouped = jax.tree.map(lambda x, q=q, g=g: x[: q * g].reshape((q, g) + x.shape[1:]), (xs, rxs))
+            carry, (y, o) = _scan(outer, carry, grouped, unroll)
+            pieces.append(jax.tree.map(lambda x, n=q * g: x.reshape((n,) + x.shape[2:]), (y, o)))
+        if r or g == 1:
+            rest = jax.tree.map(lambda x, start=q * g if g > 1 else 0: x[start:], (xs, rxs))
+            carry, (y, o) = _scan(segment, carry, rest, unroll)
+            pieces.append((y, o))
+        y, o = jax.tree.map(lambda *a: jnp.concatenate(a), *pieces) if len(pieces) > 1 else pieces[0]
+        ys.append(y.reshape((n,) + y.shape[2:]))
+        if run.record:
+            outs.append(o)
+            j += run.count
+        i += n
+    losses = jnp.concatenate(ys) if ys else jnp.zeros((0,))
+    records = jax.tree.map(lambda *a: jnp.concatenate(a), *outs) if outs else None
+    return carry, losses, records
+
+
+def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Leafwise `jnp.where(pred, a, b)` for a scalar predicate."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_step(
+    problem: AttackProblem,
+    opt: AttackOptimizer,
+    defended: PyTree,
+    hp: dict[str, jax.Array],
+    active_steps: jax.Array | None = None,
+) -> Callable[[Carry, PyTree], tuple[Carry, jax.Array]]:
+    """The scan body of a plain attack step; steps with index >= `active_steps` leave the state unchanged."""
+
+    def step(c: Carry, batch: PyTree) -> tuple[Carry, jax.Array]:
+        loss, grads = jax.value_and_grad(problem.attack_loss, argnums=1)(defended, c.trainable, batch)
+        trainable, state = opt.step(grads, c.opt_state, c.trainable, c.step, hp)
+        if active_steps is not None:
+            active = c.step < active_steps
+            trainable, state = tree_select(active, (trainable, state), (c.trainable, c.opt_state))
+            loss = jnp.where(active, loss, 0.0)
+        return Carry(trainable, state, c.step + 1, c.acc), loss
+
+    return step
+
+
+class UnrollResult(NamedTuple):
+    """Output of `unroll`: final weights (evaluation weights for schedule-free), state, losses, records."""
+
+    trainable: PyTree
+    opt_state: PyTree
+    losses: jax.Array
+    records: PyTree
+
+
+def unroll(
+    problem: AttackProblem,
+    defended: PyTree,
+    adversary: Adversary,
+    batches: PyTree,
+    *,
+    key: jax.Array,
+    hyperparams: dict[str, jax.Array] | None = None,
+    active_steps: jax.Array | None = None,
+    record_every: int | None = None,
+    include_initial: bool = False,
+    record_fn: Callable[[PyTree, PyTree], PyTree] | None = None,
+) -> UnrollResult:
+    """Run the attack; differentiable end to end.
+
+    Args:
+        problem: what the attacker trains.
+        defended: the defended params.
+        adversary: optimiser, schedule, clipping (its `steps` sets the schedule length).
+        batches: per-step batches, a pytree with a leading axis of length K (the number of steps run).
+        key: the attacker's randomness (LoRA / head init).
+        hyperparams: overrides of `adversary.hyperparams()` (arrays; e.g. traced for a hyper-gradient).
+        active_steps: run only this many of the K steps (the rest are no-ops) - for vmapped mixed lengths.
+        record_every: call `record_fn(defended, weights)` after every step number divisible by this.
+        include_initial: also record before the first step.
+        record_fn: metric at the recorded steps (weights are `eval_params` for schedule-free).
+
+    Returns:
+        UnrollResult(final weights, optimiser state, per-step attack losses [K], stacked records or None).
+
+    Example:
+        >>> prob = full_parameter_problem(lambda w, b: jnp.sum((w - b) ** 2))
+        >>> res = unroll(prob, jnp.zeros(2), Adversary("sgd", lr=0.25, steps=2), jnp.ones((2, 2)),
+        ...              key=jax.random.key(0))
+        >>> res.trainable.tolist()
+        [0.75, 0.75]
+    """
+    num_steps = jax.tree.leaves(batches)[0].shape[0]
+    opt = make_optimizer(adversary)
+    hp = opt.default_hyperparams() if hyperparams is None else dict(hyperparams)
+    trainable = problem.attack_init(defended, key)
+    carry = Carry(trainable, opt.init(trainable, hp), jnp.zeros((), jnp.int32), None)
+    every = record_every if record_fn is not None else None
+    runs = plan_runs(0, num_steps, every)
+
+    def record(c: Carry, _):
+        return c, record_fn(defended, opt.eval_params(c.opt_state, c.trainable))
+
+    first = None
+    if record_fn is not None and include_initial:
+        first = jax.tree.map(lambda x: x[None], record(carry, None)[1])
+    n_rec = count_records(runs)
+    step = make_step(problem, opt, defended, hp, active_steps)
+    carry, losses, records = run_plan(step, record, carry, runs, batches, jnp.zeros((n_rec,)))
+    if first is not None:
+        records = first if records is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, records)
+    return UnrollResult(opt.eval_params(carry.opt_state, carry.trainable), carry.opt_state, losses, records)

@@ -1,0 +1,120 @@
+"""Mesh / sharding helpers, and the same jitted meta-step on 8 simulated CPU devices vs one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxtar.parallel import (
+    batch_sharding,
+    batch_shardings,
+    fsdp_spec,
+    initialize_distributed,
+    make_mesh,
+    param_shardings,
+    shard,
+    tree_bytes,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fsdp_rule():
+    assert fsdp_spec((2, 64, 128), 4) == P(None, None, "fsdp")  # largest divisible dim, never the layer axis
+    assert fsdp_spec((2, 64, 10), 4) == P(None, "fsdp", None)
+    assert fsdp_spec((256, 64), 4) == P("fsdp", None)
+    assert fsdp_spec((10, 10), 4) == P()  # too small
+    assert fsdp_spec((3, 3, 333, 333), 4, min_size=1) == P()  # nothing divisible
+    assert fsdp_spec((4096,), 1) == P()
+
+
+def test_single_device_mesh_helpers():
+    mesh = make_mesh()
+    assert mesh.axis_names == ("data", "fsdp", "adversary") and mesh.size == 1
+    with pytest.raises(ValueError, match="exceeds"):
+        make_mesh(data=len(jax.devices()) + 1)
+    with pytest.raises(ValueError, match=">= 1"):
+        make_mesh(fsdp=0)
+    tree = {"w": jnp.ones((8, 4)), "ids": jnp.zeros((2, 3, 8), jnp.int32)}
+    placed = shard(tree, param_shardings(tree, mesh))
+    assert placed["w"].sharding.spec == P()
+    assert batch_sharding(mesh, ndim=4, batch_axis=2, adversary_axis=0).spec == P(
+        "adversary", None, ("data", "fsdp"), None
+    )
+    assert batch_shardings(tree, mesh, batch_axis=1)["ids"].spec == P(None, ("data", "fsdp"), None)
+    assert tree_bytes(tree) == 8 * 4 * 4 + 2 * 3 * 8 * 4
+    assert initialize_distributed() is False
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    # 8 simulated devices; LLVM -O0 only shortens compilation (the numbers are compared at 1e-5)
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jaxtar.attacks import Adversary, full_parameter_problem
+    from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
+    from jaxtar.parallel import batch_shardings, make_mesh, param_shardings, replicated, shard
+
+    assert len(jax.devices()) == 8
+    loss = lambda w, b: jnp.mean((jnp.tanh(b[0] @ w["w1"]) @ w["w2"] - b[1]) ** 2)
+    tamper = lambda w, b: jnp.mean(jnp.sin(jnp.tanh(b[0] @ w["w1"]) @ w["w2"]) * b[1])
+    problem = full_parameter_problem(loss, tamper)
+    group = AdversaryGroup((Adversary("adamw", lr=0.05, steps=3), Adversary("adamw", lr=0.1, steps=3, seed=1)))
+    k = jax.random.split(jax.random.key(0), 6)
+    params = {"w1": jax.random.normal(k[0], (8, 32)) / 3, "w2": jax.random.normal(k[1], (32, 4)) / 6}
+    batches = (jax.random.normal(k[2], (2, 3, 4, 8)), jax.random.normal(k[3], (2, 3, 4, 4)))
+    tb = (jax.random.normal(k[4], (4, 8)), jax.random.normal(k[5], (4, 4)))
+    outer = optax.adam(1e-2)
+
+    def make_step(mesh):
+        def step(p, s, b, t):
+            res = vmap_meta_value_and_grad(problem, p, group, b, t, key=k[0], schedule=TamperSchedule.tar(every=1),
+                                           estimator=Estimator("exact"), mesh=mesh)
+            u, s = outer.update(res.grads, s, p)
+            return optax.apply_updates(p, u), s, res.value, res.grads
+        return step
+
+    ref = jax.jit(make_step(None))(params, outer.init(params), batches, tb)
+
+    mesh = make_mesh(data=2, fsdp=2, adversary=2)
+    p_sh = param_shardings(params, mesh, min_size=64)
+    state = outer.init(params)
+    s_sh = param_shardings(state, mesh, min_size=64)
+    args = (shard(params, p_sh), shard(state, s_sh), shard(batches, batch_shardings(batches, mesh, 2, 0)),
+            shard(tb, batch_shardings(tb, mesh, 0)))
+    step = jax.jit(make_step(mesh), out_shardings=(p_sh, s_sh, replicated(mesh), p_sh))
+    hlo = step.lower(*args).compile().as_text()
+    out = step(*args)
+    err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+              for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)))
+    print(json.dumps(dict(
+        err=err,
+        devices=len(out[0]["w1"].sharding.device_set),
+        w1_spec=str(out[0]["w1"].sharding.spec),
+        mu_spec=str(out[1][0].mu["w1"].sharding.spec),
+        collectives=sum(hlo.count(c) for c in ("all-reduce", "all-gather", "reduce-scatter")),
+    )))
+    """
+)
+
+
+def test_eight_devices_equal_one_device():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["err"] < 1e-5
+    assert out["devices"] == 8
+    assert "fsdp" in out["w1_spec"] and "fsdp" in out["mu_spec"]  # params and optimiser state stay sharded
+    assert out["collectives"] > 0
