@@ -1,0 +1,408 @@
+"""Scoring a model: WMDP / MMLU-style multiple choice and loss probes (the judge hook is `jaxtar.eval.judge`).
+
+Multiple choice follows the lm-evaluation-harness convention the TAR paper uses: a (k-shot) prompt ending in
+``Answer:``, then the argmax over the logits of the letter tokens (``" A"``, ``" B"``, ... - or ``"A"`` where the
+tokenizer has no single spaced token) at the last prompt position. Prompts are left-padded (positions
+``cumsum(mask) - 1``, so padding changes nothing) and scored in fixed-size batches by one jitted function per model
+shape; only the letters' logits at the last position are computed (no ``[B, T, V]`` logits). Retain scores drop
+the forget domain's subjects (REFERENCE §1.5). A loss probe is the mean next-token cross-entropy on held-out text.
+
+Example:
+    >>> ev = EvalSet(forget_mcq=world.forget_mcq, retain_mcq=world.retain_mcq, forget_probe=texts_f,
+    ...              retain_probe=texts_r)
+    >>> scores = evaluate(model, params, ev.prepare(tokenizer))
+    >>> scores.forget_acc, scores.forget_se
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtar.data.batching import pad_id, tokenize_texts
+from jaxtar.data.sources import MCQ_LETTERS, MMLU_BIO_SUBJECTS, MMLU_CYBER_SUBJECTS, MCQItem, build_mcq_prompt
+from jaxtar.models.functional import Model, Params
+from jaxtar.models.generate import DECODERS
+from jaxtar.objectives.lm import next_token_log_probs
+
+DOMAIN_SUBJECTS = {"bio": MMLU_BIO_SUBJECTS, "cyber": MMLU_CYBER_SUBJECTS}
+_CANONICAL: dict[str, Model] = {}
+
+
+def canonical_model(model: Model) -> Model:
+    """One `Model` per architecture config, so jitted functions compile once per model *shape*, not per load."""
+    return _CANONICAL.setdefault(repr(model.config), model)
+
+
+def excluded_subjects(domain: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Subjects left out of the retain score: ``"bio"`` / ``"cyber"`` (REFERENCE §1.5), a list, or None.
+
+    Example:
+        >>> excluded_subjects("cyber")
+        ('computer_security',)
+    """
+    if domain is None:
+        return ()
+    if isinstance(domain, str):
+        if domain not in DOMAIN_SUBJECTS:
+            raise ValueError(f"unknown forget domain {domain!r}; known: {sorted(DOMAIN_SUBJECTS)} (or pass subjects)")
+        return DOMAIN_SUBJECTS[domain]
+    return tuple(domain)
+
+
+def letter_token_ids(tokenizer: Any, num_choices: int = 4) -> tuple[int, ...]:
+    """Token ids of the answer letters: ``" A"`` when every spaced letter is one token, else ``"A"``.
+
+    Raises:
+        ValueError: neither form is a single known token for every letter (the message shows the encodings).
+
+    Example:
+        >>> len(letter_token_ids(world.tokenizer))
+        4
+    """
+    letters = MCQ_LETTERS[:num_choices]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    tried = {}
+    for prefix in (" ", ""):
+        ids = [list(tokenizer.encode(prefix + c, add_special_tokens=False)) for c in letters]
+        tried[prefix] = ids
+        flat = [i[0] for i in ids if len(i) == 1 and i[0] != unk]
+        if len(flat) == len(letters) and len(set(flat)) == len(letters):
+            return tuple(int(i) for i in flat)
+    raise ValueError(
+        "multiple-choice scoring needs every answer letter to be a single token, with or without a leading space; "
+        f"this tokenizer encodes {dict(zip(letters, tried[' ']))} (spaced) and {dict(zip(letters, tried['']))}"
+    )
+
+
+def mcq_prompts(items: Sequence[MCQItem], shots: int = 0, shot_pool: Sequence[MCQItem] = ()) -> list[str]:
+    """k-shot prompts: each item preceded by the first ``shots`` pool items of its subject (itself excluded).
+
+    Example:
+        >>> mcq_prompts([MCQItem("q?", ("a", "b"), 0)])[0].endswith("Answer:")
+        True
+    """
+    if shots < 0:
+        raise ValueError(f"shots must be >= 0, got {shots}")
+    prompts = []
+    for item in items:
+        examples = [s for s in shot_pool if s.subject == item.subject and s != item][:shots]
+        if len(examples) < shots:
+            raise ValueError(
+                f"{shots}-shot prompts need {shots} examples of subject {item.subject!r} in the shot pool, "
+                f"found {len(examples)}"
+            )
+        prompts.append(build_mcq_prompt(item, examples))
+    return prompts
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MCQBatch:
+    """Tokenised, left-padded prompts ``[N, T]`` with answers, choice counts and letter ids."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    answers: np.ndarray
+    num_choices: np.ndarray
+    letter_ids: tuple[int, ...]
+    subjects: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    @property
+    def chance(self) -> float:
+        """Expected accuracy of a uniform random guess."""
+        return float(np.mean(1.0 / self.num_choices)) if len(self) else float("nan")
+
+
+def round_up(n: int, multiple: int = 16) -> int:
+    """``n`` rounded up to a multiple (at least one multiple): few distinct shapes, few compiles."""
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def prepare_mcq(
+    tokenizer: Any,
+    items: Sequence[MCQItem],
+    *,
+    shots: int = 0,
+    shot_pool: Sequence[MCQItem] = (),
+    exclude_subjects: str | Sequence[str] | None = None,
+    max_length: int | None = None,
+) -> MCQBatch:
+    """Prompts tokenised once for repeated scoring.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        items: the questions.
+        shots, shot_pool: k-shot examples (see `mcq_prompts`).
+        exclude_subjects: subjects to drop (``"bio"``, ``"cyber"`` or a list).
+        max_length: row length; default: the longest prompt rounded up to a multiple of 16. Longer prompts lose
+            their *beginning* (a warning says how many), so ``Answer:`` is always the last token.
+
+    Example:
+        >>> batch = prepare_mcq(world.tokenizer, world.retain_mcq[:8])
+        >>> batch.input_ids.shape[0]
+        8
+    """
+    dropped = set(excluded_subjects(exclude_subjects))
+    items = [i for i in items if i.subject not in dropped]
+    num_choices = max((len(i.choices) for i in items), default=4)
+    letters = letter_token_ids(tokenizer, num_choices)
+    encoded = [list(ids) for ids in tokenizer(mcq_prompts(items, shots, shot_pool))["input_ids"]] if items else []
+    longest = max((len(e) for e in encoded), default=1)
+    length = round_up(longest) if max_length is None else max_length
+    cut = sum(len(e) > length for e in encoded)
+    if cut:
+        warnings.warn(f"{cut} of {len(items)} prompts exceed {length} tokens; their beginnings are cut", stacklevel=2)
+    ids = np.full((len(items), length), pad_id(tokenizer), np.int32)
+    mask = np.zeros((len(items), length), np.int32)
+    for row, seq in enumerate(encoded):
+        seq = seq[-length:]
+        ids[row, length - len(seq) :] = seq
+        mask[row, length - len(seq) :] = 1
+    return MCQBatch(
+        input_ids=ids,
+        attention_mask=mask,
+        answers=np.asarray([i.answer for i in items], np.int32),
+        num_choices=np.asarray([len(i.choices) for i in items], np.int32),
+        letter_ids=letters,
+        subjects=tuple(i.subject for i in items),
+    )
+
+
+def _letter_head(model: Model, params: Params, letters: jax.Array) -> jax.Array | None:
+    """The LM-head columns of the letters ``[D, n]`` (None for a port whose head we do not know)."""
+    c = model.config
+    if c.model_type == "gpt2" or getattr(c, "tie_word_embeddings", False):
+        embedding = params.get("embed", {}).get("embedding")
+        return None if embedding is None else embedding[letters].T
+    kernel = params.get("lm_head", {}).get("kernel")
+    return None if kernel is None else kernel[:, letters]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _letter_logits(model: Model, params: Params, ids: jax.Array, mask: jax.Array, letters: jax.Array) -> jax.Array:
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    out = model.apply(params, ids, mask, position_ids=positions)
+    head = _letter_head(model, params, letters)
+    if head is None:
+        return out.logits[:, -1, :][:, letters]
+    # only the last position's letter logits: the unused [B, T, V] logits are dead code (an 8B model's 5-shot
+    # MMLU batch would otherwise hold gigabytes of them)
+    last = out.last_hidden_state[:, -1]
+    return jnp.dot(last, head.astype(last.dtype), preferred_element_type=jnp.float32)
+
+
+def fixed_batches(arrays: Sequence[np.ndarray], batch_size: int):
+    """Yields (real rows, fixed-size batches); the last is padded with copies of row 0: one compile for any N."""
+    n = len(arrays[0])
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        pad = batch_size - (stop - start)
+        yield stop - start, [np.concatenate([a[start:stop]] + [a[:1]] * pad) if pad else a[start:stop] for a in arrays]
+
+
+def _check_model(model: Model, length: int) -> None:
+    if model.config.model_type not in DECODERS:
+        raise ValueError(f"scoring needs a decoder ({', '.join(DECODERS)}), not {model.config.model_type!r}")
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and length > limit:
+        raise ValueError(f"prompts of {length} tokens exceed the model's {limit} positions; pass a smaller max_length")
+
+
+@dataclasses.dataclass(frozen=True)
+class MCQResult:
+    """Accuracy with its binomial standard error ``sqrt(p (1 - p) / n)``, and the per-item details."""
+
+    accuracy: float
+    stderr: float
+    n: int
+    predictions: np.ndarray
+    letter_logits: np.ndarray
+
+
+def binomial_stderr(accuracy: float, n: int) -> float:
+    """``sqrt(p (1 - p) / n)`` (NaN for n = 0).
+
+    Example:
+        >>> binomial_stderr(0.5, 100)
+        0.05
+    """
+    return math.sqrt(accuracy * (1.0 - accuracy) / n) if n else float("nan")
+
+
+def score_mcq(model: Model, params: Params, batch: MCQBatch, *, batch_size: int = 32) -> MCQResult:
+    """Letter-logit accuracy of ``model`` on prepared prompts.
+
+    Example:
+        >>> score_mcq(model, params, prepare_mcq(tokenizer, items)).accuracy
+    """
+    if len(batch) == 0:
+        return MCQResult(float("nan"), float("nan"), 0, np.zeros(0, np.int32), np.zeros((0, len(batch.letter_ids))))
+    _check_model(model, batch.input_ids.shape[1])
+    model = canonical_model(model)
+    letters = jnp.asarray(batch.letter_ids, jnp.int32)
+    rows = []
+    for real, (ids, mask) in fixed_batches([batch.input_ids, batch.attention_mask], batch_size):
+        rows.append(np.asarray(_letter_logits(model, params, ids, mask, letters))[:real])
+    logits = np.concatenate(rows).astype(np.float64)
+    valid = np.arange(logits.shape[1])[None, :] < batch.num_choices[:, None]
+    predictions = np.argmax(np.where(valid, logits, -np.inf), axis=1).astype(np.int32)
+    accuracy = float(np.mean(predictions == batch.answers))
+    return MCQResult(accuracy, binomial_stderr(accuracy, len(batch)), len(batch), predictions, logits)
+
+
+def prepare_probe(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """Held-out text for a loss probe: one right-padded row per text (the end of longer texts is cut)."""
+    return tokenize_texts(tokenizer, list(texts), max_length)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _nll_sum(model: Model, params: Params, ids: jax.Array, mask: jax.Array, weight: jax.Array) -> jax.Array:
+    logits = model.apply(params, ids, mask).logits
+    targets = mask[:, 1:].astype(jnp.float32) * weight[:, None]
+    return jnp.stack([-jnp.sum(next_token_log_probs(logits, ids) * targets), jnp.sum(targets)])
+
+
+def probe_loss(model: Model, params: Params, probe: dict[str, np.ndarray], *, batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy over every target token of the probe texts (NaN for no text).
+
+    Example:
+        >>> probe_loss(model, params, prepare_probe(tokenizer, held_out_texts, 64))
+    """
+    ids, mask = probe["input_ids"], probe["attention_mask"]
+    if len(ids) == 0:
+        return float("nan")
+    model = canonical_model(model)
+    total = np.zeros(2)
+    weight = np.ones(len(ids), np.float32)
+    for real, (i, m, w) in fixed_batches([ids, mask, weight], batch_size):
+        w = w.copy()
+        w[real:] = 0.0
+        total += np.asarray(_nll_sum(model, params, i, m, w), np.float64)
+    return float(total[0] / max(total[1], 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Forget / retain accuracy (with standard errors and counts), loss probes and an optional judge score."""
+
+    forget_acc: float
+    forget_se: float
+    forget_n: int
+    retain_acc: float
+    retain_se: float
+    retain_n: int
+    forget_loss: float = float("nan")
+    retain_loss: float = float("nan")
+    judge_score: float = float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scores:
+        return cls(**{k: float("nan") if d.get(k) is None else d[k] for k in (f.name for f in dataclasses.fields(cls))})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedEval:
+    """An `EvalSet` tokenised for one tokenizer."""
+
+    forget: MCQBatch
+    retain: MCQBatch
+    forget_probe: dict[str, np.ndarray]
+    retain_probe: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalSet:
+    """What `evaluate` scores: forget / retain multiple choice and held-out text for the loss probes.
+
+    Args:
+        forget_mcq: hazardous-domain questions (WMDP-style; chance 25 % for 4 choices).
+        retain_mcq: general questions (MMLU-style); `exclude_subjects` are dropped from them.
+        forget_probe, retain_probe: held-out text for mean next-token CE.
+        shots, shot_pool: k-shot examples for the retain prompts (MMLU: 5 from its dev split).
+        exclude_subjects: ``"bio"``, ``"cyber"`` or a list of subjects.
+        probe_length: tokens per probe row.
+        mcq_length: MCQ row length (default: fits the longest prompt).
+    """
+
+    forget_mcq: Sequence[MCQItem]
+    retain_mcq: Sequence[MCQItem]
+    forget_probe: Sequence[str] = ()
+    retain_probe: Sequence[str] = ()
+    shots: int = 0
+    shot_pool: Sequence[MCQItem] = ()
+    exclude_subjects: str | Sequence[str] | None = None
+    probe_length: int = 64
+    mcq_length: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cache", {})
+        if not self.forget_mcq and not self.retain_mcq:
+            raise ValueError("EvalSet needs forget_mcq or retain_mcq questions")
+        if self.probe_length < 2:
+            raise ValueError(f"probe_length must be >= 2, got {self.probe_length}")
+        excluded_subjects(self.exclude_subjects)  # validates
+
+    def prepare(self, tokenizer: Any) -> PreparedEval:
+        """Tokenised once per tokenizer (cached); forget and retain prompts share one length (one compile)."""
+        key = id(tokenizer)
+        if key not in self._cache:
+            forget = prepare_mcq(tokenizer, self.forget_mcq, max_length=self.mcq_length)
+            kw = dict(shots=self.shots, shot_pool=self.shot_pool, exclude_subjects=self.exclude_subjects)
+            retain = prepare_mcq(tokenizer, self.retain_mcq, max_length=self.mcq_length, **kw)
+            if self.mcq_length is None and forget.input_ids.shape[1] != retain.input_ids.shape[1]:
+                length = max(forget.input_ids.shape[1], retain.input_ids.shape[1])
+                forget = prepare_mcq(tokenizer, self.forget_mcq, max_length=length)
+                retain = prepare_mcq(tokenizer, self.retain_mcq, max_length=length, **kw)
+            self._cache[key] = (
+                tokenizer,  # keeps id(tokenizer) from being reused while cached
+                PreparedEval(
+                    forget,
+                    retain,
+                    prepare_probe(tokenizer, self.forget_probe, self.probe_length),
+                    prepare_probe(tokenizer, self.retain_probe, self.probe_length),
+                ),
+            )
+        return self._cache[key][1]
+
+    @property
+    def chance(self) -> float:
+        """Chance accuracy of the forget questions."""
+        return float(np.mean([1.0 / len(i.choices) for i in self.forget_mcq])) if self.forget_mcq else float("nan")
+
+
+def evaluate(
+    model: Model, params: Params, prepared: PreparedEval, *, batch_size: int = 32, probe_batch_size: int = 8
+) -> Scores:
+    """Forget / retain accuracy and loss probes of one model state.
+
+    The probes need every position's full-vocabulary logits, hence their own (smaller) batch size.
+
+    Example:
+        >>> evaluate(model, params, EvalSet(world.forget_mcq, world.retain_mcq).prepare(tokenizer)).forget_acc
+    """
+    f = score_mcq(model, params, prepared.forget, batch_size=batch_size)
+    r = score_mcq(model, params, prepared.retain, batch_size=batch_size)
+    return Scores(
+        f.accuracy,
+        f.stderr,
+        f.n,
+        r.accuracy,
+        r.stderr,
+        r.n,
+        probe_loss(model, params, prepared.forget_probe, batch_size=probe_batch_size),
+        probe_loss(model, params, prepared.retain_probe, batch_size=probe_batch_size),
+    )

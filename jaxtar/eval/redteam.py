@@ -1,0 +1,422 @@
+"""Red teaming: run a suite of fine-tuning attacks against models and score them before and after.
+
+Each (model, adversary, seed) run starts from the model's weights, trains with the adversary's optimiser, schedule,
+data and (optional) LoRA spec using the engine's attack step (`jaxtar.attacks.unroll.make_step`), and scores forget /
+retain multiple choice and loss probes before and after. Long attacks run in fixed-size chunks (`lax.scan` over
+`chunk_steps` steps, the last chunk masked), so every adversary group compiles once; the compiled functions are
+cached per (model shape, adversary group) and reused across models of the same shape and across seeds.
+
+Randomness of a run comes from its adversary's ``seed``: the data order, the retain->forget switch step when the
+adversary leaves it open, the LoRA initialisation (key ``fold_in(key(0), seed)``) and the LoRA dropout of step k
+(key ``fold_in(fold_in(fold_in(key(0), seed), 1), k)``).
+
+Example:
+    >>> results = red_team({"base": "out/base", "tar": (model, params)}, "toy", RedTeamData.toy(), out_dir="rt")
+    >>> results.summary("tar").worst_forget_after
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxtar.attacks import Adversary, model_attack_problem, sample_switch_step
+from jaxtar.attacks.optimizers import make_optimizer
+from jaxtar.attacks.unroll import Carry, make_step
+from jaxtar.data.batching import BatchIterator, pack_texts, stack_batches, tokenize_texts
+from jaxtar.eval.judge import JudgeTask
+from jaxtar.eval.mcq import EvalSet, Scores, canonical_model, evaluate
+from jaxtar.eval.report import AttackRun, RedTeamResults, check_output_dir, write_report
+from jaxtar.eval.suites import load_suite, name_adversaries
+from jaxtar.meta.vectorize import group_adversaries
+from jaxtar.models import Model, from_pretrained, load_tokenizer, merge_lora
+from jaxtar.objectives.lm import batch_cross_entropy
+
+ModelSpec = Any  # an HF folder (str / Path), (model, params) or (model, params, tokenizer)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RedTeamData:
+    """What the attacks train on and what is scored.
+
+    Args:
+        eval_set: forget / retain questions and loss-probe text.
+        texts: attack data by role (``forget``, ``retain``, ``ood``, ...); ``<a>_to_<b>`` adversaries use two roles.
+        tokenizer: tokenizer for in-memory models given without one.
+        max_length: tokens per attack sequence.
+        pack: pack texts into full rows (real corpora) instead of one padded row per text (the toy world).
+        name: a label for reports.
+    """
+
+    eval_set: EvalSet
+    texts: Mapping[str, Sequence[str]]
+    tokenizer: Any = None
+    max_length: int = 64
+    pack: bool = False
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        empty = [role for role, t in self.texts.items() if not t]
+        if empty:
+            raise ValueError(f"RedTeamData: no attack text for role(s) {empty}")
+        if self.max_length < 2:
+            raise ValueError(f"RedTeamData.max_length must be >= 2, got {self.max_length}")
+        object.__setattr__(self, "_arrays", {})
+
+    def arrays(self, tokenizer: Any) -> dict[str, dict[str, np.ndarray]]:
+        """Attack data tokenised for ``tokenizer`` (cached)."""
+        if id(tokenizer) not in self._arrays:
+            fn = pack_texts if self.pack else tokenize_texts
+            rows = {role: fn(tokenizer, list(t), self.max_length) for role, t in self.texts.items()}
+            self._arrays[id(tokenizer)] = (tokenizer, rows)
+        return self._arrays[id(tokenizer)][1]
+
+    @classmethod
+    def toy(
+        cls, seed: int = 0, *, mcq_limit: int | None = None, probe_every: int = 10, world: Any = None
+    ) -> RedTeamData:
+        """The offline toy world: every ``probe_every``-th text is held out for the loss probes.
+
+        Example:
+            >>> data = RedTeamData.toy(mcq_limit=40)
+            >>> sorted(data.texts)
+            ['forget', 'ood', 'retain']
+        """
+        from jaxtar.data.toy import MAX_LENGTH, toy_world
+
+        world = toy_world(seed) if world is None else world
+        probe = lambda t: [x for i, x in enumerate(t) if i % probe_every == 0]
+        train = lambda t: [x for i, x in enumerate(t) if i % probe_every != 0]
+        subset = lambda items: _spread(items, mcq_limit)
+        eval_set = EvalSet(
+            subset(world.forget_mcq),
+            subset(world.retain_mcq),
+            forget_probe=probe(world.forget_texts),
+            retain_probe=probe(world.retain_texts),
+            probe_length=MAX_LENGTH,
+        )
+        texts = {"forget": train(world.forget_texts), "retain": train(world.retain_texts),
+                 "ood": list(world.ood_forget_texts)}  # fmt: skip
+        return cls(eval_set, texts, world.tokenizer, MAX_LENGTH, pack=False, name=f"toy-{seed}")
+
+    @classmethod
+    def from_sources(
+        cls,
+        domain: str = "bio",
+        *,
+        local_paths: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        mcq_limit: int | None = None,
+        shots: int = 5,
+        max_length: int = 256,
+        probe_every: int = 10,
+    ) -> RedTeamData:
+        """REFERENCE §1.5 data: WMDP (forget), MMLU 5-shot without the domain's subjects (retain), pile-bio /
+        CTFtime attack text. ``local_paths`` maps a role (forget_mcq, retain_mcq, shots, forget, retain, ood,
+        forget_alt) to a local copy. The cyber retain text is pile-bio-retain (an assumption: benign text).
+        """
+        from jaxtar.data.sources import load_mcq, load_texts
+
+        presets = {
+            "bio": dict(forget_mcq="wmdp-bio", forget="pile-bio-forget", retain="pile-bio-retain",
+                        ood="magpie-bio-filtered", forget_alt="camel-bio"),
+            "cyber": dict(forget_mcq="wmdp-cyber", forget="ctftime", retain="pile-bio-retain"),
+        }  # fmt: skip
+        if domain not in presets:
+            raise ValueError(f"domain must be one of {sorted(presets)}, got {domain!r}")
+        sources = {**presets[domain], "retain_mcq": "mmlu", "shots": "mmlu-dev"}
+        local = dict(local_paths or {})
+        unknown = set(local) - set(sources)
+        if unknown:
+            raise ValueError(f"local_paths roles {sorted(unknown)} unknown; roles: {sorted(sources)}")
+        kw = lambda role: dict(local_path=local.get(role), limit=limit)
+        texts = {r: load_texts(sources[r], **kw(r)) for r in ("forget", "retain", "ood", "forget_alt") if r in sources}
+        probes = {r: [x for i, x in enumerate(texts[r]) if i % probe_every == 0] for r in ("forget", "retain")}
+        for r in ("forget", "retain"):
+            texts[r] = [x for i, x in enumerate(texts[r]) if i % probe_every != 0]
+        eval_set = EvalSet(
+            _spread(load_mcq(sources["forget_mcq"], local_path=local.get("forget_mcq")), mcq_limit),
+            _spread(load_mcq(sources["retain_mcq"], local_path=local.get("retain_mcq")), mcq_limit),
+            forget_probe=probes["forget"],
+            retain_probe=probes["retain"],
+            shots=shots,
+            shot_pool=load_mcq(sources["shots"], local_path=local.get("shots")) if shots else (),
+            exclude_subjects=domain,
+            probe_length=max_length,
+        )
+        return cls(eval_set, texts, None, max_length, pack=True, name=domain)
+
+
+def _spread(items: Sequence[Any], limit: int | None) -> tuple:
+    """At most ``limit`` items, evenly spaced (deterministic)."""
+    items = tuple(items)
+    if limit is None or limit >= len(items):
+        return items
+    return tuple(items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int))
+
+
+# ---------------------------------------------------------------------------------------------------- attacks
+class _AttackFeed:
+    """Per-step batches of one run: each data role its own seeded iterator; retain->forget switches at a step."""
+
+    def __init__(self, arrays: Mapping[str, Mapping[str, np.ndarray]], adversary: Adversary) -> None:
+        self.switch_step = adversary.switch_step
+        if adversary.switches and self.switch_step is None:
+            self.switch_step = sample_switch_step(np.random.default_rng(adversary.seed), adversary.steps)
+        self.sources = adversary.step_sources(self.switch_step)
+        seed = lambda role: zlib.crc32(f"{role}:{adversary.seed}".encode())
+        self.iters = {r: BatchIterator(arrays[r], adversary.batch_size, seed(r)) for r in dict.fromkeys(self.sources)}
+        self.step = 0
+
+    def take(self, count: int) -> dict[str, np.ndarray]:
+        """The next ``count`` steps' batches ``[count, B, T]`` (steps past the attack repeat its last source)."""
+        batches = []
+        for _ in range(count):
+            batches.append(next(self.iters[self.sources[min(self.step, len(self.sources) - 1)]]))
+            self.step += 1
+        return stack_batches(batches)
+
+
+def attack_batches(arrays: Mapping[str, Mapping[str, np.ndarray]], adversary: Adversary) -> dict[str, np.ndarray]:
+    """All ``[steps, B, T]`` batches a run of ``adversary`` trains on (the same ones `red_team` uses).
+
+    Example:
+        >>> data = RedTeamData.toy()
+        >>> attack_batches(data.arrays(data.tokenizer), Adversary(steps=3, batch_size=2))["input_ids"].shape
+        (3, 2, 64)
+    """
+    return _AttackFeed(arrays, adversary).take(adversary.steps)
+
+
+class _GroupRunner:
+    """Compiled init / chunk / final-weights functions for one model shape and adversary group."""
+
+    def __init__(self, model: Model, reference: Adversary, chunk: int) -> None:
+        opt = make_optimizer(reference)
+        lora = reference.lora is not None
+
+        def loss(params, batch, lora_params):
+            rng = batch["rng"] if lora_params is not None else None
+            out = model.apply(params, batch["input_ids"], batch["attention_mask"], lora=lora_params, lora_rng=rng)
+            return batch_cross_entropy(out.logits, batch)
+
+        problem = model_attack_problem(reference, loss, model=model)
+
+        def init(defended, key, hp):
+            trainable = problem.attack_init(defended, key)
+            return Carry(trainable, opt.init(trainable, hp), jnp.zeros((), jnp.int32), None)
+
+        def run(defended, carry, batches, hp, active, key):
+            rngs = jax.vmap(lambda s: jax.random.fold_in(key, s))(carry.step + jnp.arange(chunk))
+            return jax.lax.scan(make_step(problem, opt, defended, hp, active), carry, {**batches, "rng": rngs})
+
+        def weights(defended, carry):
+            w = opt.eval_params(carry.opt_state, carry.trainable)
+            return merge_lora(defended, w) if lora else w
+
+        self.chunk = chunk
+        self.init, self.run, self.weights = jax.jit(init), jax.jit(run), jax.jit(weights)
+
+
+_RUNNERS: dict[tuple, _GroupRunner] = {}
+
+
+def _runner(model: Model, reference: Adversary, chunk: int) -> _GroupRunner:
+    steps = reference.steps if reference.schedule.kind == "sgdr" else None  # only SGDR's cycle count reads it
+    key = (repr(model.config), reference.static_key(), steps, chunk)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = _GroupRunner(canonical_model(model), reference, chunk)
+    return _RUNNERS[key]
+
+
+def run_attack(
+    model: Model,
+    params: Any,
+    adversary: Adversary,
+    arrays: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    chunk_steps: int = 50,
+    reference: Adversary | None = None,
+    progress: Any = None,
+) -> tuple[Any, np.ndarray, int | None]:
+    """One attack in chunks of ``chunk_steps``; returns (attacked weights, losses [steps], switch step).
+
+    ``reference`` is the adversary group's shared structure (default: ``adversary`` itself); ``progress`` a tqdm bar.
+    LoRA attacks return the base weights with the trained adapters merged in.
+
+    Example:
+        >>> weights, losses, _ = run_attack(model, params, Adversary(lr=1e-3, steps=40), data.arrays(tokenizer))
+    """
+    reference = adversary if reference is None else reference
+    runner = _runner(model, reference, min(chunk_steps, reference.steps))
+    key = jax.random.fold_in(jax.random.key(0), adversary.seed)
+    hp = {k: jnp.asarray(v, jnp.float32) for k, v in adversary.hyperparams().items()}
+    carry = runner.init(params, key, hp)
+    feed, active, losses = _AttackFeed(arrays, adversary), jnp.asarray(adversary.steps, jnp.int32), []
+    for start in range(0, adversary.steps, runner.chunk):
+        carry, chunk_losses = runner.run(params, carry, feed.take(runner.chunk), hp, active, jax.random.fold_in(key, 1))
+        losses.append(np.asarray(chunk_losses))
+        if progress is not None:
+            progress.update(min(runner.chunk, adversary.steps - start))
+            progress.set_postfix(loss=f"{float(losses[-1][min(runner.chunk, adversary.steps - start) - 1]):.3f}")
+    return runner.weights(params, carry), np.concatenate(losses)[: adversary.steps], feed.switch_step
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def check_models(models: Mapping[str, ModelSpec]) -> None:
+    """Fails fast (before any compute) on a missing model folder or a malformed model spec.
+
+    Example:
+        >>> check_models({"base": "out/base", "tar": (model, params)})
+    """
+    if not models:
+        raise ValueError("no models to evaluate")
+    for name, spec in models.items():
+        if isinstance(spec, (str, os.PathLike)):
+            path = Path(spec)
+            if path.suffix != ".gguf" and not (path / "config.json").is_file():
+                raise FileNotFoundError(f"model {name!r}: {path} is not a model folder (no config.json)")
+            if path.suffix == ".gguf" and not path.is_file():
+                raise FileNotFoundError(f"model {name!r}: {path} does not exist")
+        elif not (isinstance(spec, tuple) and len(spec) in (2, 3) and isinstance(spec[0], Model)):
+            raise TypeError(f"model {name!r} must be a folder, (model, params) or (model, params, tokenizer)")
+
+
+def _load(name: str, spec: ModelSpec, default_tokenizer: Any) -> tuple[Model, Any, Any]:
+    if isinstance(spec, (str, os.PathLike)):
+        model, params = from_pretrained(spec)
+        try:
+            tokenizer = load_tokenizer(spec)
+        except Exception:  # noqa: BLE001 - fall back to the data's tokenizer
+            tokenizer = default_tokenizer
+    else:
+        model, params = spec[:2]
+        tokenizer = spec[2] if len(spec) == 3 else default_tokenizer
+    if tokenizer is None:
+        raise ValueError(f"model {name!r} has no tokenizer: save one with it or set RedTeamData.tokenizer")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(f"model {name!r}: its tokenizer has {len(tokenizer)} tokens, the model only {vocab}")
+    return model, params, tokenizer
+
+
+def evaluate_models(
+    models: Mapping[str, ModelSpec], data: RedTeamData | EvalSet, *, batch_size: int = 32
+) -> dict[str, Scores]:
+    """MCQ accuracies and loss probes of each model, without attacks (``jaxtar eval``).
+
+    Example:
+        >>> evaluate_models({"base": "out/base"}, RedTeamData.toy())["base"].forget_acc
+    """
+    check_models(models)
+    eval_set = data.eval_set if isinstance(data, RedTeamData) else data
+    tokenizer = data.tokenizer if isinstance(data, RedTeamData) else None
+    out = {}
+    for name, spec in models.items():
+        model, params, tok = _load(name, spec, tokenizer)
+        out[name] = evaluate(model, params, eval_set.prepare(tok), batch_size=batch_size)
+    return out
+
+
+def _scores(model: Model, params: Any, tokenizer: Any, prepared: Any, judge: JudgeTask | None, bs: int) -> Scores:
+    scores = evaluate(model, params, prepared, batch_size=bs)
+    if judge is None:
+        return scores
+    return dataclasses.replace(scores, judge_score=judge.run(model, params, tokenizer).mean)
+
+
+def red_team(
+    models: Mapping[str, ModelSpec],
+    suite: str | Sequence[Adversary],
+    data: RedTeamData | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    chunk_steps: int = 50,
+    eval_batch_size: int = 32,
+    judge: JudgeTask | None = None,
+    progress: bool = True,
+) -> RedTeamResults:
+    """Attack every model with every adversary (x seed); score before and after; optionally write the report.
+
+    Args:
+        models: name -> HF folder, (model, params) or (model, params, tokenizer).
+        suite: a suite name / file (`load_suite`) or adversaries.
+        data: attack data and eval set (default: the toy world).
+        seeds: run each distinct adversary once per seed (None: the seeds the suite carries).
+        out_dir: write results.json, results.md and plots here (refused if it exists, unless ``overwrite``).
+        chunk_steps: steps per compiled chunk.
+        eval_batch_size: prompts per scoring batch.
+        judge: also generate for these prompts and record the judge's mean score (e.g. refusal rate) before and
+            after each attack, as `Scores.judge_score`.
+        progress: tqdm bars and one line per finished run.
+
+    Example:
+        >>> res = red_team({"base": (model, params)}, "toy", seeds=(0, 1), out_dir="redteam-out")
+        >>> res.summary("base").worst_forget_after >= res.summary("base").mean_forget_after
+        True
+    """
+    adversaries = name_adversaries(load_suite(suite) if isinstance(suite, (str, os.PathLike)) else tuple(suite), seeds)
+    if not adversaries:
+        raise ValueError("the adversary suite is empty")
+    data = RedTeamData.toy() if data is None else data
+    missing = sorted({r for a in adversaries for r in a.sources} - set(data.texts))
+    if missing:
+        raise ValueError(f"the suite needs data role(s) {missing}; the data {data.name!r} has {sorted(data.texts)}")
+    if chunk_steps < 1:
+        raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    check_models(models)
+    if out_dir is not None:
+        check_output_dir(out_dir, overwrite)
+    groups = group_adversaries(adversaries)
+    reference = {a: g.reference for g in groups for a in g.adversaries}
+    t0 = time.time()
+    before: dict[str, Scores] = {}
+    runs: list[AttackRun] = []
+    for name, spec in models.items():
+        model, params, tokenizer = _load(name, spec, data.tokenizer)
+        prepared, arrays = data.eval_set.prepare(tokenizer), data.arrays(tokenizer)
+        before[name] = _scores(model, params, tokenizer, prepared, judge, eval_batch_size)
+        for adv in [a for g in groups for a in g.adversaries]:  # group order: compiled functions stay hot
+            start = time.time()
+            with tqdm(total=adv.steps, desc=f"{name} | {adv.name} | seed {adv.seed}", disable=not progress,
+                      leave=False, dynamic_ncols=True) as bar:  # fmt: skip
+                weights, losses, switch = run_attack(model, params, adv, arrays, chunk_steps=chunk_steps,
+                                                     reference=reference[adv], progress=bar)  # fmt: skip
+            after = _scores(model, weights, tokenizer, prepared, judge, eval_batch_size)
+            del weights
+            run = AttackRun(name, adv.name, adv.seed, dataclasses.asdict(adv), before[name], after,
+                            tuple(float(x) for x in losses), switch, time.time() - start)  # fmt: skip
+            runs.append(run)
+            if progress:
+                tqdm.write(run.describe())
+        del params
+    order = {(a.name, a.seed): i for i, a in enumerate(adversaries)}
+    runs.sort(key=lambda r: (list(models).index(r.model), order[(r.adversary, r.seed)]))
+    device = jax.devices()[0]
+    metadata = dict(
+        suite=str(suite) if isinstance(suite, (str, os.PathLike)) else "custom",
+        data=data.name,
+        seeds=None if seeds is None else [int(s) for s in seeds],
+        adversaries=[dataclasses.asdict(a) for a in adversaries],
+        device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        jax_version=jax.__version__,
+        chunk_steps=chunk_steps,
+        seconds=round(time.time() - t0, 2),
+        date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    results = RedTeamResults(before=before, runs=tuple(runs), chance=data.eval_set.chance, metadata=metadata)
+    if out_dir is not None:
+        write_report(results, out_dir, overwrite=overwrite)
+    return results
