@@ -1,4 +1,4 @@
-"""The ``jaxtar`` command line: ``demo``, ``generate``, ``convert`` (more subcommands register as they land)."""
+"""The ``jaxtar`` command line: ``demo``, ``generate``, ``convert``, ``defend``, ``redteam``, ``eval``."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 # Subcommands of later layers live in jaxtar/commands/<name>.py and register themselves on import.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("defend", "redteam")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,545 @@
+"""Run configurations: frozen dataclasses, YAML presets, and flag overrides (one source of truth for the CLI).
+
+A defence run is a :class:`DefenceConfig` with five sections — ``model``, ``data``, ``run``, ``tar`` and
+``random_mapping`` — each a frozen dataclass validated in ``__post_init__``. Presets are YAML files in
+``jaxtar/configs/`` (or any path) with the same sections; overrides are dotted keys (``tar.outer_steps=10``), and the
+CLI turns every field into a flag (``--tar.outer-steps 10``) through :func:`add_config_flags`.
+
+Example:
+    >>> cfg = load_config("toy", {"tar.outer_steps": 3, "run.seed": 1})
+    >>> cfg.tar.outer_steps, cfg.run.seed
+    (3, 1)
+    >>> load_config("toy", {"tar.outer_step": 3})
+    Traceback (most recent call last):
+    ...
+    jaxtar.config.ConfigError: unknown field 'tar.outer_step'; did you mean 'tar.outer_steps'?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+DTYPES = ("float32", "bfloat16")
+TAMPER_LOSSES = ("entropy", "dpo")
+TAR_SETTINGS = ("bio", "cyber", "refusal")
+ESTIMATOR_KINDS = ("exact", "remat", "mixed", "truncated", "first_order", "tar")
+# Top-level preset sections owned by other commands (red team, demo); loaded presets may carry them.
+EXTERNAL_SECTIONS = ("redteam", "eval", "demo")
+
+
+class ConfigError(ValueError):
+    """An unknown preset or field, or an invalid value."""
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be >= 0, got {getattr(obj, name)!r}")
+
+
+def _unit(obj: Any, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= getattr(obj, name) < 1.0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be in [0, 1), got {getattr(obj, name)!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model to defend.
+
+    Args:
+        path: HF folder, Hub id, ``.gguf`` file, ``toy`` (the toy-world base model) or ``smollm2`` (offline GGUF).
+        tokenizer: tokenizer folder / id; None = the one beside the model (the toy world's for ``toy``).
+        dtype: parameter (master-weight) dtype.
+        compute_dtype: activation dtype (``bfloat16`` = mixed precision); None = the parameter dtype.
+    """
+
+    path: str = "toy"
+    tokenizer: str | None = None
+    dtype: str = "float32"
+    compute_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("ModelConfig.path must be non-empty")
+        for name in ("dtype", "compute_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in DTYPES:
+                raise ConfigError(f"ModelConfig.{name} must be one of {DTYPES}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data plays which role. A source is ``toy:<role>`` (the toy world), a registry name of
+    ``jaxtar.data.sources.DATASETS``, ``<registry name>@<local file>`` (that spec read from a local copy), or a local
+    file of text. None = the role is not used.
+
+    Args:
+        forget: hazardous text: adversary SFT data, and (split off, ``heldout_fraction``) the tamper-loss batches.
+        forget_alt: a second hazardous source (bio: camel-bio).
+        retain: benign text for the retain loss (and ``retain_to_forget`` adversaries).
+        ood: out-of-distribution hazardous text.
+        harmful: refusal setting: preference pairs whose (prompt, rejected) are the adversary's SFT data.
+        preferences: refusal setting: preference pairs (chosen = refusal, rejected = harmful) for the DPO tamper loss.
+        sft: refusal setting: text for the post-TAR SFT phase (default: ``retain``).
+        max_length: tokens per row.
+        heldout_fraction: share of ``forget`` held out for the tamper loss (disjoint from the adversary's share).
+        limit: keep at most this many examples per source.
+    """
+
+    forget: str | None = "toy:forget"
+    forget_alt: str | None = None
+    retain: str | None = "toy:retain"
+    ood: str | None = None
+    harmful: str | None = None
+    preferences: str | None = None
+    sft: str | None = None
+    max_length: int = 64
+    heldout_fraction: float = 0.2
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_length", "limit")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ConfigError(f"DataConfig.heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a run executes (not part of a run's identity: may change on ``--resume``).
+
+    Args:
+        output_dir: the run folder (checkpoints, metrics.jsonl, the exported model in ``model/``).
+        seed: fixes the data order, adversary draws and every key (derived from (seed, step)).
+        checkpoint_every: save a checkpoint every this many steps (and on SIGINT / SIGTERM).
+        keep_checkpoints: how many recent checkpoints to keep.
+        log_every: write a metrics line every this many steps.
+        progress: show a tqdm progress bar.
+        tensorboard: also write TensorBoard events when ``tensorboardX`` or ``torch.utils.tensorboard`` is installed.
+        resume: continue the run in ``output_dir`` from its latest checkpoint.
+        export: write the final model as an HF checkpoint to ``output_dir/model``.
+    """
+
+    output_dir: str | None = None
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+    resume: bool = False
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "checkpoint_every", "keep_checkpoints", "log_every")
+        _non_negative(self, "seed")
+
+
+@dataclass(frozen=True)
+class TarConfig:
+    """TAR (REFERENCE §1.2-1.3); defaults are the paper's bio setting.
+
+    Args:
+        outer_steps: outer (defence) steps N.
+        lr, warmup_steps, b1, b2, eps, weight_decay: the schedule-free AdamW outer optimiser.
+        inner_steps: adversary steps K per outer step.
+        tamper_every: record the tamper loss every s-th inner step.
+        tamper_rate: weight exp(rate * (j - K)) of the record after step j.
+        lambda_tr, lambda_retain: weights of the tamper-resistance and retain gradients.
+        lambda_representation: weight of the representation distance inside the retain loss (paper: 1).
+        tamper_loss: ``entropy`` (knowledge restriction) or ``dpo`` (refusal).
+        dpo_beta: DPO inverse temperature.
+        setting: train-time adversary suite of `jaxtar.attacks.tar_train_adversaries`.
+        adversary_lrs: replace the suite's learning rates (e.g. for a toy model); None keeps them.
+        adversaries_per_step: A adversaries drawn per outer step, vmapped (their meta-gradients are averaged).
+        adversary_batch_size, tamper_batch_size, retain_batch_size: sequences per batch.
+        estimator: meta-gradient estimator (``tar`` = the paper's first order; ``exact``/``remat`` = second order).
+        truncation: T for ``estimator: truncated``.
+        unmasked_losses: parity with the reference code (entropy and hidden-state losses over padding too).
+        max_grad_norm: clip the outer gradient to this global norm; None = no clipping (the paper's choice).
+        sft_steps, sft_lr, sft_batch_size: the refusal setting's post-TAR SFT phase (AdamW; 0 steps = none).
+    """
+
+    outer_steps: int = 750
+    lr: float = 2e-5
+    warmup_steps: int = 32
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    inner_steps: int = 64
+    tamper_every: int = 4
+    tamper_rate: float = 0.0625
+    lambda_tr: float = 4.0
+    lambda_retain: float = 1.0
+    lambda_representation: float = 1.0
+    tamper_loss: str = "entropy"
+    dpo_beta: float = 0.1
+    setting: str = "bio"
+    adversary_lrs: tuple[float, ...] | None = None
+    adversaries_per_step: int = 1
+    adversary_batch_size: int = 32
+    tamper_batch_size: int = 64
+    retain_batch_size: int = 64
+    estimator: str = "tar"
+    truncation: int | None = None
+    unmasked_losses: bool = False
+    max_grad_norm: float | None = None
+    sft_steps: int = 0
+    sft_lr: float = 2e-5
+    sft_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _positive(self, "outer_steps", "lr", "inner_steps", "tamper_every", "dpo_beta", "adversaries_per_step")
+        _positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
+        _positive(self, "eps", "max_grad_norm")
+        _non_negative(self, "warmup_steps", "weight_decay", "lambda_tr", "lambda_retain", "lambda_representation")
+        _non_negative(self, "sft_steps", "tamper_rate")
+        _unit(self, "b1", "b2")
+        if self.b1 == 0.0:
+            raise ConfigError("TarConfig.b1 must be > 0 (schedule-free AdamW interpolates with weight b1)")
+        if self.tamper_every > self.inner_steps:
+            raise ConfigError(
+                f"TarConfig.tamper_every ({self.tamper_every}) must be <= inner_steps ({self.inner_steps}): "
+                "no tamper loss would be recorded"
+            )
+        if self.tamper_loss not in TAMPER_LOSSES:
+            raise ConfigError(f"TarConfig.tamper_loss must be one of {TAMPER_LOSSES}, got {self.tamper_loss!r}")
+        if self.setting not in TAR_SETTINGS:
+            raise ConfigError(f"TarConfig.setting must be one of {TAR_SETTINGS}, got {self.setting!r}")
+        if self.estimator not in ESTIMATOR_KINDS:
+            raise ConfigError(f"TarConfig.estimator must be one of {ESTIMATOR_KINDS}, got {self.estimator!r}")
+        if (self.estimator == "truncated") != (self.truncation is not None):
+            raise ConfigError("TarConfig.truncation must be set exactly when estimator is 'truncated'")
+        if self.adversary_lrs is not None and not (self.adversary_lrs and all(lr > 0 for lr in self.adversary_lrs)):
+            raise ConfigError(f"TarConfig.adversary_lrs must be positive numbers, got {self.adversary_lrs!r}")
+
+
+@dataclass(frozen=True)
+class RandomMappingConfig:
+    """The random-mapping initial safeguard (REFERENCE §1.1): schedule-free AdamW on
+    ``lambda_random_mapping * (1 - |cos(h, R[token])|)`` over forget text + ``lambda_retain * CE`` on retain text.
+
+    Args:
+        steps: optimiser steps.
+        lr, warmup_steps, b1, b2, eps, weight_decay: the schedule-free AdamW optimiser.
+        lambda_random_mapping, lambda_retain: loss weights.
+        mapping_seed: seed of the random matrix R.
+        forget_batch_size, retain_batch_size: sequences per batch.
+        unmasked_losses: parity with the reference code (padding positions count).
+    """
+
+    steps: int = 200
+    lr: float = 2e-5
+    warmup_steps: int = 20
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    lambda_random_mapping: float = 1.0
+    lambda_retain: float = 1.0
+    mapping_seed: int = 0
+    forget_batch_size: int = 32
+    retain_batch_size: int = 32
+    unmasked_losses: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "lr", "eps", "forget_batch_size", "retain_batch_size")
+        _non_negative(self, "warmup_steps", "weight_decay", "lambda_random_mapping", "lambda_retain", "mapping_seed")
+        _unit(self, "b1", "b2")
+        if self.b1 == 0.0:
+            raise ConfigError("RandomMappingConfig.b1 must be > 0 (schedule-free AdamW interpolates with weight b1)")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "run": RunConfig,
+    "tar": TarConfig,
+    "random_mapping": RandomMappingConfig,
+}
+
+
+@dataclass(frozen=True)
+class DefenceConfig:
+    """A whole defence run: every section (the method picks the one it uses).
+
+    Example:
+        >>> DefenceConfig().tar.inner_steps
+        64
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tar: TarConfig = field(default_factory=TarConfig)
+    random_mapping: RandomMappingConfig = field(default_factory=RandomMappingConfig)
+    preset: str = ""
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"DefenceConfig.{name} must be a {cls.__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), the form written to ``config.yaml``."""
+        return _plain(dataclasses.asdict(self))
+
+    def identity(self, method: str) -> dict[str, Any]:
+        """The fields that define a run of ``method`` (a resumed run must match them; ``run.*`` and the step
+        count may change, so a finished run can be extended)."""
+        d = self.to_dict()
+        section = d[method]
+        section.pop("outer_steps" if method == "tar" else "steps", None)
+        return {"method": method, "model": d["model"], "data": d["data"], method: section, "seed": self.run.seed}
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``jaxtar/configs``.
+
+    Example:
+        >>> "toy" in list_presets()
+        True
+    """
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset_path(preset: str | Path) -> Path:
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"preset file {str(path)!r} does not exist")
+        return path
+    candidate = PRESET_DIR / f"{preset}.yaml"
+    if not candidate.is_file():
+        hint = difflib.get_close_matches(str(preset), list_presets(), n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"unknown preset {str(preset)!r}; known presets: {list_presets()}{extra}")
+    return candidate
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    hint = difflib.get_close_matches(key, options, n=1)
+    return f"; did you mean {hint[0]!r}?" if hint else f"; known: {sorted(options)}"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Checks / converts a YAML or flag value to the field's annotated type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "2e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def _build_section(name: str, values: Mapping[str, Any]) -> Any:
+    cls = SECTIONS[name]
+    hints = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(
+                f"unknown field '{name}.{key}'{_suggest(f'{name}.{key}', [f'{name}.{h}' for h in hints])}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{name}: {err}") from err
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without its quirk of reading ``1e-3`` (no dot) as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value(text: str) -> Any:
+    """A flag value as YAML (``3`` -> 3, ``null`` -> None, ``[1e-3, 2e-3]`` -> a list, ``abc`` -> 'abc').
+
+    Example:
+        >>> parse_value("[1e-3, 2e-3]"), parse_value("null"), parse_value("toy:forget")
+        ([0.001, 0.002], None, 'toy:forget')
+    """
+    try:
+        return _yaml(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_flag(text: str, hint: Any) -> Any:
+    if hint is str:
+        return text
+    if typing.get_args(hint) == (str, type(None)):
+        return None if text.strip().lower() in ("null", "none", "~") else text
+    return parse_value(text)
+
+
+def load_config(
+    preset: str | Path | None = "toy", overrides: Mapping[str, Any] | None = None, *, name: str | None = None
+) -> DefenceConfig:
+    """A preset (name in ``jaxtar/configs`` or a YAML path; None = the dataclass defaults) plus dotted overrides.
+
+    Args:
+        preset: preset name or file.
+        overrides: ``{"section.field": value}``; string values are parsed as YAML (so flag text works).
+        name: label stored in ``DefenceConfig.preset`` (default: the preset's name).
+
+    Raises:
+        ConfigError: unknown preset, section or field; a value of the wrong type; a value the dataclass rejects.
+    """
+    raw: dict[str, Any] = {}
+    label = ""
+    if preset is not None:
+        path = _preset_path(preset)
+        label = path.stem
+        try:
+            loaded = _yaml(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"preset {str(path)!r} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"preset {str(path)!r} must be a mapping of sections, got {type(loaded).__name__}")
+        for section, values in loaded.items():
+            if section in EXTERNAL_SECTIONS:
+                continue
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown section {section!r} in {str(path)!r}{_suggest(section, list(SECTIONS))}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"section {section!r} in {str(path)!r} must be a mapping")
+            raw[section] = dict(values)
+    for key, value in (overrides or {}).items():
+        section, _, fname = key.partition(".")
+        if section not in SECTIONS or not fname:
+            raise ConfigError(f"unknown field {key!r}: use 'section.field' with a section in {sorted(SECTIONS)}")
+        hints = _field_types(SECTIONS[section])
+        if fname not in hints:
+            raise ConfigError(f"unknown field {key!r}{_suggest(f'{section}.{fname}', _dotted())}")
+        if isinstance(value, str):
+            value = _parse_flag(value, hints[fname])
+        raw.setdefault(section, {})[fname] = value
+    sections = {name_: _build_section(name_, raw.get(name_, {})) for name_ in SECTIONS}
+    return DefenceConfig(**sections, preset=label if name is None else name)
+
+
+def _dotted() -> list[str]:
+    return [f"{s}.{f}" for s, cls in SECTIONS.items() for f in _field_types(cls)]
+
+
+def save_config(config: DefenceConfig, path: str | Path) -> Path:
+    """Writes ``config`` as YAML that :func:`load_config` reads back to an equal config.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = save_config(DefenceConfig(), os.path.join(tempfile.mkdtemp(), "c.yaml"))
+        >>> load_config(p, name="") == DefenceConfig()
+        True
+    """
+    d = config.to_dict()
+    d.pop("preset")
+    path = Path(path)
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def add_config_flags(parser: Any, sections: tuple[str, ...] = tuple(SECTIONS)) -> None:
+    """Adds one ``--section.field`` flag per config field (hyphens or underscores), defaulting to "not given".
+
+    Example:
+        >>> import argparse
+        >>> p = argparse.ArgumentParser(); add_config_flags(p)
+        >>> config_overrides(p.parse_args(["--tar.outer-steps", "5", "--random-mapping.lr", "1e-3"]))
+        {'tar.outer_steps': '5', 'random_mapping.lr': '1e-3'}
+    """
+    for section in sections:
+        group = parser.add_argument_group(f"{section} (override the preset)")
+        cls = SECTIONS[section]
+        for f in dataclasses.fields(cls):
+            hint = _field_types(cls)[f.name]
+            flag = f"--{section}.{f.name}".replace("_", "-")
+            aliases = [flag] if flag == f"--{section}.{f.name}" else [flag, f"--{section}.{f.name}"]
+            default = f.default if f.default is not dataclasses.MISSING else "-"
+            doc = f"{_type_name(hint)} (dataclass default: {default}; the preset may set another)"
+            group.add_argument(*aliases, dest=f"cfg::{section}.{f.name}", default=None, metavar="V", help=doc)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def config_overrides(args: Any) -> dict[str, str]:
+    """The ``{"section.field": text}`` overrides given as flags (see :func:`add_config_flags`)."""
+    return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg::") and v is not None}

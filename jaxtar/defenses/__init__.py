@@ -1,0 +1,51 @@
+"""Defences: the random-mapping initial safeguard and TAR, as resumable, checkpointed training runs.
+
+Example:
+    >>> from jaxtar.config import load_config
+    >>> from jaxtar.defenses import run_tar
+    >>> result = run_tar(load_config("toy", {"run.output_dir": "out/tar", "tar.outer_steps": 20}))
+    >>> result.model_dir  # an HF checkpoint
+    PosixPath('out/tar/model')
+"""
+
+from jaxtar.defenses._inputs import InputError, check_tokenizer, load_model
+from jaxtar.defenses._loop import Phase, RunResult, schedule_free_adamw, schedule_free_params
+from jaxtar.defenses.random_mapping import (
+    build_random_mapping_phases,
+    make_random_mapping_step,
+    random_mapping_objective,
+    run_random_mapping,
+)
+from jaxtar.defenses.tar import (
+    TarData,
+    build_tar_phases,
+    make_sft_step,
+    make_tar_step,
+    run_tar,
+    tar_losses,
+    train_suite,
+)
+
+METHODS = {"tar": run_tar, "random-mapping": run_random_mapping}
+
+__all__ = [
+    "METHODS",
+    "InputError",
+    "Phase",
+    "RunResult",
+    "TarData",
+    "build_random_mapping_phases",
+    "build_tar_phases",
+    "check_tokenizer",
+    "load_model",
+    "make_random_mapping_step",
+    "make_sft_step",
+    "make_tar_step",
+    "random_mapping_objective",
+    "run_random_mapping",
+    "run_tar",
+    "schedule_free_adamw",
+    "schedule_free_params",
+    "tar_losses",
+    "train_suite",
+]

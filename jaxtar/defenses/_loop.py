@@ -1,0 +1,308 @@
+"""The defence training loop shared by TAR and random mapping: phases of jitted steps, progress bars, metrics,
+checkpoints, signals and resume.
+
+A run is one or more :class:`Phase` s (TAR, then the refusal setting's SFT) over one global step counter. Each step
+calls the phase's jitted, pure ``step(params, opt_state, batches, key, frozen)`` with batches and a key derived
+from ``(seed, step)`` only, so a run resumed from a checkpoint (even after ``kill -9``) reaches bit-identical
+parameters to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxtar.checkpoint import Checkpointer, RunDir, open_run_dir, write_json_atomic
+from jaxtar.config import DefenceConfig, RunConfig, save_config
+from jaxtar.defenses._inputs import InputError, check_tokenizer, load_model
+
+PyTree = Any
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training with one step function and optimiser.
+
+    Attributes:
+        name: "tar", "sft", "random_mapping".
+        stop: global step at which the phase ends (it starts where the previous one stopped).
+        step_fn: jitted ``(params, opt_state, batches, key, frozen) -> (params, opt_state, metrics)``.
+        batches_fn: ``step -> batches`` (numpy), a function of the step only.
+        init_opt_state: ``params -> opt_state`` (fresh state when the phase starts).
+        export_params: ``(params, opt_state) -> params`` to hand on / export (schedule-free: the x average).
+        tokens_per_step: token positions processed per step (for throughput).
+    """
+
+    name: str
+    stop: int
+    step_fn: Callable
+    batches_fn: Callable[[int], PyTree]
+    init_opt_state: Callable[[PyTree], PyTree]
+    export_params: Callable[[PyTree, PyTree], PyTree] = lambda params, opt_state: params
+    tokens_per_step: int = 0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a defence run returns.
+
+    Attributes:
+        output_dir: the run folder.
+        model_dir: the exported HF checkpoint (None when not exported or interrupted).
+        model: the model (``jaxtar.models.Model``).
+        params: the final parameters (the exported form).
+        tokenizer: the tokenizer.
+        steps: completed steps.
+        interrupted: stopped by SIGINT / SIGTERM (a checkpoint was saved; ``--resume`` continues).
+        metrics: the last metrics line.
+    """
+
+    output_dir: Path
+    model_dir: Path | None
+    model: Any
+    params: PyTree
+    tokenizer: Any
+    steps: int
+    interrupted: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def schedule_free_adamw(
+    lr: float, warmup_steps: int, b1: float, b2: float, eps: float, weight_decay: float, max_grad_norm: float | None
+) -> optax.GradientTransformation:
+    """The outer optimiser: optax's schedule-free AdamW (with warmup), after optional global-norm clipping.
+
+    The state is ``(clip_state, ScheduleFreeState)``; :func:`schedule_free_params` gives the weights to export.
+
+    Example:
+        >>> opt = schedule_free_adamw(1e-3, 2, 0.9, 0.999, 1e-8, 0.0, None)
+        >>> state = opt.init({"w": jax.numpy.zeros(2)})
+    """
+    clip = optax.identity() if max_grad_norm is None else optax.clip_by_global_norm(max_grad_norm)
+    sf = optax.contrib.schedule_free_adamw(
+        learning_rate=lr, warmup_steps=warmup_steps or None, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+    )
+    return optax.chain(clip, sf)
+
+
+def schedule_free_params(params: PyTree, opt_state: PyTree) -> PyTree:
+    """The evaluation (x-average) weights of a :func:`schedule_free_adamw` run."""
+    return optax.contrib.schedule_free_eval_params(opt_state[1], params)
+
+
+def _commit(tree: PyTree) -> PyTree:
+    """Arrays placed explicitly (committed): restored checkpoints are, so fresh state must be too, or a resumed
+    run would compile the step a second time for the other argument placement."""
+    return jax.tree.map(lambda x: x if getattr(x, "committed", True) else jax.device_put(x, x.sharding), tree)
+
+
+def jit_step(step: Callable) -> Callable:
+    """``jax.jit(step)`` for ``step(params, opt_state, batches, key, frozen)``, called with committed state so that
+    fresh, resumed and hand-made inputs all hit one compiled executable (``.jitted`` is the jitted function)."""
+    jitted = jax.jit(step)
+
+    def call(params, opt_state, batches, key, frozen):
+        return jitted(_commit(params), _commit(opt_state), batches, key, _commit(frozen))
+
+    call.jitted = jitted
+    return call
+
+
+def step_key(seed: int, step: int) -> jax.Array:
+    """The key of global step ``step`` (a function of (seed, step) only)."""
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
+class _Signals:
+    """Turns the first SIGINT / SIGTERM into a flag checked between steps (the second one aborts)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after this step...", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class _MetricsLog:
+    """metrics.jsonl (truncated to the resumed step) and TensorBoard when installed."""
+
+    def __init__(self, path: Path, start_step: int, tensorboard: bool) -> None:
+        self.path = path
+        if path.exists():  # drop lines written after the checkpoint we resume from
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._file = path.open("a")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            except ImportError:
+                try:
+                    from tensorboardX import SummaryWriter
+                except ImportError:
+                    SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "step":
+                    self._tb.add_scalar(f"{record['phase']}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def _scalars(metrics: PyTree) -> dict[str, float]:
+    host = jax.device_get(metrics)
+    return {k: float(np.asarray(v)) for k, v in host.items()}
+
+
+def _restore(ckpt: Checkpointer, phases: list[Phase], params0: PyTree) -> tuple[int, int, PyTree, PyTree]:
+    """(phase index, completed steps, params, opt_state) from the newest checkpoint."""
+    step = ckpt.latest_step()
+    meta = ckpt.restore_meta(step)
+    names = [p.name for p in phases]
+    if meta.get("phase") not in names:
+        raise ValueError(f"checkpoint {step} belongs to phase {meta.get('phase')!r}, this run has {names}")
+    index = names.index(meta["phase"])
+    target = jax.eval_shape(lambda p: {"params": p, "opt_state": phases[index].init_opt_state(p)}, params0)
+    state, meta = ckpt.restore(step, target)
+    return index, int(meta["step"]), state["params"], state["opt_state"]
+
+
+def run_phases(
+    phases: list[Phase], params0: PyTree, frozen: PyTree, run_dir: RunDir, run: RunConfig
+) -> tuple[PyTree, int, bool, dict[str, Any]]:
+    """Runs (or resumes) the phases; returns (exported params, completed steps, interrupted, last metrics).
+
+    ``params0`` are the starting weights (also the restore target's shapes); ``frozen`` is passed to every step
+    unchanged (TAR: the same ``params0`` arrays, the frozen base model — no second copy).
+    """
+    ckpt = Checkpointer(run_dir.checkpoint_dir, max_to_keep=run.keep_checkpoints)
+    index, step = 0, 0
+    params, opt_state = params0, None
+    if run_dir.resumed and ckpt.latest_step() is not None:
+        index, step, params, opt_state = _restore(ckpt, phases, params0)
+        print(f"resumed from step {step} ({phases[index].name})", file=sys.stderr)
+    else:
+        params = jax.tree.map(lambda x: x.copy(), params0)  # trained separately from the frozen base
+        opt_state = phases[0].init_opt_state(params)
+    log = _MetricsLog(run_dir.metrics_path, step, run.tensorboard)
+    total = phases[-1].stop
+    last: dict[str, Any] = {}
+    interrupted = False
+
+    def save(phase: Phase) -> None:
+        ckpt.save(step, {"params": params, "opt_state": opt_state}, {"phase": phase.name, "step": step})
+
+    try:
+        with _Signals() as signals, _progress(total, step, run.progress, phases[index].name) as bar:
+            while index < len(phases):
+                phase = phases[index]
+                bar.set_description(phase.name)
+                t_prev = time.perf_counter()
+                while step < phase.stop and signals.received is None:
+                    batches = phase.batches_fn(step)
+                    params, opt_state, metrics = phase.step_fn(
+                        params, opt_state, batches, step_key(run.seed, step), frozen
+                    )
+                    step += 1
+                    if step % run.log_every == 0 or step == phase.stop:
+                        values = _scalars(metrics)  # waits for the step
+                        now = time.perf_counter()
+                        dt = max(now - t_prev, 1e-9) / (run.log_every if step % run.log_every == 0 else 1)
+                        t_prev = now
+                        last = {"step": step, "phase": phase.name, **values, "step_time_s": dt}
+                        if phase.tokens_per_step:
+                            last["tokens_per_s"] = phase.tokens_per_step / dt
+                        log.write(last)
+                        shown = {k: f"{v:.4g}" for k, v in values.items() if k in _SHOWN}
+                        if phase.tokens_per_step:
+                            shown["tok/s"] = f"{phase.tokens_per_step / dt:.3g}"
+                        bar.set_postfix(shown, refresh=False)
+                    bar.update(1)
+                    if step % run.checkpoint_every == 0 or step == phase.stop:
+                        save(phase)
+                if signals.received is not None and step < total:
+                    save(phase)
+                    interrupted = True
+                    break
+                if index + 1 < len(phases):  # hand the exported weights to the next phase, fresh optimiser
+                    params = phase.export_params(params, opt_state)
+                    opt_state = phases[index + 1].init_opt_state(params)
+                index += 1
+    finally:
+        ckpt.close()
+        log.close()
+    if interrupted:
+        return params, step, True, last
+    final = phases[-1].export_params(params, opt_state)
+    write_json_atomic(run_dir.path / "result.json", {"complete": True, "steps": step, "metrics": last})
+    return final, step, False, last
+
+
+_SHOWN = ("loss", "tamper_loss", "retain_ce", "representation", "random_mapping", "sft_ce", "attack_final")
+
+
+def run_defence(
+    method: str, config: DefenceConfig, build: Callable, model: Any, params: PyTree, tokenizer: Any
+) -> RunResult:
+    """Load (unless given), validate every input, open the run folder, run the phases ``build`` makes, export."""
+    from jaxtar.models import save_pretrained
+
+    if config.run.output_dir is None:
+        raise InputError("run.output_dir is required (--output DIR)")
+    if (model is None) != (params is None) or (model is None) != (tokenizer is None):
+        raise ValueError("pass model, params and tokenizer together (or none to load config.model)")
+    if model is None:
+        model, params, tokenizer = load_model(config.model)
+    else:
+        check_tokenizer(model, tokenizer)
+    phases, _ = build(config, model, params, tokenizer)  # all inputs validated before the folder is touched
+    run_dir = open_run_dir(config.run.output_dir, config.identity(method), resume=config.run.resume)
+    if not run_dir.resumed:
+        save_config(config, run_dir.path / "config.yaml")
+    frozen = params if method == "tar" else None  # the base model for the representation loss: held once
+    final, steps, interrupted, metrics = run_phases(phases, params, frozen, run_dir, config.run)
+    model_dir = None
+    if not interrupted and config.run.export:
+        model_dir = save_pretrained(model, final, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed)
+        print(f"wrote {model_dir}", file=sys.stderr)
+    return RunResult(run_dir.path, model_dir, model, final, tokenizer, steps, interrupted, metrics)

@@ -1,0 +1,115 @@
+"""Random mapping: TAR's initial safeguard for knowledge restriction (REFERENCE §1.1).
+
+A seeded random matrix ``R [vocab, hidden]`` (never materialised: `jaxtar.objectives.random_mapping_vectors`)
+assigns each token a random direction; on forget text every hidden state (embeddings + each layer) is pushed to
+``|cos(h, R[token])| = 1`` while next-token cross-entropy on retain text keeps capability:
+
+    loss = lambda_rm * mean_layers mean_tokens (1 - |cos(h, R[token])|) + lambda_retain * CE(retain)
+
+with schedule-free AdamW (optax's ``contrib.schedule_free_adamw``, with warmup). The exported model is the
+schedule-free x-average.
+
+Example:
+    >>> from jaxtar.config import load_config
+    >>> result = run_random_mapping(load_config("toy", {"run.output_dir": "out/rm"}))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxtar.config import DefenceConfig, RandomMappingConfig
+from jaxtar.defenses import _inputs
+from jaxtar.defenses._batches import RowStream, tokens_in
+from jaxtar.defenses._loop import (
+    Phase,
+    RunResult,
+    jit_step,
+    run_defence,
+    schedule_free_adamw,
+    schedule_free_params,
+)
+from jaxtar.defenses.tar import _shared
+from jaxtar.objectives import batch_cross_entropy, random_mapping_loss_from_ids
+
+PyTree = Any
+
+
+def random_mapping_objective(
+    model: Any, config: RandomMappingConfig, compute_dtype: str | None = None
+) -> Callable[[PyTree, dict], tuple[jax.Array, tuple[jax.Array, jax.Array]]]:
+    """``loss(params, batches) -> (total, (random-mapping loss, retain CE))`` with ``batches = {"forget", "retain"}``.
+
+    Example:
+        >>> loss = random_mapping_objective(model, RandomMappingConfig())
+        >>> total, (rm, ce) = loss(params, {"forget": rows, "retain": rows})
+    """
+    dtype = None if compute_dtype is None else getattr(jnp, compute_dtype)
+    mapping_key = jax.random.key(config.mapping_seed)
+
+    def loss(params, batches):
+        f, r = batches["forget"], batches["retain"]
+        hidden = model.apply(params, f["input_ids"], f["attention_mask"], output_hidden_states=True, dtype=dtype)
+        rm = random_mapping_loss_from_ids(
+            hidden.hidden_states, f["input_ids"], mapping_key, f["attention_mask"], unmasked=config.unmasked_losses
+        )
+        ce = batch_cross_entropy(model.apply(params, r["input_ids"], r["attention_mask"], dtype=dtype).logits, r)
+        return config.lambda_random_mapping * rm + config.lambda_retain * ce, (rm, ce)
+
+    return loss
+
+
+def make_random_mapping_step(
+    model: Any, config: RandomMappingConfig, compute_dtype: str | None = None
+) -> tuple[Callable, optax.GradientTransformation]:
+    """The jitted step ``(params, opt_state, batches, key, frozen) -> (params, opt_state, metrics)`` and its
+    schedule-free AdamW optimiser (``key`` and ``frozen`` are unused; the signature is the loop's)."""
+    objective = random_mapping_objective(model, config, compute_dtype)
+    optimizer = schedule_free_adamw(
+        config.lr, config.warmup_steps, config.b1, config.b2, config.eps, config.weight_decay, None
+    )
+
+    def step(params, opt_state, batches, key, frozen):
+        (loss, (rm, ce)), grads = jax.value_and_grad(objective, has_aux=True)(params, batches)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        metrics = {"loss": loss, "random_mapping": rm, "retain_ce": ce, "grad_norm": optax.global_norm(grads)}
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return jit_step(step), optimizer
+
+
+def build_random_mapping_phases(
+    config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any
+) -> tuple[list[Phase], None]:
+    """The single random-mapping phase of a run (data tokenised and checked here)."""
+    rm, data, seed = config.random_mapping, config.data, config.run.seed
+    for role in ("forget", "retain"):
+        if getattr(data, role) is None:
+            raise _inputs.InputError(f"random mapping needs data.{role}")
+    forget = RowStream(_inputs.tokenize_role(tokenizer, data.forget, data), seed, 11)
+    retain = RowStream(_inputs.tokenize_role(tokenizer, data.retain, data), seed, 12)
+    bf, br = rm.forget_batch_size, rm.retain_batch_size
+
+    def batches(step: int) -> dict[str, Any]:
+        return {"forget": forget.take(step * bf, bf).rows, "retain": retain.take(step * br, br).rows}
+
+    step, optimizer = _shared(make_random_mapping_step, model, rm, config.model.compute_dtype)
+    tokens = tokens_in(bf + br, data.max_length)
+    return [Phase("random_mapping", rm.steps, step, batches, optimizer.init, schedule_free_params, tokens)], None
+
+
+def run_random_mapping(
+    config: DefenceConfig, *, model: Any = None, params: PyTree = None, tokenizer: Any = None
+) -> RunResult:
+    """A whole random-mapping run (load, train or resume, checkpoint, export ``output_dir/model``).
+
+    Args:
+        config: the run (``run.output_dir`` required; ``random_mapping`` and ``data`` sections used).
+        model, params, tokenizer: use these instead of loading ``config.model`` (all three or none).
+    """
+    return run_defence("random_mapping", config, build_random_mapping_phases, model, params, tokenizer)

@@ -1,0 +1,354 @@
+"""TAR: tamper-resistance training by adversarial meta-learning (Tamirisa et al. 2024; REFERENCE §1.2-1.3).
+
+One outer step (`make_tar_step`), a pure jitted function of ``(params, opt_state, batches, key, frozen)``:
+
+1. for each of A adversaries sampled from the train-time suite (types x learning rates; retain->forget with a
+   Beta(6, 3) switch point), run K inner AdamW steps on its SFT data from the current weights and record the tamper
+   loss ``L_TR`` on a held-out forget batch after every s-th step with weight ``exp(rate * (j - K))``; the
+   meta-gradient of the weighted sum comes from the engine (`jaxtar.meta`, estimator ``tar`` = the paper's
+   first-order accumulation; ``exact``/``remat``/``mixed`` = second-order TAR); the A adversaries are one ``vmap``
+   and their gradients are averaged;
+2. ``g = lambda_retain * grad L_retain(params) + lambda_TR * g_TR`` with ``L_retain = CE + lambda_rep * mean_layers
+   mean_tokens ||h - h_base||`` (``frozen`` = the starting weights, under ``stop_gradient``: held once);
+3. a schedule-free AdamW step (with warmup).
+
+``L_TR`` is the negative next-token entropy (knowledge restriction) or sigmoid DPO against cached reference
+log-probs (refusal; followed by an SFT phase). `run_tar` is the whole run: data, checkpoints, resume, export.
+
+Example:
+    >>> from jaxtar.config import load_config
+    >>> result = run_tar(load_config("toy", {"run.output_dir": "out/tar"}))
+    >>> result.model_dir
+    PosixPath('out/tar/model')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxtar.attacks import Adversary, model_attack_problem, sample_adversary, tar_train_adversaries
+from jaxtar.config import DefenceConfig, TarConfig
+from jaxtar.defenses import _inputs
+from jaxtar.defenses._batches import RowStream, tokens_in
+from jaxtar.defenses._loop import (
+    Phase,
+    RunResult,
+    jit_step,
+    run_defence,
+    schedule_free_adamw,
+    schedule_free_params,
+)
+from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
+from jaxtar.objectives import (
+    batch_cross_entropy,
+    dpo_loss_from_logits,
+    negative_entropy_loss,
+    reference_log_probs,
+    representation_distance_loss,
+)
+
+PyTree = Any
+
+
+def train_suite(config: TarConfig) -> tuple[Adversary, ...]:
+    """The train-time adversaries: `tar_train_adversaries(setting)` with K steps, the batch size and (optionally)
+    other learning rates.
+
+    Example:
+        >>> [a.lr for a in train_suite(TarConfig(setting="cyber", adversary_lrs=(1e-3,)))]
+        [0.001, 0.001]
+    """
+    suite = tar_train_adversaries(config.setting, steps=config.inner_steps, batch_size=config.adversary_batch_size)
+    if config.adversary_lrs is None:
+        return suite
+    sources = list(dict.fromkeys(a.data for a in suite))
+    template = suite[0]
+    return tuple(
+        dataclasses.replace(template, lr=lr, data=src, name=f"tar-{config.setting}-{src}-{lr:g}")
+        for src in sources
+        for lr in config.adversary_lrs
+    )
+
+
+def _dtype(name: str | None):
+    return None if name is None else getattr(jnp, name)
+
+
+def tar_losses(model: Any, config: TarConfig, compute_dtype: str | None = None) -> dict[str, Callable]:
+    """The three losses of TAR as pure functions (``attack``, ``tamper``: ``(params, batch, lora)``; ``retain``:
+    ``(params, frozen, batch) -> (loss, (ce, representation))``)."""
+    dtype = _dtype(compute_dtype)
+
+    def apply(params, batch, prefix="", lora=None, hidden=False):
+        ids, mask = batch[prefix + "input_ids"], batch[prefix + "attention_mask"]
+        return model.apply(params, ids, mask, lora=lora, output_hidden_states=hidden, dtype=dtype)
+
+    def attack(params, batch, lora):
+        return batch_cross_entropy(apply(params, batch, lora=lora).logits, batch)
+
+    def entropy(params, batch, lora):
+        logits = apply(params, batch, lora=lora).logits
+        return negative_entropy_loss(logits, batch["attention_mask"], unmasked=config.unmasked_losses)
+
+    def dpo(params, batch, lora):
+        chosen = apply(params, batch, "chosen_", lora).logits
+        rejected = apply(params, batch, "rejected_", lora).logits
+        return dpo_loss_from_logits(chosen, rejected, batch, config.dpo_beta).loss
+
+    def retain(params, frozen, batch):
+        out = apply(params, batch, hidden=True)
+        ce = batch_cross_entropy(out.logits, batch)
+        if config.lambda_representation == 0:
+            return ce, (ce, jnp.zeros(()))
+        base = apply(jax.lax.stop_gradient(frozen), batch, hidden=True)
+        rep = representation_distance_loss(
+            out.hidden_states, base.hidden_states, batch["attention_mask"], unmasked=config.unmasked_losses
+        )
+        return ce + config.lambda_representation * rep, (ce, rep)
+
+    return {"attack": attack, "tamper": entropy if config.tamper_loss == "entropy" else dpo, "retain": retain}
+
+
+def _global_norm(tree: PyTree) -> jax.Array:
+    return optax.global_norm(tree)
+
+
+def make_tar_step(
+    model: Any, config: TarConfig, template: Adversary, compute_dtype: str | None = None
+) -> tuple[Callable, optax.GradientTransformation]:
+    """The jitted TAR outer step and its optimiser.
+
+    Args:
+        model: a decoder (``jaxtar.models.Model``).
+        config: TAR hyper-parameters (K, s, rate, lambdas, A, estimator, outer optimiser).
+        template: the static structure shared by the suite's adversaries (optimiser kind, schedule, clipping,
+            LoRA); their learning rates etc. arrive per step in ``batches["hyperparams"]``.
+        compute_dtype: activation dtype.
+
+    Returns:
+        ``(step, optimiser)`` with ``step(params, opt_state, batches, key, frozen) -> (params, opt_state, metrics)``
+        and ``batches = {"adversary": [A, K, B, T] rows, "tamper": rows, "retain": rows, "hyperparams": {[A]}}``.
+    """
+    losses = tar_losses(model, config, compute_dtype)
+    template = dataclasses.replace(template, steps=config.inner_steps)
+    problem = model_attack_problem(template, losses["attack"], losses["tamper"], model=model)
+    group = AdversaryGroup((template,) * config.adversaries_per_step)
+    schedule = TamperSchedule.tar(every=config.tamper_every, rate=config.tamper_rate)
+    estimator = Estimator(config.estimator, truncation=config.truncation)
+    optimizer = schedule_free_adamw(
+        config.lr, config.warmup_steps, config.b1, config.b2, config.eps, config.weight_decay, config.max_grad_norm
+    )
+
+    def step(params, opt_state, batches, key, frozen):
+        meta = vmap_meta_value_and_grad(
+            problem, params, group, batches["adversary"], batches["tamper"], key=key, schedule=schedule,
+            estimator=estimator, hyperparams=batches["hyperparams"], reduce="mean",
+        )  # fmt: skip
+        (retain, (ce, rep)), g_retain = jax.value_and_grad(losses["retain"], has_aux=True)(
+            params, frozen, batches["retain"]
+        )
+        grads = jax.tree.map(
+            lambda r, t: config.lambda_retain * r + config.lambda_tr * t.astype(r.dtype), g_retain, meta.grads
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {
+            "loss": config.lambda_tr * jnp.mean(meta.value) + config.lambda_retain * retain,
+            "tamper_value": jnp.mean(meta.value),
+            "tamper_loss": jnp.mean(meta.aux.tamper_losses),
+            "tamper_final": jnp.mean(meta.aux.tamper_losses[:, -1]),
+            "attack_first": jnp.mean(meta.aux.attack_losses[:, 0]),
+            "attack_final": jnp.mean(meta.aux.attack_losses[:, -1]),
+            "retain_ce": ce,
+            "representation": rep,
+            "grad_norm_tamper": _global_norm(meta.grads),
+            "grad_norm_retain": _global_norm(g_retain),
+            "finite_fraction": jnp.mean(meta.aux.is_finite.astype(jnp.float32)),
+            "adversary_lr": jnp.mean(batches["hyperparams"]["learning_rate"]),
+        }
+        return params, opt_state, metrics
+
+    return jit_step(step), optimizer
+
+
+def make_sft_step(model: Any, lr: float, compute_dtype: str | None = None) -> tuple[Callable, Any]:
+    """The refusal setting's post-TAR SFT step: AdamW(lr) on next-token CE (masked to responses when given)."""
+    dtype = _dtype(compute_dtype)
+    optimizer = optax.adamw(lr, weight_decay=0.0)
+
+    def step(params, opt_state, batches, key, frozen):
+        def loss(p):
+            b = batches["sft"]
+            return batch_cross_entropy(model.apply(p, b["input_ids"], b["attention_mask"], dtype=dtype).logits, b)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"sft_ce": value}
+
+    return jit_step(step), optimizer
+
+
+class TarData:
+    """Every batch of a TAR run as a function of the global step (no iterator state: resumable by construction).
+
+    Args:
+        config: the run's config.
+        tokenizer: the model's tokenizer.
+        suite: the train-time adversaries.
+        reference_fn: ``(input_ids, attention_mask) -> logits`` of the starting model (for DPO's cached
+            reference log-probs); only needed with ``tamper_loss: dpo``.
+    """
+
+    def __init__(self, config: DefenceConfig, tokenizer: Any, suite: tuple[Adversary, ...], reference_fn=None):
+        tar, data, seed = config.tar, config.data, config.run.seed
+        self.config, self.suite, self.seed = tar, suite, seed
+        roles = sorted({src for a in suite for src in a.sources})
+        self.streams: dict[str, RowStream] = {}
+        tamper_rows = None
+        for i, role in enumerate(roles):
+            source = getattr(data, role, None)
+            if source is None:
+                raise _inputs.InputError(f"the {tar.setting!r} adversaries train on data.{role}, which is not set")
+            kind = "sft" if role == "harmful" else "text"
+            rows = _inputs.tokenize_role(tokenizer, source, data, kind)
+            if role == "forget" and tar.tamper_loss == "entropy":
+                rows, tamper_rows = _inputs.split_rows(rows, data.heldout_fraction, seed)
+            self.streams[role] = RowStream(rows, seed, 100 + i)
+        if tar.tamper_loss == "entropy":
+            if tamper_rows is None:
+                if data.forget is None:
+                    raise _inputs.InputError("the entropy tamper loss needs held-out forget text: set data.forget")
+                _, tamper_rows = _inputs.split_rows(
+                    _inputs.tokenize_role(tokenizer, data.forget, data), data.heldout_fraction, seed
+                )
+        else:
+            if data.preferences is None:
+                raise _inputs.InputError("the DPO tamper loss needs preference pairs: set data.preferences")
+            tamper_rows = _inputs.tokenize_role(tokenizer, data.preferences, data, "preference")
+            for side in ("chosen", "rejected"):
+                tamper_rows[f"reference_{side}_logps"] = reference_log_probs(
+                    reference_fn, *(tamper_rows[f"{side}_{k}"] for k in ("input_ids", "attention_mask", "loss_mask"))
+                )
+        self.streams["tamper"] = RowStream(tamper_rows, seed, 1)
+        if data.retain is None:
+            raise _inputs.InputError("the retain loss needs data.retain")
+        self.streams["retain_loss"] = RowStream(_inputs.tokenize_role(tokenizer, data.retain, data), seed, 2)
+        if tar.sft_steps:
+            source = data.sft or data.retain
+            kind = "sft" if source == data.harmful else "text"
+            self.streams["sft"] = RowStream(_inputs.tokenize_role(tokenizer, source, data, kind), seed, 3)
+        self.max_length = data.max_length
+
+    def adversaries(self, step: int) -> list[Adversary]:
+        """The A adversaries of outer step ``step`` (switch points drawn here)."""
+        rng = np.random.default_rng([self.seed, step, 7])
+        return [sample_adversary(self.suite, rng) for _ in range(self.config.adversaries_per_step)]
+
+    def batches(self, step: int) -> dict[str, Any]:
+        """``{"adversary": [A, K, B, T], "tamper", "retain", "hyperparams": {[A]}}`` of outer step ``step``."""
+        tar = self.config
+        k, b, a_count = tar.inner_steps, tar.adversary_batch_size, tar.adversaries_per_step
+        advs = self.adversaries(step)
+        per_adv = []
+        for a, adv in enumerate(advs):
+            slot = step * a_count + a
+            chunks = {
+                src: self.streams[src].take(slot * k * b, k * b).reshape_leading(k, b) for src in set(adv.sources)
+            }
+            sources = adv.step_sources()
+            per_adv.append({key: np.stack([chunks[s][key][j] for j, s in enumerate(sources)]) for key in _ROW_KEYS})
+        adversary = {key: np.stack([p[key] for p in per_adv]) for key in _ROW_KEYS}
+        names = list(advs[0].hyperparams())
+        hyper = {n: np.asarray([adv.hyperparams()[n] for adv in advs], np.float32) for n in names}
+        return {
+            "adversary": adversary,
+            "tamper": self.streams["tamper"].take(step * tar.tamper_batch_size, tar.tamper_batch_size).rows,
+            "retain": self.streams["retain_loss"].take(step * tar.retain_batch_size, tar.retain_batch_size).rows,
+            "hyperparams": hyper,
+        }
+
+    def sft_batches(self, step: int) -> dict[str, Any]:
+        """The SFT phase's batch at global step ``step``."""
+        b = self.config.sft_batch_size
+        return {"sft": self.streams["sft"].take(step * b, b).rows}
+
+    def tokens_per_step(self) -> int:
+        """Token positions through the model per outer step (attack fwd+bwd, tamper records, retain + base)."""
+        tar, t = self.config, self.max_length
+        records = tar.inner_steps // tar.tamper_every
+        tamper_rows = tar.tamper_batch_size * (2 if tar.tamper_loss == "dpo" else 1)
+        per_adv = tar.inner_steps * tar.adversary_batch_size + records * tamper_rows
+        return tokens_in(tar.adversaries_per_step * per_adv + 2 * tar.retain_batch_size, t)
+
+
+_ROW_KEYS = ("input_ids", "attention_mask", "loss_mask")
+_STEPS: dict[tuple, tuple[Callable, Any]] = {}
+
+
+def _shared(make: Callable, model: Any, *args: Any) -> tuple[Callable, Any]:
+    """``make(model, *args)``, reused across runs in one process for an equal model config (jit once, reuse)."""
+    key = (make.__name__, type(model.config), model.config, *args)
+    try:
+        hash(key)
+    except TypeError:  # e.g. a config holding a dict: no sharing
+        return make(model, *args)
+    if key not in _STEPS:
+        if len(_STEPS) >= 8:
+            _STEPS.pop(next(iter(_STEPS)))
+        _STEPS[key] = make(model, *args)
+    return _STEPS[key]
+
+
+def _check_suite(suite: tuple[Adversary, ...]) -> Adversary:
+    keys = {a.static_key() for a in suite}
+    if len(keys) != 1:
+        raise _inputs.InputError(f"TAR's train-time adversaries must share one optimiser/schedule to vmap: {keys}")
+    if any(a.lora is not None for a in suite):
+        raise _inputs.InputError("TAR's train-time adversaries are full-parameter attacks")
+    return suite[0]
+
+
+def build_tar_phases(config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any) -> tuple[list[Phase], TarData]:
+    """The TAR phase (and the SFT phase when ``tar.sft_steps > 0``) of a run."""
+    tar = config.tar
+    suite = train_suite(tar)
+    template = _check_suite(suite)
+    reference_fn = None
+    if tar.tamper_loss == "dpo":
+        reference_fn = functools.partial(lambda p, ids, m: model.apply(p, ids, m).logits, params)
+    data = TarData(config, tokenizer, suite, reference_fn)
+    step, optimizer = _shared(make_tar_step, model, tar, template, config.model.compute_dtype)
+    phases = [
+        Phase("tar", tar.outer_steps, step, data.batches, optimizer.init, schedule_free_params, data.tokens_per_step())
+    ]
+    if tar.sft_steps:
+        sft_step, sft_opt = _shared(make_sft_step, model, tar.sft_lr, config.model.compute_dtype)
+        phases.append(
+            Phase("sft", tar.outer_steps + tar.sft_steps, sft_step, data.sft_batches, sft_opt.init,
+                  tokens_per_step=tokens_in(tar.sft_batch_size, config.data.max_length))
+        )  # fmt: skip
+    return phases, data
+
+
+def run_tar(config: DefenceConfig, *, model: Any = None, params: PyTree = None, tokenizer: Any = None) -> RunResult:
+    """A whole TAR run: load, train (or resume), checkpoint, export ``output_dir/model`` as an HF checkpoint.
+
+    Args:
+        config: the run (``run.output_dir`` is required).
+        model, params, tokenizer: use these instead of loading ``config.model`` (all three or none).
+
+    Returns:
+        A :class:`RunResult` (``interrupted`` when stopped by SIGINT / SIGTERM after saving a checkpoint).
+
+    Raises:
+        ConfigError / InputError / RunDirError: bad input, nothing written.
+    """
+    return run_defence("tar", config, build_tar_phases, model, params, tokenizer)

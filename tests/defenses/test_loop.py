@@ -1,0 +1,88 @@
+"""The defence loop on a tiny synthetic problem: two phases (schedule-free AdamW, then AdamW, as TAR + SFT), resumed
+from every kind of checkpoint (mid-phase, at the phase boundary, after the end) to bit-identical results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxtar.checkpoint import open_run_dir
+from jaxtar.config import RunConfig
+from jaxtar.defenses._loop import Phase, jit_step, run_phases, schedule_free_adamw, schedule_free_params, step_key
+
+TARGET = jnp.asarray([1.0, -2.0, 0.5])
+
+
+def _phases() -> list[Phase]:
+    sf = schedule_free_adamw(0.1, 2, 0.9, 0.999, 1e-8, 0.0, 1.0)
+    sgd = optax.adamw(0.05)
+
+    def make(optimizer, name):
+        def step(params, opt_state, batches, key, frozen):
+            def loss(p):  # data and key both enter, as in TAR
+                noise = 0.01 * jax.random.normal(key, p["w"].shape)
+                return jnp.sum((p["w"] - batches["x"] - noise) ** 2) + jnp.sum((p["w"] - frozen["w"]) ** 2) * 0.1
+
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, {"loss": value}
+
+        return jit_step(step)
+
+    batches = lambda step: {"x": np.asarray(TARGET) + np.float32(0.1 * np.sin(step))}
+    return [
+        Phase("tar", 7, make(sf, "tar"), batches, sf.init, schedule_free_params, tokens_per_step=3),
+        Phase("sft", 11, make(sgd, "sft"), batches, sgd.init),
+    ]
+
+
+def _run(path, resume=False, phases=None):
+    params0 = {"w": jnp.zeros(3)}
+    run_dir = open_run_dir(path, {"method": "synthetic"}, resume=resume)
+    config = RunConfig(checkpoint_every=1, keep_checkpoints=50, progress=False, tensorboard=False)
+    return run_phases(phases or _phases(), params0, params0, run_dir, config)
+
+
+def _values(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("step_time_s", "tokens_per_s")} for r in rows]
+
+
+def test_resume_from_any_checkpoint_is_bit_identical(tmp_path):
+    final, steps, interrupted, last = _run(tmp_path / "full")
+    assert steps == 11 and not interrupted and last["phase"] == "sft"
+    assert float(jnp.sum((final["w"] - TARGET) ** 2)) < 0.6 * float(jnp.sum(TARGET**2))  # it trains
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 11 and '"tokens_per_s"' in lines[0] and '"tokens_per_s"' not in lines[-1]
+
+    for keep in (3, 7, 9, 11):  # mid-TAR, the phase boundary, mid-SFT, finished
+        run = tmp_path / f"from{keep}"
+        shutil.copytree(tmp_path / "full", run)
+        for ckpt in (run / "checkpoints").iterdir():
+            if ckpt.name.isdigit() and int(ckpt.name) > keep:
+                shutil.rmtree(ckpt)
+        got, steps, interrupted, _ = _run(run, resume=True)
+        assert steps == 11 and not interrupted
+        np.testing.assert_array_equal(np.asarray(got["w"]), np.asarray(final["w"]))
+        assert _values(run / "metrics.jsonl") == _values(tmp_path / "full" / "metrics.jsonl")  # no duplicates
+
+
+def test_a_checkpoint_of_an_unknown_phase_is_refused(tmp_path):
+    _run(tmp_path / "run")
+    phases = _phases()
+    phases[1] = Phase("other", 11, phases[1].step_fn, phases[1].batches_fn, phases[1].init_opt_state)
+    with pytest.raises(ValueError, match="belongs to phase 'sft', this run has"):
+        _run(tmp_path / "run", resume=True, phases=phases)
+
+
+def test_step_keys_depend_on_seed_and_step_only():
+    a, b = step_key(0, 5), step_key(0, 5)
+    assert np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
+    assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(step_key(0, 6)))
+    assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(step_key(1, 5)))

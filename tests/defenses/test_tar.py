@@ -1,0 +1,240 @@
+"""TAR: one outer step against a plain Python-loop reference of REFERENCE §1.2, the per-step data, the DPO
+wiring, and a learning signal on the toy world.
+
+The step and the learning-signal run share one compiled outer step (same model config and TAR config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxtar.config import load_config
+from jaxtar.defenses import TarData, build_tar_phases, load_model, run_tar, tar_losses, train_suite
+from jaxtar.defenses._loop import step_key
+
+K, S, A = 4, 2, 2  # as in conftest.TAR_TEST_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def env(tar_overrides):
+    config = load_config("toy", tar_overrides)
+    assert (config.tar.inner_steps, config.tar.tamper_every, config.tar.adversaries_per_step) == (K, S, A)
+    model, params, tokenizer = load_model(config.model)
+    phases, data = build_tar_phases(config, model, params, tokenizer)
+    return config, model, params, tokenizer, phases[0], data
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A plain reference of one TAR outer step (REFERENCE §1.2), written from the facts, independent of jaxtar.meta,
+# jaxtar.attacks and jaxtar.objectives: Python loops, jax.grad, optax.adamw, optax's schedule-free AdamW.
+
+
+def _ce(logits, ids, mask):
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
+    nll = -jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+    m = mask[:, 1:].astype(jnp.float32)
+    return jnp.sum(nll * m) / jnp.sum(m)
+
+
+def _neg_entropy(logits, mask):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    ent = -jnp.sum(jnp.exp(logp) * logp, -1)
+    m = mask.astype(jnp.float32)
+    return -jnp.sum(ent * m) / jnp.sum(m)
+
+
+@functools.lru_cache(maxsize=2)
+def _reference_fns(model):
+    """Jitted per-call pieces of the reference (shared by the reference step and the post-attack evaluation)."""
+    fwd = lambda p, b, hidden=False: model.apply(p, b["input_ids"], b["attention_mask"], output_hidden_states=hidden)
+    adv_grad = jax.jit(jax.grad(lambda p, b: _ce(fwd(p, b).logits, b["input_ids"], b["loss_mask"])))
+    tamper_grad = jax.jit(jax.value_and_grad(lambda p, b: _neg_entropy(fwd(p, b).logits, b["attention_mask"])))
+
+    def retain(p, base, b):
+        out, ref = fwd(p, b, True), fwd(base, b, True)
+        m = b["attention_mask"].astype(jnp.float32)
+        dist = [
+            jnp.sum(jnp.sqrt(jnp.sum((h - h0) ** 2, -1)) * m) / jnp.sum(m)
+            for h, h0 in zip(out.hidden_states, ref.hidden_states)
+        ]
+        return _ce(out.logits, b["input_ids"], b["loss_mask"]) + sum(dist) / len(dist)
+
+    def metrics(p, b):  # CE and next-token top-1 accuracy over the real tokens
+        logits = fwd(p, b).logits
+        m = b["attention_mask"][:, 1:].astype(jnp.float32)
+        hit = (jnp.argmax(logits[:, :-1], -1) == b["input_ids"][:, 1:]).astype(jnp.float32)
+        return _ce(logits, b["input_ids"], b["attention_mask"]), jnp.sum(hit * m) / jnp.sum(m)
+
+    return adv_grad, tamper_grad, jax.jit(jax.grad(retain)), jax.jit(metrics)
+
+
+def _adamw(lr):
+    return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+
+
+@jax.jit
+def _adamw_step(grads, state, params, lr):
+    """One inner AdamW step (the state of ``_adamw(any lr)``)."""
+    updates, state = _adamw(lr).update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+def _reference_step(model, params, base, batches, cfg):
+    adv_grad, tamper_grad, retain_grad, _ = _reference_fns(model)
+    g_tr_total = jax.tree.map(jnp.zeros_like, params)
+    tamper_value = 0.0
+    x_tr = {k: jnp.asarray(v) for k, v in batches["tamper"].items()}
+    for a in range(A):
+        theta = params  # theta0 is kept in `params`: the restore is implicit
+        lr = batches["hyperparams"]["learning_rate"][a]
+        state = _adamw(lr).init(theta)  # fresh state every outer step
+        g_tr = jax.tree.map(jnp.zeros_like, params)
+        for k in range(K):
+            b = {key: jnp.asarray(v[a, k]) for key, v in batches["adversary"].items()}
+            theta, state = _adamw_step(adv_grad(theta, b), state, theta, lr)
+            if (k + 1) % S == 0:
+                w = np.exp(0.0625 * (k - (K - 1)))
+                value, g = tamper_grad(theta, x_tr)
+                g_tr = jax.tree.map(lambda acc, gi, w=w: acc + w * gi, g_tr, g)  # first order: grad at theta_k
+                tamper_value += w * float(value) / A
+        g_tr_total = jax.tree.map(lambda acc, g: acc + g / A, g_tr_total, g_tr)
+    r = {k: jnp.asarray(v) for k, v in batches["retain"].items()}
+    g = jax.tree.map(lambda gr, gt: 1.0 * gr + 4.0 * gt, retain_grad(params, base, r), g_tr_total)
+    assert cfg.warmup_steps == 0  # (warmup would make the first step's lr 0)
+    outer = optax.contrib.schedule_free_adamw(cfg.lr, warmup_steps=None, b1=0.9, b2=0.999, eps=1e-8)
+    state = outer.init(params)
+    updates, state = outer.update(g, state, params)
+    return optax.apply_updates(params, updates), state, tamper_value
+
+
+def _nu(opt_state):
+    """Adam's second moment (1 - b2) * g^2 inside the schedule-free state: the outer gradient's magnitude."""
+    return next(s.nu for s in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "nu")) if hasattr(s, "nu"))
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def test_outer_step_matches_python_loop_reference(env):
+    config, model, base, _, phase, data = env
+    step = next(i for i in range(50) if len({a.data for a in data.adversaries(i)}) == 2)  # forget + retain->forget
+    assert {a.switch_step for a in data.adversaries(step)} - {None}, "a retain->forget adversary has a switch point"
+    rng = np.random.default_rng(0)  # start away from the base so the representation term has a gradient
+    params = jax.tree.map(lambda x: x + 0.01 * rng.standard_normal(x.shape).astype(x.dtype), base)
+    batches = data.batches(step)
+    new, state, metrics = phase.step_fn(params, phase.init_opt_state(params), batches, step_key(0, step), base)
+    ref_new, ref_state, ref_tamper = _reference_step(model, params, base, batches, config.tar)
+
+    nu, ref_nu = _flat(_nu(state)), _flat(_nu(ref_state))
+    assert np.max(np.abs(nu - ref_nu)) / np.max(ref_nu) < 1e-4  # (1 - b2) g^2: the gradient's magnitude
+    # The first Adam step is ~ lr * g / (|g| + eps): compare where |g| is not at the float32 noise floor
+    delta, ref_delta = _flat(new) - _flat(params), _flat(ref_new) - _flat(params)
+    clear = ref_nu > 1e-6 * np.max(ref_nu)
+    assert clear.mean() > 0.5
+    np.testing.assert_allclose(delta[clear], ref_delta[clear], rtol=1e-3, atol=1e-9)
+    assert float(metrics["tamper_value"]) == pytest.approx(ref_tamper, rel=1e-5)
+    assert float(metrics["representation"]) > 0 and float(metrics["finite_fraction"]) == 1.0
+
+
+def test_batches_are_a_function_of_the_step(env):
+    config, _, _, tokenizer, _, data = env
+    again = TarData(config, tokenizer, train_suite(config.tar))
+    for step in (0, 7):
+        a, b = data.batches(step), again.batches(step)
+        for key in a["adversary"]:
+            np.testing.assert_array_equal(a["adversary"][key], b["adversary"][key])
+        np.testing.assert_array_equal(a["tamper"]["input_ids"], b["tamper"]["input_ids"])
+        assert a["adversary"]["input_ids"].shape == (A, K, 8, 48)
+        lrs = a["hyperparams"]["learning_rate"]
+        assert np.all(np.isclose(lrs, 1e-3) | np.isclose(lrs, 3e-3))
+    # retain->forget: rows before the switch point are retain text, after it forget text
+    step = next(i for i in range(100) if any(a.switches and 0 < a.switch_step < K for a in data.adversaries(i)))
+    slot = next(j for j, a in enumerate(data.adversaries(step)) if a.switches)
+    m = data.adversaries(step)[slot].switch_step
+    rows = data.batches(step)["adversary"]["input_ids"][slot]
+    retain_rows = {tuple(r) for r in data.streams["retain"].take(0, data.streams["retain"].num_rows)["input_ids"]}
+    forget_rows = {tuple(r) for r in data.streams["forget"].take(0, data.streams["forget"].num_rows)["input_ids"]}
+    assert all(tuple(r) in retain_rows for r in rows[:m].reshape(-1, 48))
+    assert all(tuple(r) in forget_rows for r in rows[m:].reshape(-1, 48))
+    # the tamper batches come from held-out forget text the adversaries never train on
+    tamper_rows = {tuple(r) for r in data.streams["tamper"].take(0, data.streams["tamper"].num_rows)["input_ids"]}
+    assert tamper_rows and not tamper_rows & forget_rows
+
+
+def test_dpo_tamper_loss_uses_reference_log_probs_of_the_start_model(env, tar_overrides):
+    config, model, params, tokenizer, _, _ = env
+    cfg = load_config("toy", {**tar_overrides, "tar.tamper_loss": "dpo",
+                              "tar.setting": "refusal", "data.harmful": "toy:harmful",
+                              "data.preferences": "toy:preferences", "data.limit": 16})  # fmt: skip
+    ref_fn = lambda ids, mask: model.apply(params, ids, mask).logits
+    data = TarData(cfg, tokenizer, train_suite(cfg.tar), ref_fn)
+    rows = data.streams["tamper"].take(0, 16).rows
+    ids, mask, loss_mask = rows["chosen_input_ids"][:2], rows["chosen_attention_mask"][:2], rows["chosen_loss_mask"][:2]
+    logp = jax.nn.log_softmax(model.apply(params, ids, mask).logits[:, :-1], -1)
+    want = np.sum(np.take_along_axis(np.asarray(logp), ids[:, 1:, None], -1)[..., 0] * loss_mask[:, 1:], -1)
+    np.testing.assert_allclose(rows["reference_chosen_logps"][:2], want, rtol=1e-5)
+    tamper = jax.jit(tar_losses(model, cfg.tar)["tamper"])
+    assert float(tamper(params, rows, None)) == pytest.approx(np.log(2.0), abs=1e-5)  # policy == reference
+    # the refusal adversary fine-tunes on the harmful reply only
+    adv = data.batches(0)["adversary"]
+    assert adv["loss_mask"].sum() < adv["attention_mask"].sum()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Learning signal: post-attack forget loss of the TAR model vs the undefended base, on the training adversaries.
+
+EVAL_STEPS = 2 * K  # attacks run twice as long as the K inner steps TAR trained against
+
+
+def _post_attack(model, params, data, suite, eval_rows):
+    """Held-out forget (CE, accuracy) after each training adversary, run as a plain AdamW loop (fresh data, 2 seeds)."""
+    adv_grad, _, _, metrics = _reference_fns(model)
+    out = []
+    bsz = 8
+    for adv in suite:
+        for seed in range(2):
+            pos = (10_000 + seed) * EVAL_STEPS * bsz
+            rows = data.streams["forget"].take(pos, EVAL_STEPS * bsz).reshape_leading(EVAL_STEPS, bsz)
+            if adv.switches:  # retain for the first 2/3 of the attack (the Beta(6, 3) mean), then forget
+                pre = data.streams["retain"].take(pos, EVAL_STEPS * bsz).reshape_leading(EVAL_STEPS, bsz)
+                m = round(EVAL_STEPS * 2 / 3)
+                rows = {k: np.concatenate([pre[k][:m], rows[k][m:]]) for k in rows}
+            theta, lr = params, np.float32(adv.lr)
+            state = _adamw(lr).init(theta)
+            for k in range(EVAL_STEPS):
+                theta, state = _adamw_step(adv_grad(theta, {key: v[k] for key, v in rows.items()}), state, theta, lr)
+            out.append([float(x) for x in metrics(theta, eval_rows)])
+    return np.asarray(out)  # [adversaries * seeds, (ce, accuracy)]
+
+
+def test_tar_raises_post_attack_forget_loss_on_the_toy_world(env, tmp_path):
+    """Measured: next-token CE and top-1 accuracy on held-out forget text after each training adversary (MCQ accuracy
+    of this small, briefly trained base model is too coarse). TAR must beat the undefended base on every
+    adversary, with a clear mean margin, while the retain CE stays within a bound."""
+    config, model, base, tokenizer, _, data = env
+    cfg = dataclasses.replace(config, tar=dataclasses.replace(config.tar, outer_steps=24),
+                              run=dataclasses.replace(config.run, output_dir=str(tmp_path / "tar")))  # fmt: skip
+    result = run_tar(cfg, model=model, params=base, tokenizer=tokenizer)
+    assert result.steps == 24 and not result.interrupted and (result.model_dir / "model.safetensors").is_file()
+
+    suite = train_suite(cfg.tar)
+    held_out = data.streams["tamper"].take(0, data.streams["tamper"].num_rows).rows
+    before = _post_attack(model, base, data, suite, held_out)
+    after = _post_attack(model, result.params, data, suite, held_out)
+    ce_gain = after[:, 0] - before[:, 0]
+    print(f"post-attack forget CE base {before[:, 0].round(3)} TAR {after[:, 0].round(3)}")
+    print(f"post-attack forget acc base {before[:, 1].round(3)} TAR {after[:, 1].round(3)}")
+    assert ce_gain.min() > 0.1 and ce_gain.mean() > 0.3
+    assert after[:, 1].mean() < before[:, 1].mean() - 0.05
+
+    retain = data.streams["retain_loss"].take(0, 64).rows
+    metrics = _reference_fns(model)[3]
+    assert float(metrics(result.params, retain)[0]) < float(metrics(base, retain)[0]) + 0.5
