@@ -95,14 +95,20 @@ def run_demo(args: argparse.Namespace) -> int:
     return run_generate(args)
 
 
-# Subcommands of later layers live in jaxtar/commands/<name>.py and register themselves on import.
-COMMAND_MODULES: tuple[str, ...] = ("defend", "redteam")
+# Subcommands of later layers live in jaxtar/commands/<name>.py and register themselves on import (found by scan).
+def _command_modules() -> list[str]:
+    """Every module of ``jaxtar.commands`` (each registers its subcommands on import)."""
+    import pkgutil
+
+    import jaxtar.commands
+
+    return sorted(m.name for m in pkgutil.iter_modules(jaxtar.commands.__path__) if not m.name.startswith("_"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    for name in COMMAND_MODULES:
+    for name in _command_modules():
         importlib.import_module(f"jaxtar.commands.{name}")
     parser = argparse.ArgumentParser(prog="jaxtar", description="Tamper-resistant open-weight models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
