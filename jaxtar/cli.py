@@ -85,14 +85,41 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", default="In one sentence, why should open-weight models resist harmful fine-tuning?")
+    p.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="new (or empty) folder for everything the demo writes (default: a fresh runs/demo-<time>)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few steps per stage: checks the plumbing in 1-2 CPU-minutes; the numbers mean nothing",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds per red-team adversary (default: one; each extra seed adds about two minutes)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (stage headers and table only)")
 
 
-@subcommand("demo", "the main job (offline)", _configure_demo)
+@subcommand(
+    "demo",
+    "the main job, offline: toy base model -> random mapping -> TAR, red-teamed with a held-out suite (<= 10 min)",
+    _configure_demo,
+)
 def run_demo(args: argparse.Namespace) -> int:
-    args.model, args.max_new_tokens, args.temperature, args.top_p, args.seed = "smollm2", 48, 0.0, None, 0
-    print("Loading the offline SmolLM2-135M-Instruct GGUF into the jaxtar Llama port and generating greedily...")
-    return run_generate(args)
+    from jaxtar.demo import run_demo as demo
+
+    try:
+        demo(args.output, quick=args.quick, seeds=args.seeds, progress=not args.no_progress)
+    except KeyboardInterrupt as err:
+        print(f"jaxtar demo: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    return 0
 
 
 # Subcommands of later layers live in jaxtar/commands/<name>.py and register themselves on import (found by scan).

@@ -1,0 +1,130 @@
+"""The main job, ``jaxtar demo``: a real quick run of the whole pipeline (base -> random mapping -> TAR -> red team),
+its outputs and numbers, the honest verdict, and the refusal to touch an existing folder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxtar.cli import main
+from jaxtar.data.toy import shipped_toy_model_dir
+from jaxtar.demo import (
+    MODELS,
+    QUICK,
+    check_demo_dir,
+    default_output_dir,
+    demo_table,
+    longer_attack_command,
+    run_demo,
+    verdict,
+)
+from jaxtar.eval import RedTeamResults, Scores
+from jaxtar.eval.report import AttackRun
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    lines: list[str] = []
+    result = run_demo(out, quick=True, progress=False, log=lines.append)
+    return result, "\n".join(lines)
+
+
+def test_quick_demo_writes_results_table_and_plots(quick):
+    result, printed = quick
+    out = result.out_dir
+    for name in ("summary.md", "demo.json", "redteam/results.json", "redteam/results.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 100, name
+    for name in ("attack_loss.png", "forget_accuracy.png"):
+        data = (out / "redteam" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    for run in ("random-mapping", "tar"):
+        assert (out / run / "model" / "model.safetensors").is_file() and (out / run / "result.json").is_file()
+    for stage in ("[1/4] base", "[2/4] random mapping", "[3/4] TAR", "[4/4] red team", "Chance level: 25.0 %",
+                  "QUICK RUN", "What this does NOT show", longer_attack_command(out)):  # fmt: skip
+        assert stage in printed, stage
+
+    saved = RedTeamResults.load(out / "redteam")
+    assert saved.models == list(MODELS) and saved.chance == 0.25
+    assert saved.adversaries == list(QUICK.adversaries)
+    assert len(saved.runs) == len(MODELS) * len(QUICK.adversaries) * len(QUICK.seeds)
+    for run in saved.runs:
+        assert len(run.losses) == QUICK.attack_steps and all(math.isfinite(x) and 0 < x < 20 for x in run.losses)
+        for s in (run.before, run.after):
+            assert 0.0 <= s.forget_acc <= 1.0 and 0.0 <= s.retain_acc <= 1.0
+            assert s.forget_n == s.retain_n == QUICK.mcq_limit
+            assert math.isfinite(s.forget_loss) and s.forget_loss > 0
+
+    # the shipped base model's known score: 100 % forget (and 97.5 % retain on all 240 questions)
+    shipped = json.loads((shipped_toy_model_dir(1, 0) / "toy_world.json").read_text())
+    assert saved.before["base"].forget_acc == shipped["forget_mcq_accuracy"] == 1.0
+    assert saved.before["base"].retain_acc >= 0.9
+
+    # the three models are different weights (each defence really trained)
+    assert len({saved.before[m].forget_loss for m in MODELS}) == 3
+
+    # the printed table is the saved one: each model's worst case, and demo.json records the run
+    for m in MODELS:
+        s = saved.summary(m)
+        assert f"| {m} | {100 * s.before.forget_acc:.1f} ± " in result.summary
+        assert f"**{100 * s.worst_forget_after:.1f}** ({s.worst_adversary})" in result.summary
+    assert demo_table(saved) in (out / "summary.md").read_text()
+    meta = json.loads((out / "demo.json").read_text())
+    assert meta["quick"] is True and meta["seeds"] == [0] and meta["verdict"] == verdict(saved)
+    assert set(meta["stage_seconds"]) == {"base", "random_mapping", "tar", "red_team"}
+    assert meta["seconds"] > 0 and len(meta["end"]["load_average"]) == 3
+
+
+def test_an_existing_output_folder_is_refused_and_left_alone(quick, tmp_path, capsys):
+    result, _ = quick
+    before = sorted(p.relative_to(result.out_dir) for p in result.out_dir.rglob("*"))
+    summary = (result.out_dir / "summary.md").read_bytes()
+    with pytest.raises(FileExistsError, match="already exists and is not empty; the demo never overwrites"):
+        run_demo(result.out_dir, quick=True, progress=False, log=lambda s: None)
+    assert main(["demo", "--quick", "--output", str(result.out_dir)]) == 2
+    assert "jaxtar demo: error:" in capsys.readouterr().err
+    assert sorted(p.relative_to(result.out_dir) for p in result.out_dir.rglob("*")) == before
+    assert (result.out_dir / "summary.md").read_bytes() == summary
+
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(FileExistsError):
+        check_demo_dir(a_file)
+    assert a_file.read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    assert check_demo_dir(tmp_path / "empty") == tmp_path / "empty"  # an empty folder is fine
+
+
+def test_default_output_folder_is_new(tmp_path):
+    first = default_output_dir(tmp_path)
+    assert first.parent == tmp_path and first.name.startswith("demo-") and not first.exists()
+    first.mkdir()
+    second = default_output_dir(tmp_path)
+    assert second != first and not second.exists()
+
+
+def _results(forget_after: dict[str, list[float]], n: int = 240) -> RedTeamResults:
+    def scores(acc: float) -> Scores:
+        return Scores(acc, float(np.sqrt(acc * (1 - acc) / n)), n, 0.95, 0.01, n, 1.0, 1.0)
+
+    before = {m: scores(1.0 if m != "tar" else 0.25) for m in forget_after}
+    runs = tuple(
+        AttackRun(m, f"adv{i}", 0, {"steps": 40}, before[m], scores(acc), (1.0, 0.5))
+        for m, accs in forget_after.items()
+        for i, acc in enumerate(accs)
+    )
+    return RedTeamResults(before, runs, 0.25)
+
+
+def test_the_verdict_says_when_tar_did_not_resist():
+    held = _results({"base": [1.0, 0.99], "random-mapping": [1.0, 0.95], "tar": [0.3, 0.55]})
+    assert verdict(held).startswith("TAR lowered the worst-case post-attack forget accuracy from 100.0 % (base)")
+    assert "55.0 %" in verdict(held) and "well above chance" in verdict(held)
+    near_chance = _results({"base": [1.0], "random-mapping": [1.0], "tar": [0.27]})
+    assert "close to chance" in verdict(near_chance)
+    broken = _results({"base": [1.0, 0.99], "random-mapping": [1.0, 0.95], "tar": [0.3, 0.97]})
+    assert verdict(broken).startswith("TAR did NOT resist this red team")
+    assert "| adv1 | 99.0 (95.0) | 95.0 (95.0) | 97.0 (95.0) |" in demo_table(broken)
