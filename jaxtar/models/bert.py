@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import Model, ModelOutput, Params, model_for_config
-from jaxtar.models.layers import ACTIVATIONS, attention, layer_norm, linear
+from jaxtar.models.layers import ACTIVATIONS, attention, layer_norm, linear, upcast_dtype
 from jaxtar.models.lora import LoraParams
 from jaxtar.models.modules import Dense, LayerNormParams, StackedLinear
 
@@ -179,9 +179,9 @@ class Bert(nnx.Module):
         logits = None
         if c.num_labels:
             head = p["classifier"]
-            logits = jnp.dot(pooled, head["kernel"].astype(dtype), preferred_element_type=jnp.float32)
+            logits = jnp.dot(pooled, head["kernel"].astype(dtype), preferred_element_type=upcast_dtype(dtype))
             if "bias" in head:
-                logits = logits + head["bias"].astype(jnp.float32)
+                logits = logits + head["bias"].astype(logits.dtype)
         hidden = None
         if output_hidden_states:  # transformers: the embedding output, then every layer's output
             hidden = (h, *(per_layer[i] for i in range(c.num_layers)))

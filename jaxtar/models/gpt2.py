@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import ModelOutput
-from jaxtar.models.layers import ACTIVATIONS, attention, causal_mask, layer_norm, linear
+from jaxtar.models.layers import ACTIVATIONS, attention, causal_mask, layer_norm, linear, upcast_dtype
 from jaxtar.models.lora import LoraParams
 from jaxtar.models.modules import LayerNormParams, StackedLinear
 
@@ -186,7 +186,8 @@ class GPT2(nnx.Module):
         xs = (params["layers"], None if lora is None else lora.weights, jnp.arange(c.num_layers), cache)
         last, (per_layer, new_cache) = jax.lax.scan(block, h, xs)
         final = layer_norm(last, params["final_norm"]["scale"], params["final_norm"]["bias"], c.layer_norm_eps)
-        logits = jnp.dot(final, params["embed"]["embedding"].T.astype(dtype), preferred_element_type=jnp.float32)
+        head = params["embed"]["embedding"].T.astype(dtype)
+        logits = jnp.dot(final, head, preferred_element_type=upcast_dtype(dtype))
         hidden = None
         if output_hidden_states:  # transformers: embeddings, every block's output, ln_f applied to the last one
             hidden = (h, *(per_layer[i] for i in range(c.num_layers - 1)), final)

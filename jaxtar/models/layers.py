@@ -28,20 +28,30 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def upcast_dtype(dtype) -> jnp.dtype:
+    """The dtype numerically sensitive ops run in: float32 for bf16/f16/f32 inputs, float64 stays float64.
+
+    Example:
+        >>> upcast_dtype(jnp.bfloat16), upcast_dtype(jnp.float32)
+        (dtype('float32'), dtype('float32'))
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """Llama-style RMSNorm, computed in float32 and cast back (as transformers does)."""
-    x32 = x.astype(jnp.float32)
+    """Llama-style RMSNorm, computed in float32 (float64 stays) and cast back (as transformers does)."""
+    x32 = x.astype(upcast_dtype(x.dtype))
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return scale.astype(x.dtype) * x32.astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
-    """LayerNorm over the last axis in float32, cast back to the input dtype."""
-    x32 = x.astype(jnp.float32)
+    """LayerNorm over the last axis in float32 (float64 stays), cast back to the input dtype."""
+    x32 = x.astype(upcast_dtype(x.dtype))
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    return (y * scale.astype(x32.dtype) + bias.astype(x32.dtype)).astype(x.dtype)
 
 
 def linear(
@@ -91,7 +101,7 @@ def apply_rope(x_bthd: jax.Array, position_ids_bt: jax.Array, inv_freq: jax.Arra
     """Rotary embedding in transformers' rotate-half convention, computed in float32."""
     angles = position_ids_bt[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, hd]
-    x32 = x_bthd.astype(jnp.float32)
+    x32 = x_bthd.astype(upcast_dtype(x_bthd.dtype))
     half = x32.shape[-1] // 2
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x_bthd.dtype)
@@ -105,7 +115,7 @@ def attention(
     *,
     scale: float | None = None,
 ) -> jax.Array:
-    """Multi-head attention with grouped K/V heads (MHA, GQA and MQA); softmax in float32.
+    """Multi-head attention with grouped K/V heads (MHA, GQA and MQA); softmax in float32 (float64 stays).
 
     Args:
         q_bthd: queries ``[B, T, H, hd]``.
@@ -120,7 +130,7 @@ def attention(
     kv = k_bskd.shape[2]
     q = q_bthd.reshape(b, t, kv, h // kv, hd)
     scale = hd**-0.5 if scale is None else scale
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd, preferred_element_type=upcast_dtype(q.dtype)) * scale
     scores = jnp.where(allowed_bts[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
