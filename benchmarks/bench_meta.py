@@ -49,6 +49,7 @@ from jaxtar.models import LlamaConfig, create_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 EVERY = 4  # TAR's subsample s
+FO_FINAL = "first_order_final"  # first_order with a single tamper record after step K
 OVERHEAD = LlamaConfig.tiny(
     vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2
 )
@@ -67,7 +68,7 @@ def configs(quick: bool) -> dict[str, dict]:
     cfgs = {"overhead_d64_L2": dict(cfg=OVERHEAD, batch=4, seq=32, ks=(4,) if quick else (4, 16, 64))}
     if not quick:
         cfgs["tiny_d256_L4"] = dict(cfg=COMPUTE, batch=4, seq=128, ks=(4, 16, 64))
-        cfgs["smollm2_135m"] = dict(cfg=LlamaConfig.smollm2_135m(), batch=2, seq=128, ks=(4, 16))
+        cfgs["smollm2_135m"] = dict(cfg=LlamaConfig.smollm2_135m(), batch=2, seq=128, ks=(4, 16, 64))
     return cfgs
 
 
@@ -81,9 +82,12 @@ def estimators(k: int, quick: bool) -> dict[str, Estimator]:
         "first_order": Estimator("first_order"),
         "tar": Estimator("tar"),
         "remat_dots": Estimator("remat", remat_policy="dots_with_no_batch_dims_saveable"),
+        "remat_grad": Estimator("remat", remat_policy="attack_grad_saveable"),
+        # FO-MAML's own schedule: one tamper record after the last step ((K + 1) / K FLOPs, REFERENCE §3)
+        FO_FINAL: Estimator("first_order"),
     }
     if quick:
-        for name in ("remat_sqrtK", "truncated_K/4", "remat_dots"):
+        for name in ("remat_sqrtK", "truncated_K/4", "remat_dots", "remat_grad"):
             ests.pop(name)
     return ests
 
@@ -198,9 +202,9 @@ def bench_one(name: str, spec: dict, k: int, quick: bool, reps: int, mem_limit: 
     plain = jax_case(lambda p: unroll(prob, p, adv, ids, key=key).trainable, (params,), reps)
     rows.append(dict(base, framework="jax", method="plain", **plain))
 
-    def meta_fn(est):
+    def meta_fn(est, schedule=sched):
         return lambda p: (
-            meta_value_and_grad(prob, p, ids, tamper, adversary=adv, key=key, schedule=sched, estimator=est).grads
+            meta_value_and_grad(prob, p, ids, tamper, adversary=adv, key=key, schedule=schedule, estimator=est).grads
         )
 
     for est_name, est in estimators(k, quick).items():
@@ -210,7 +214,8 @@ def bench_one(name: str, spec: dict, k: int, quick: bool, reps: int, mem_limit: 
             rows.append(dict(row, skipped=f"planner predicts {predicted / 2**30:.1f} GiB > limit"))
             continue
         print(f"[{name} K={k}] {est_name}", flush=True)
-        rows.append(dict(row, **jax_case(meta_fn(est), (params,), reps)))
+        schedule = TamperSchedule(every=k, weighting="final") if est_name == FO_FINAL else sched
+        rows.append(dict(row, **jax_case(meta_fn(est, schedule), (params,), reps)))
     tm = TorchMeta(cfg, ids, tamper, every=EVERY)
     for method, fn in {"plain": tm.plain, "tar": tm.tar_fo, "exact": tm.exact}.items():
         ref = next(r for r in rows if r["method"] == method)
@@ -320,6 +325,7 @@ def main() -> None:
     parser.add_argument("--ks", nargs="*", type=int, help="override the K values of every config")
     parser.add_argument("--skip-vmap", action="store_true")
     parser.add_argument("--skip-flops-check", action="store_true")
+    parser.add_argument("--out-dir", type=Path, default=OUT, help=f"where results go (default {OUT})")
     parser.add_argument("--mem-limit-gib", type=float, default=0.5 * os.sysconf("SC_PHYS_PAGES") *
                         os.sysconf("SC_PAGE_SIZE") / 2**30)  # fmt: skip
     args = parser.parse_args()
@@ -349,10 +355,10 @@ def main() -> None:
     meta["flops_check"] = [] if args.skip_flops_check or args.quick else flops_crosscheck()
     meta["load_avg_end"] = os.getloadavg()
     meta["total_s"] = time.time() - t0
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "bench_meta_quick" if args.quick else "bench_meta" + ("_" + "_".join(args.configs) if args.configs else "")
-    write_report(OUT / stem, meta, rows, vmap_rows)
-    print(f"wrote {OUT / stem}.{{json,md,png}} in {meta['total_s']:.0f} s")
+    write_report(args.out_dir / stem, meta, rows, vmap_rows)
+    print(f"wrote {args.out_dir / stem}.{{json,md,png}} in {meta['total_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -217,25 +217,31 @@ def bench(case: Case) -> dict:
     p, s, _ = jax.block_until_ready(step(p, s, batches, key, params))  # compiles
     compile_s = time.perf_counter() - start
     torch_tar = TorchTar(torch_model, case.tar)
-    torch_tar.step(batches)  # warm-up
+    torch_tar.step(batches)  # warm-up (allocator, autograd graph caches)
     state = {"p": p, "s": s}
 
     def jax_step():
         state["p"], state["s"], metrics = step(state["p"], state["s"], batches, key, params)
         jax.block_until_ready((state["p"], metrics))
 
-    jt, tt = [], []
+    # PyTorch at 1 thread and at all cores, the faster kept (OpenMP spin-waiting makes multi-threaded eager torch
+    # collapse on an oversubscribed CPU; XLA's CPU runtime does not spin)
+    jt, tt = [], {n: [] for n in sorted({1, os.cpu_count() or 1})}
     for _ in range(case.repeats):  # interleaved: background load hits both alike
         jt.append(_time(jax_step))
-        tt.append(_time(lambda: torch_tar.step(batches)))
+        for threads, times in tt.items():
+            torch.set_num_threads(threads)
+            times.append(_time(lambda: torch_tar.step(batches)))
     flops, tokens = step_flops(case)
-    j, t = statistics.median(jt), statistics.median(tt)
+    threads = min(tt, key=lambda n: statistics.median(tt[n]))
+    j, t = statistics.median(jt), statistics.median(tt[threads])
     return {
         "case": case.name, "layers": case.model.num_layers, "hidden": case.model.hidden_size, "length": case.length,
         "K": case.tar.inner_steps, "s": case.tar.tamper_every, "A": case.tar.adversaries_per_step,
         "batch": case.tar.adversary_batch_size, "compile_s": compile_s, "jax_step_s": j, "torch_step_s": t,
         "jax_steps_per_s": 1 / j, "torch_steps_per_s": 1 / t, "jax_tok_s": tokens / j, "torch_tok_s": tokens / t,
-        "speedup": t / j, "gflop_per_step": flops / 1e9, "jax_gflops": flops / j / 1e9, "torch_gflops": flops / t / 1e9,
+        "torch_threads": threads, "speedup": t / j,
+        "gflop_per_step": flops / 1e9, "jax_gflops": flops / j / 1e9, "torch_gflops": flops / t / 1e9,
     }  # fmt: skip
 
 
@@ -249,14 +255,19 @@ def main() -> None:
     report["matmul_gflops"] = matmul_gflops()
     for case in cases(args.quick):
         row = bench(case)
+        torch.set_num_threads(os.cpu_count() or 1)
+        row["matmul_gflops"] = matmul_gflops()  # right after the case: the load it ran under varies on a shared CPU
         report["rows"].append(row)
         print(f"{case.name}: JAX {row['jax_steps_per_s']:.3g} steps/s, PyTorch {row['torch_steps_per_s']:.3g} "
               f"steps/s ({row['speedup']:.2f}x), compile {row['compile_s']:.0f} s", flush=True)  # fmt: skip
     mm = report["matmul_gflops"]
+    per_case = ", ".join(f"{r['matmul_gflops']['jax']:.0f}/{r['matmul_gflops']['torch']:.0f}" for r in report["rows"])
     lines = [
         f"Device: {device}; jax {jax.__version__}, torch {torch.__version__}. TAR outer step (first order, K inner "
-        "AdamW steps, tamper every s, retain + representation, schedule-free AdamW); medians of interleaved repeats.",
-        f"Matmul rate (1024^3 fp32, this run): JAX {mm['jax']:.0f} GFLOP/s, PyTorch {mm['torch']:.0f} GFLOP/s.",
+        "AdamW steps, tamper every s, retain + representation, schedule-free AdamW); medians of interleaved repeats; "
+        f"PyTorch: the faster of 1 thread and {os.cpu_count()}; load average at the end {os.getloadavg()[0]:.1f}.",
+        f"Matmul rate (1024^3 fp32, this run): JAX {mm['jax']:.0f} GFLOP/s, PyTorch {mm['torch']:.0f} GFLOP/s at the "
+        f"start; JAX/PyTorch after each case {per_case}. The % columns use the rate measured after the row's case.",
         "",
         "| case | L x d, T | K / s / A, batch | JAX steps/s | PyTorch steps/s | ratio | JAX tok/s | PyTorch tok/s "
         "| JAX GFLOP/s (% of matmul) | PyTorch GFLOP/s (% of matmul) | JAX compile s |",
@@ -267,8 +278,8 @@ def main() -> None:
             f"| {r['case']} | {r['layers']} x {r['hidden']}, {r['length']} | {r['K']} / {r['s']} / {r['A']}, "
             f"{r['batch']} | {r['jax_steps_per_s']:.3g} | {r['torch_steps_per_s']:.3g} | {r['speedup']:.2f}x | "
             f"{r['jax_tok_s']:.0f} | {r['torch_tok_s']:.0f} | {r['jax_gflops']:.1f} "
-            f"({100 * r['jax_gflops'] / mm['jax']:.0f} %) | {r['torch_gflops']:.1f} "
-            f"({100 * r['torch_gflops'] / mm['torch']:.0f} %) | {r['compile_s']:.0f} |"
+            f"({100 * r['jax_gflops'] / r['matmul_gflops']['jax']:.0f} %) | {r['torch_gflops']:.1f} "
+            f"({100 * r['torch_gflops'] / r['matmul_gflops']['torch']:.0f} %) | {r['compile_s']:.0f} |"
         )
     lines += ["", "ratio = PyTorch step time / JAX step time (> 1: JAX faster). A > 1: JAX vmaps the adversaries, "
               "PyTorch loops over them (as the official code would)."]  # fmt: skip
@@ -276,8 +287,11 @@ def main() -> None:
     print(table)
     RESULTS.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    (RESULTS / f"tar{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"tar{suffix}.md").write_text(table + "\n")
+    for name, text in ((f"tar{suffix}.json", json.dumps(report, indent=2) + "\n"), (f"tar{suffix}.md", table + "\n")):
+        tmp = RESULTS / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, RESULTS / name)  # atomic: a killed run leaves the previous results intact
+    print(f"wrote {RESULTS}/tar{suffix}.{{json,md}}")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxtar.attacks.adversary import Adversary
 from jaxtar.attacks.optimizers import AttackOptimizer, make_optimizer
 
 PyTree = Any
+ATTACK_GRAD = "attack_grad"  # the checkpoint name of each step's attack gradient
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ def make_step(
 
     def step(c: Carry, batch: PyTree) -> tuple[Carry, jax.Array]:
         loss, grads = jax.value_and_grad(problem.attack_loss, argnums=1)(defended, c.trainable, batch)
+        grads = checkpoint_name(grads, ATTACK_GRAD)  # a remat policy may save it (see jaxtar.meta.Estimator)
         trainable, state = opt.step(grads, c.opt_state, c.trainable, c.step, hp)
         if active_steps is not None:
             active = c.step < active_steps

@@ -29,12 +29,35 @@ import numpy as np
 
 from jaxtar.attacks.adversary import ADAM_FAMILY, Adversary
 from jaxtar.attacks.optimizers import AttackOptimizer, make_optimizer
-from jaxtar.attacks.unroll import AttackProblem, Carry, count_records, make_step, plan_runs, run_plan, tree_select
+from jaxtar.attacks.unroll import (
+    ATTACK_GRAD,
+    AttackProblem,
+    Carry,
+    count_records,
+    make_step,
+    plan_runs,
+    run_plan,
+    tree_select,
+)
 
 PyTree = Any
 ESTIMATORS = ("exact", "remat", "mixed", "truncated", "first_order", "tar")
 WEIGHTINGS = ("exponential", "uniform", "final")
-_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+_POLICIES = (
+    "nothing_saveable",
+    "attack_grad_saveable",
+    "everything_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+)
+
+
+def _policy(name: str):
+    """A `jax.checkpoint` policy by name; "attack_grad_saveable" keeps each step's attack gradient (one more
+    param-sized array per step), so the recomputation skips the weight-gradient matmuls."""
+    if name == "attack_grad_saveable":
+        return jax.checkpoint_policies.save_only_these_names(ATTACK_GRAD)
+    return getattr(jax.checkpoint_policies, name)
 
 
 @dataclass(frozen=True)
@@ -43,7 +66,8 @@ class Estimator:
 
     Args:
         kind: one of `ESTIMATORS`.
-        remat_policy: a `jax.checkpoint_policies` name for "remat".
+        remat_policy: a `jax.checkpoint_policies` name for "remat", or "attack_grad_saveable" (keep each step's
+            attack gradient: ~7 % fewer FLOPs than "nothing_saveable" for K more param-sized arrays).
         two_level: "remat" only: also checkpoint groups of ~sqrt(K) steps.
         truncation: T for "truncated" (steps differentiated exactly, counted from the end).
 
@@ -247,7 +271,7 @@ def _objective(cfg: _Setup, d, hp, active, weights, batches, tamper_batch, key):
     if est.kind == "mixed":
         step = _mixed_step(problem, opt)(d, hp, active)
     if est.kind == "remat":
-        policy = getattr(jax.checkpoint_policies, est.remat_policy)
+        policy = _policy(est.remat_policy)
         step, record = jax.checkpoint(step, policy=policy), jax.checkpoint(record, policy=policy)
 
     n0 = 1 if sched.include_initial else 0

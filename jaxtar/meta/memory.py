@@ -7,6 +7,7 @@ m tamper records and D defended parameters (4-byte floats):
     weights W = 2 D (defended params in, meta-gradient out)     carry S = (1 + f) P     gradient G = P
     exact        W + K (S + G + 7.5 A) + 2 m A_t                 (reverse-over-reverse residuals of every step)
     remat        W + K S + S + G + 8 A + 2 A_t                   (per-step checkpoint; one step's backward live)
+                 (policy "attack_grad_saveable": K (S + G) instead of K S; other policies are not modelled)
     remat √K     W + (K/g + g) S + S + G + 8 A + 2 A_t,  g = √K
     mixed        W + K (S + G) + 12 A + 2 A_t                    (inputs + gradient per step; jvp of grad live)
     truncated T  W + T (S + G + 7.5 A) + S + 2 m A_t
@@ -142,7 +143,8 @@ def predict_peak_bytes(w: Workload, estimator: Estimator, chunk: int | None = No
         grp = max(1.0, math.sqrt(k))
         per = (k / grp + grp) * s + s + g + _ONE_STEP * a + 2 * a_t
     elif kind == "remat":
-        per = k * s + s + g + _ONE_STEP * a + 2 * a_t
+        saved = s + g if estimator.remat_policy == "attack_grad_saveable" else s  # + each step's attack gradient
+        per = k * saved + s + g + _ONE_STEP * a + 2 * a_t
     elif kind == "mixed":
         per = k * (s + g) + _FWD_OVER_REV * a + 2 * a_t
     elif kind == "truncated":

@@ -29,6 +29,7 @@ def _rel(a, b) -> float:
 ESTIMATORS = {
     "exact": Estimator("exact"),
     "remat": Estimator("remat"),
+    "remat_grad": Estimator("remat", remat_policy="attack_grad_saveable"),
     "sqrt": Estimator("remat", two_level=True),
     "mixed": Estimator("mixed"),
     "trunc_2": Estimator("truncated", truncation=2),
@@ -92,7 +93,7 @@ def test_exact_matches_float64_finite_differences(hybrid, make_hybrid_data, kind
             assert np.all(_flat(bad.grads) == 0.0) and np.all(_flat(bad.hyper_grads) == 0.0)
 
 
-@pytest.mark.parametrize("name", ["remat", "sqrt", "mixed"])
+@pytest.mark.parametrize("name", ["remat", "remat_grad", "sqrt", "mixed"])
 def test_exact_variants_equal_exact(case, name):
     ref, res = case["results"]["exact"], case["results"][name]
     assert bool(res.aux.is_finite)
