@@ -148,6 +148,21 @@ class _Signals:
             signal.signal(sig, handler)
 
 
+def _summary_writer_class():
+    """tensorboardX's or torch's SummaryWriter when the packages are installed (checked without importing torch)."""
+    from importlib.util import find_spec
+
+    if find_spec("tensorboardX") is not None:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    if find_spec("tensorboard") is not None and find_spec("torch") is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter
+    return None
+
+
 class _MetricsLog:
     """metrics.jsonl (truncated to the resumed step) and TensorBoard when installed."""
 
@@ -159,13 +174,7 @@ class _MetricsLog:
         self._file = path.open("a")
         self._tb = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-            except ImportError:
-                try:
-                    from tensorboardX import SummaryWriter
-                except ImportError:
-                    SummaryWriter = None
+            SummaryWriter = _summary_writer_class()
             if SummaryWriter is not None:
                 self._tb = SummaryWriter(str(path.parent / "tensorboard"))
 
