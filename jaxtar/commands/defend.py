@@ -1,5 +1,7 @@
 """``jaxtar defend METHOD``: run a defence (``tar`` or ``random-mapping``) from a YAML preset plus flag overrides.
 
+``mlac`` is routed to ``jaxtar.commands.mlac`` (its presets and ``--mlac.*`` flags: ``jaxtar.mlac_config``).
+
 Every config field is a flag (``--tar.outer-steps 20``, ``--model.path DIR``, ...; see ``jaxtar defend -h``).
 
 Example:
@@ -15,12 +17,13 @@ import sys
 
 from jaxtar.cli import subcommand
 from jaxtar.config import add_config_flags, config_overrides, list_presets
+from jaxtar.mlac_config import add_mlac_flags
 
-METHOD_NAMES = ("tar", "random-mapping")
+METHOD_NAMES = ("tar", "random-mapping", "mlac")
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.usage = "jaxtar defend {tar,random-mapping} [--preset P] [--output DIR] [--resume] [--SECTION.FIELD VALUE ...]"
+    p.usage = "jaxtar defend {tar,random-mapping,mlac} [--preset P] [--output DIR] [--resume] [--SECTION.FIELD V ...]"
     p.add_argument("method", choices=METHOD_NAMES, help="the defence to run")
     p.add_argument(
         "--preset", default="toy", help=f"a preset name ({', '.join(list_presets())}) or a YAML file (default: toy)"
@@ -28,6 +31,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", default=None, help="run folder (= --run.output-dir); must be new unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
     add_config_flags(p)
+    add_mlac_flags(p)  # jaxtar defend mlac (jaxtar.commands.mlac)
 
 
 def _summary(result) -> str:
@@ -38,6 +42,10 @@ def _summary(result) -> str:
 
 @subcommand("defend", "make a model tamper-resistant: TAR or the random-mapping safeguard", _configure)
 def run_defend(args: argparse.Namespace) -> int:
+    if args.method == "mlac":
+        from jaxtar.commands.mlac import defend_mlac
+
+        return defend_mlac(args)
     from jaxtar.checkpoint import RunDirError
     from jaxtar.config import ConfigError, load_config
     from jaxtar.data.sources import DataSourceError

@@ -1,0 +1,246 @@
+"""MLAC commands: ``jaxtar defend mlac`` (routed here from ``defend``) and ``jaxtar redteam-classifier`` (blocking).
+
+Example:
+    $ jaxtar defend mlac --preset mlac-offline --output runs/mlac
+    $ jaxtar redteam-classifier --run runs/mlac --random-init --output runs/mlac-blocking
+    $ jaxtar redteam-classifier mlac=runs/mlac/model tuned=runs/mlac/baseline --ns 20 50 --output runs/b2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from jaxtar.cli import subcommand
+
+
+# ------------------------------------------------------------------------------------------- jaxtar defend mlac
+def defend_mlac(args: argparse.Namespace) -> int:
+    """``jaxtar defend mlac``: MLAC presets (``mlac-offline``, ``mlac-minilm``, ``mlac-paper`` or a YAML file) with
+    ``--mlac.FIELD`` / ``--mlac-run.FIELD`` overrides; writes the run folder of `jaxtar.defenses.mlac_run`."""
+    from jaxtar.config import ConfigError, config_overrides
+    from jaxtar.mlac_config import load_mlac_config, mlac_overrides
+
+    def fail(message: str) -> int:
+        print(f"jaxtar defend mlac: error: {message}", file=sys.stderr)
+        return 2
+
+    if args.output is None:
+        return fail("--output DIR is required (a new folder)")
+    if getattr(args, "resume", False):
+        return fail("--resume is not supported for mlac; start a new run folder")
+    foreign = config_overrides(args)
+    if foreign:
+        return fail(f"{sorted(foreign)} are TAR / random-mapping flags; MLAC takes --mlac.FIELD and --mlac-run.FIELD")
+    preset = "mlac-offline" if args.preset == "toy" else args.preset  # "toy" is the defend parser's default
+    try:
+        config = load_mlac_config(preset, mlac_overrides(args))
+    except ConfigError as err:
+        return fail(str(err))
+    from jaxtar.data.bias_in_bios import DatasetUnavailableError
+    from jaxtar.defenses.mlac_run import run_mlac
+    from jaxtar.models import CheckpointError
+
+    try:
+        summary = run_mlac(config, args.output)
+    except (FileExistsError, DatasetUnavailableError, CheckpointError, ValueError, OSError) as err:
+        return fail(str(err))
+    acc = summary["test_desired_accuracy"]
+    print(f"mlac: best step {summary['best_step']} (val score {summary['best_val_score']:.4g}); test desired "
+          f"accuracy {acc['baseline']:.3f} (start) -> {acc['mlac']:.3f} (mlac)")  # fmt: skip
+    print(f"model: {summary['model_dir']}\nbaseline: {summary['baseline_dir']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- jaxtar redteam-classifier
+def _configure_blocking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="*", metavar="MODEL", help="HF classifier folder, or NAME=FOLDER (several allowed)")
+    p.add_argument(
+        "--run", dest="run_dir", default=None, help="an MLAC run folder: adds its model/, baseline/ and data settings"
+    )
+    p.add_argument("--output", "-o", required=True, help="new folder for results.json, results.md, blocking.png")
+    p.add_argument("--random-init", action="store_true", help="add a randomly initialised encoder (baseline)")
+    p.add_argument(
+        "--data", choices=("synthetic", "bias_in_bios"), default=None, help="default: the run's or synthetic"
+    )
+    p.add_argument("--num-examples", type=int, default=None, help="synthetic data size (default: the run's or 8000)")
+    p.add_argument("--data-seed", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None, help="tokens per bio (default: the run's or 48)")
+    p.add_argument("--ns", type=int, nargs="+", default=[20, 50, 100, 200], help="attacker training-set sizes")
+    p.add_argument("--lrs", type=float, nargs="+", default=None, help="grid (default: 1e-5, 1e-4, 1e-3, 1e-2)")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="step budgets (default: 100 300 1000)")
+    p.add_argument("--modes", nargs="+", choices=("probe", "full"), default=["probe", "full"])
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--patience", type=int, default=5, help="early stopping (checkpoints without improvement; 0=off)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--search-runs", type=int, default=2)
+    p.add_argument("--reruns", type=int, default=15)
+    p.add_argument("--data-seeds", type=int, default=6)
+    p.add_argument("--eval-examples", type=int, default=1000, help="val2 examples scored (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast-compile", action="store_true", help="XLA -O0 style options: faster compiles, slower steps")
+
+
+def _model_args(values: list[str]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value.rstrip("/")).name or value, value
+        if not name or not path:
+            raise ValueError(f"bad model argument {value!r}: use NAME=FOLDER or FOLDER")
+        if name in models:
+            raise ValueError(f"model name {name!r} given twice; name them NAME=FOLDER")
+        models[name] = path
+    return models
+
+
+def _data_settings(args: argparse.Namespace) -> Any:
+    import yaml
+
+    from jaxtar.mlac_config import MLACRunSettings
+
+    base: dict[str, Any] = {}
+    if args.run_dir is not None:
+        cfg_file = Path(args.run_dir) / "config.yaml"
+        if not cfg_file.is_file():
+            raise ValueError(f"--run {args.run_dir!r} is not an MLAC run folder (no config.yaml)")
+        run = (yaml.safe_load(cfg_file.read_text()) or {}).get("run", {})
+        base = {k: run[k] for k in ("data", "num_examples", "max_examples", "max_length", "data_seed") if k in run}
+    for flag, key in (("data", "data"), ("num_examples", "num_examples"), ("data_seed", "data_seed"),
+                      ("max_length", "max_length")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            base[key] = getattr(args, flag)
+    return MLACRunSettings(**base)
+
+
+def blocking_config(args: argparse.Namespace) -> Any:
+    """The `BlockingConfig` of the flags."""
+    from jaxtar.eval.blocking import BlockingConfig
+
+    kw: dict[str, Any] = dict(ns=tuple(args.ns), modes=tuple(args.modes), eval_every=args.eval_every,
+                              patience=args.patience or None, batch_size=args.batch_size, search_runs=args.search_runs,
+                              reruns=args.reruns, data_seeds=args.data_seeds, eval_examples=args.eval_examples or None,
+                              seed=args.seed)  # fmt: skip
+    if args.lrs:
+        kw["lrs"] = tuple(args.lrs)
+    if args.steps:
+        kw["steps"] = tuple(args.steps)
+    return BlockingConfig(**kw)
+
+
+def _write_report(out: Path, result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [str(n) for n in result["config"]["ns"]]
+    lines = ["| model | desired acc. | " + " | ".join(f"harmful acc. n={n}" for n in ns) + " |",
+             "|---|---|" + "---|" * len(ns)]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res in result["models"].items():
+        des = res["desired_accuracy"]
+        cells = [f"{res['harmful'][n]['mean']:.3f} ± {res['harmful'][n]['std']:.3f} "
+                 f"({res['harmful'][n]['mode']}, lr {res['harmful'][n]['lr']:g}, {res['harmful'][n]['steps']} st.)"
+                 for n in ns]  # fmt: skip
+        lines.append(f"| {name} | {'-' if des is None else f'{des:.3f}'} | " + " | ".join(cells) + " |")
+        means = [res["harmful"][n]["mean"] for n in ns]
+        stds = [res["harmful"][n]["std"] for n in ns]
+        label = name if des is None else f"{name} (desired acc. {des:.2f})"
+        ax.errorbar([int(n) for n in ns], means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.axhline(result["chance"], color="gray", linestyle="--", label=f"majority class ({result['chance']:.2f})")
+    ax.set(xscale="log", xlabel="attacker examples n", ylabel="post-adaptation harmful-task accuracy",
+           title="MLAC blocking evaluation")  # fmt: skip
+    ax.set_xticks([int(n) for n in ns], ns)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "blocking.png", dpi=120)
+    plt.close(fig)
+    notes = (f"\nBest-checkpoint accuracy on val2 ({result['eval_examples']} examples), mean ± std over "
+             f"{result['config']['data_seeds']} data seeds x {result['config']['reruns']} reruns; the attacker's mode, "
+             "lr and step budget come from a grid search with early stopping (jaxtar.eval.blocking).\n")  # fmt: skip
+    (out / "results.md").write_text("\n".join(lines) + "\n" + notes)
+
+
+def _load_models(paths: dict[str, str], settings: Any, random_init: bool, seed: int):
+    """name -> (model, params, encoded splits); each model tokenises the data with its own tokenizer."""
+    from jaxtar.defenses.mlac_run import encode_splits, load_bios
+    from jaxtar.models import from_pretrained, load_tokenizer, model_for_config
+
+    bios = load_bios(settings)
+    out = {}
+    for name, path in paths.items():
+        model, params = from_pretrained(path)
+        try:
+            tokenizer = load_tokenizer(path)
+        except Exception as err:  # noqa: BLE001 - any loader failure means the folder cannot be used here
+            raise ValueError(
+                f"{path} has no usable tokenizer ({type(err).__name__}); save one beside the model"
+            ) from err
+        if model.config.model_type != "bert":
+            raise ValueError(f"{name}: the blocking evaluation attacks BERT classifiers, got {model.config.model_type}")
+        length = min(settings.max_length, model.config.max_position_embeddings)
+        out[name] = (model, params, encode_splits(bios, tokenizer, length))
+    if random_init:
+        first = next(iter(out.values()))
+        out["random-init"] = (first[0], model_for_config(first[0].config).init(seed + 1), first[2])
+    return out
+
+
+def _run_blocking(args: argparse.Namespace) -> int:
+    from jaxtar.eval.blocking import blocking_eval
+    from jaxtar.models import CheckpointError
+
+    def fail(message: str) -> int:
+        print(f"jaxtar redteam-classifier: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        paths = _model_args(args.models)
+        if args.run_dir is not None:
+            paths = {
+                "mlac": str(Path(args.run_dir) / "model"),
+                "baseline": str(Path(args.run_dir) / "baseline"),
+                **paths,
+            }
+        if not paths:
+            return fail("give at least one MODEL or --run DIR")
+        settings, cfg = _data_settings(args), blocking_config(args)
+        out = Path(args.output)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            return fail(f"{out} already exists and is not empty; choose a new --output (never overwritten)")
+        models = _load_models(paths, settings, args.random_init, args.seed)
+    except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:
+        return fail(str(err))
+    opts = (
+        {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} if args.fast_compile else None
+    )
+    data = {k: getattr(settings, k) for k in ("data", "num_examples", "data_seed", "max_length")}
+    result: dict[str, Any] = {"models": {}, "data": data}
+    num_desired = 28
+    for name, (model, params, splits) in models.items():
+        res = blocking_eval({name: (model, params)}, splits["val1"], splits["val2"], cfg, test=splits["test"],
+                            num_desired=num_desired, compiler_options=opts, log=print)  # fmt: skip
+        result["models"][name] = res["models"][name] | {"folder": paths.get(name)}
+        result.update(config=res["config"], chance=res["chance"], eval_examples=res["eval_examples"])
+        h = res["models"][name]["harmful"]
+        print(f"{name}: " + ", ".join(f"n={n}: {v['mean']:.3f}" for n, v in h.items()), flush=True)
+    tmp = out.parent / f".{out.name}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    _write_report(tmp, result)
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    tmp.rename(out)
+    print(f"wrote {out / 'results.json'}, results.md, blocking.png")
+    return 0
+
+
+@subcommand("redteam-classifier", "MLAC's blocking evaluation: fine-tune fresh heads of BERT classifiers on n "
+            "examples of the harmful task", _configure_blocking)  # fmt: skip
+def run_redteam_classifier(args: argparse.Namespace) -> int:
+    return _run_blocking(args)

@@ -1,0 +1,301 @@
+"""MLAC (Henderson, Mitchell et al. 2023): meta-learned adversarial censoring of a BERT classifier.
+
+The released model is a BERT encoder with **one** bias-free linear head on the pooled output with
+``num_desired + num_harmful`` outputs (30 for Bias in Bios): columns ``[:num_desired]`` are the desired task
+(profession), columns ``[num_desired:]`` the harmful task (gender). The harmful columns are never used by the
+defence itself: they are the *attacker's head* - the learned initial head of the simulated attacker
+(``head="learned"``) or, for AC, the censoring adversary. With ``head="fresh"`` (what the official code does for
+BERT) every outer step draws a new random attacker head and those columns stay untouched.
+
+One outer step (REFERENCE §2)::
+
+    B      ~ outer batch (with desired and harmful labels)
+    attacker: trunk = released trunk, head = fresh random (or the learned harmful columns)
+    K steps of differentiable Adam(lr = learned inner lr, eps_root > 0) on the harmful CE over trunk + head,
+      inner gradient clipped to global norm 100 inside the graph, batch size drawn from {12, 24, 48}
+      (padded to 48 and masked: one compilation serves every size)
+    loss   = CE_desired(released, B) - mean_{k=0..K} calibrated_CE_harmful(attacker_k, B)  [+ grad-norm penalty]
+    released <- Adam(clip 10) step on d loss / d released   (exact second-order meta-gradient by default)
+    inner lr <- Adam(1e-4) step that makes the attacker *stronger* (ascent on the defence loss), clipped.
+
+The engine (`jaxtar.meta.meta_value_and_grad`) differentiates through the attack with any of its estimators; the
+learned lr is passed to it as a differentiable hyper-parameter. The learned attacker head is the harmful column
+block of the released head; its gradient is sign-flipped (trained in the attacker's direction) and it shares the
+outer optimiser.
+
+Variants: ``MLACConfig.paper()`` (K = 16, calibrated, gradient-norm penalty 1.0 as in the official bios
+experiment), ``MLACConfig.ac()`` (adversarial censoring: K = 0, the learned head is the adversary trained by
+gradient reversal, plain negated CE) and ``variant="desired"`` (the desired-task-tuned baseline: CE only).
+
+The gradient-norm penalty (``grad_norm_penalty``) adds ``lambda * ||grad_{trunk, head} CE_harmful||`` of the
+attacker at every recorded step k (on the outer batch) to the defence loss: the defence also flattens the
+harmful loss the attacker descends. Its weight also enters the learned lr's objective (it shares the engine's
+value).
+
+The configuration lives in `jaxtar.mlac_config`, the training loop in `jaxtar.defenses.mlac_train`.
+
+Example:
+    >>> model, params = prepare_model(model, params, cfg := MLACConfig(inner_steps=2, inner_batch_sizes=(4, 8)))
+    >>> f = mlac_value_and_grad(model, cfg)
+    >>> metrics, grads, lr_grad = f(params, jnp.float32(3e-4), outer_batch, inner_batches, jax.random.key(0))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxtar.attacks import Adversary, AttackProblem
+from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
+from jaxtar.mlac_config import MLACConfig
+from jaxtar.models import Model, model_for_config, with_classifier
+from jaxtar.objectives.calibration import calibrated_cross_entropy
+
+Params = dict[str, Any]
+Arrays = dict[str, jax.Array]
+
+
+class MLACState(NamedTuple):
+    """Outer-loop state: released params, their Adam state, the learned inner lr and its Adam state, step."""
+
+    params: Params
+    opt_state: Any
+    inner_lr: jax.Array
+    lr_opt_state: Any
+    step: jax.Array
+
+
+# ------------------------------------------------------------------------------------------------ model pieces
+def prepare_model(model: Model, params: Params, cfg: MLACConfig, *, seed: int = 0) -> tuple[Model, Params]:
+    """The released-model layout: a bias-free head with ``cfg.num_labels`` outputs (kept if already there).
+
+    Example:
+        >>> model, params = prepare_model(*from_pretrained(minilm_folder), MLACConfig())
+        >>> params["classifier"]["kernel"].shape
+        (384, 30)
+    """
+    c = model.config
+    if c.num_labels == cfg.num_labels and not c.classifier_bias and "classifier" in params:
+        return model, params
+    return with_classifier(model, params, cfg.num_labels, bias=False, seed=seed)
+
+
+def trunk_params(params: Params) -> Params:
+    """The encoder without its classifier."""
+    return {k: v for k, v in params.items() if k != "classifier"}
+
+
+def _trunk_model(model: Model) -> Model:
+    return model_for_config(dataclasses.replace(model.config, num_labels=0))
+
+
+def _ce(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(_acc_dtype(logits)), labels)
+    if weights is None:
+        return jnp.mean(nll)
+    return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _acc_dtype(x: jax.Array) -> Any:
+    """float32 accumulation for low-precision params, float64 kept (finite-difference tests)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    sq = sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+    return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)  # finite derivative at 0
+
+
+def released_logits(model: Model, params: Params, batch: Arrays, cfg: MLACConfig) -> tuple[jax.Array, jax.Array]:
+    """(desired logits [B, num_desired], harmful logits [B, num_harmful]) of the released model."""
+    pooled = model.apply(params, batch["input_ids"], batch["attention_mask"]).pooled_output
+    kernel = params["classifier"]["kernel"].astype(pooled.dtype)
+    logits = jnp.dot(pooled, kernel, preferred_element_type=_acc_dtype(pooled))  # the port's logits are float32
+    return logits[:, : cfg.num_desired], logits[:, cfg.num_desired :]
+
+
+def mlac_problem(model: Model, cfg: MLACConfig) -> AttackProblem:
+    """The simulated attacker as an engine `AttackProblem`: trunk + (fresh or learned) harmful head.
+
+    The defended weights are the released params raveled into one vector and the trainable weights are
+    ``{"trunk": encoder params, "head": [D, num_harmful]}`` raveled likewise (``jax.tree.leaves`` order,
+    ``ravel_params``); attack batches carry a
+    ``weight`` mask (padding of the drawn batch size); the tamper loss is minus the (calibrated) harmful CE.
+    """
+    return _attacker(model, cfg)[0]
+
+
+def _attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[jax.Array, Arrays], jax.Array]]:
+    trunk_model = _trunk_model(model)
+    std = model.config.initializer_range if cfg.head_init_std is None else cfg.head_init_std
+    hidden, nd, y_key = model.config.hidden_size, cfg.num_desired, cfg.harmful_key
+    # The attacker's weights travel as ONE flat vector: the optimiser (Adam, clipping) then acts on a single leaf,
+    # which shrinks the differentiated graph (and XLA compile time) several-fold versus a ~25-leaf pytree.
+    head_shape = jax.ShapeDtypeStruct((hidden, cfg.num_harmful), jnp.float32)
+    unflatten = _Flat({"trunk": trunk_params(model.abstract_params()), "head": head_shape}).unravel
+    released = _Flat(model.abstract_params())
+
+    def logits(flat: jax.Array, batch: Arrays) -> jax.Array:
+        t = unflatten(flat)
+        pooled = trunk_model.apply(t["trunk"], batch["input_ids"], batch["attention_mask"]).pooled_output
+        return jnp.dot(pooled, t["head"].astype(pooled.dtype), preferred_element_type=_acc_dtype(pooled))
+
+    def attack_init(defended_flat: jax.Array, key: jax.Array) -> jax.Array:
+        defended = released.unravel(defended_flat)
+        kernel = defended["classifier"]["kernel"]
+        if cfg.head == "learned":
+            head = kernel[:, nd:]
+        else:
+            head = (std * jax.random.normal(key, (hidden, cfg.num_harmful))).astype(kernel.dtype)
+        return ravel_params({"trunk": trunk_params(defended), "head": head})
+
+    def attack_loss(defended: Params, t: Params, batch: Arrays) -> jax.Array:
+        return _ce(logits(t, batch), batch[y_key], batch.get("weight"))
+
+    def tamper_loss(defended: Params, t: Params, batch: Arrays) -> jax.Array:
+        z, y = logits(t, batch), batch[y_key]
+        if cfg.calibrate:
+            harm = calibrated_cross_entropy(z, y, method=cfg.calibration_method, num_steps=cfg.calibration_steps)
+        else:
+            harm = _ce(z, y)
+        loss = -harm
+        if cfg.grad_norm_penalty:
+            loss = loss + cfg.grad_norm_penalty * _global_norm(jax.grad(attack_loss, argnums=1)(defended, t, batch))
+        return loss
+
+    return AttackProblem(attack_init, attack_loss, tamper_loss), logits
+
+
+def ravel_params(tree: Any) -> jax.Array:
+    """All leaves of ``tree`` raveled and concatenated in ``jax.tree.leaves`` order (the engine's view)."""
+    return jnp.concatenate([x.reshape(-1) for x in jax.tree.leaves(tree)])
+
+
+class _Flat:
+    """Ravel / unravel between a pytree of a fixed structure and one flat vector (any float dtype)."""
+
+    def __init__(self, abstract: Any) -> None:
+        leaves, self.treedef = jax.tree.flatten(abstract)
+        self.shapes = [x.shape for x in leaves]
+        self.cuts = np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1].tolist()
+
+    def unravel(self, flat: jax.Array) -> Any:
+        parts = jnp.split(flat, self.cuts)
+        return jax.tree.unflatten(self.treedef, [x.reshape(s) for x, s in zip(parts, self.shapes)])
+
+
+def inner_adversary(cfg: MLACConfig) -> Adversary:
+    """The simulated attacker's optimiser: Adam(0.9, 0.999, 1e-8, eps_root) with global-norm clipping."""
+    return Adversary("adam", lr=cfg.inner_lr, eps_root=cfg.inner_eps_root, clip_norm=cfg.inner_clip_norm,
+                     steps=max(cfg.inner_steps, 1), batch_size=max(cfg.inner_batch_sizes), data="attacker",
+                     name="mlac-inner")  # fmt: skip
+
+
+def _gather(data: Arrays, idx: jax.Array) -> Arrays:
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _inner_batches(data: Arrays, key: jax.Array, cfg: MLACConfig) -> Arrays:
+    """K batches [K, max_bs, ...] of random examples; the drawn batch size is a 0/1 ``weight`` mask."""
+    k_idx, k_bs = jax.random.split(key)
+    bmax, n = max(cfg.inner_batch_sizes), data["input_ids"].shape[0]
+    idx = jax.random.randint(k_idx, (cfg.inner_steps, bmax), 0, n)
+    size = jax.random.choice(k_bs, jnp.asarray(cfg.inner_batch_sizes))
+    batches = _gather(data, idx)
+    batches["weight"] = jnp.broadcast_to(jnp.arange(bmax) < size, (cfg.inner_steps, bmax)).astype(jnp.float32)
+    return batches
+
+
+# ------------------------------------------------------------------------------------------------- outer step
+def init_state(params: Params, cfg: MLACConfig) -> MLACState:
+    """A fresh outer state for released ``params``."""
+    lr = jnp.asarray(cfg.inner_lr, jnp.float32)
+    return MLACState(
+        params, _outer_opt(cfg).init(params), lr, optax.adam(cfg.inner_lr_lr).init(lr), jnp.zeros((), jnp.int32)
+    )
+
+
+def _outer_opt(cfg: MLACConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(cfg.outer_clip_norm), optax.adam(cfg.outer_lr))
+
+
+def mlac_value_and_grad(
+    model: Model, cfg: MLACConfig
+) -> Callable[[Params, jax.Array, Arrays, Arrays, jax.Array], tuple[dict[str, jax.Array], Params, jax.Array]]:
+    """``f(params, inner_lr, outer_batch, inner_batches, key) -> (metrics, grads, lr_grad)`` of the defence loss.
+
+    ``grads`` is d loss / d params with the learned-head columns already flipped to the attacker's direction;
+    ``lr_grad`` is the gradient to *descend* for a stronger attacker (zero when K = 0 or variant "desired").
+    Pure and unjitted (the finite-difference test differentiates exactly this).
+    """
+    problem, adversary = mlac_problem(model, cfg), inner_adversary(cfg)
+    estimator = Estimator(cfg.estimator, truncation=cfg.truncation)
+    released = _Flat(model.abstract_params())
+
+    def desired_loss(flat: jax.Array, batch: Arrays) -> jax.Array:
+        desired, harmful = released_logits(model, released.unravel(flat), batch, cfg)
+        loss = _ce(desired, batch[cfg.desired_key])
+        return loss + _ce(harmful, batch[cfg.harmful_key]) if cfg.variant == "joint" else loss
+
+    def f(params, inner_lr, outer, inner, key):
+        flat = ravel_params(params)  # the engine sees one leaf (see _attacker)
+        desired_ce, grads = jax.value_and_grad(desired_loss)(flat, outer)
+        zero = jnp.zeros((), jnp.float32)
+        metrics = {"desired_ce": desired_ce, "harmful_value": zero, "attack_loss_first": zero,
+                   "attack_loss_last": zero, "finite": jnp.asarray(True)}  # fmt: skip
+        if cfg.variant != "mlac":
+            return {**metrics, "loss": desired_ce}, released.unravel(grads), zero
+        if cfg.inner_steps == 0:
+            tamper = lambda p: problem.tamper_loss(p, problem.attack_init(p, key), outer)
+            value, g_harm = jax.value_and_grad(tamper)(flat)
+            lr_grad, finite = zero, jnp.isfinite(value)
+        else:
+            hp = {k: jnp.asarray(v, inner_lr.dtype) for k, v in adversary.hyperparams().items()}
+            hp["learning_rate"] = inner_lr
+            res = meta_value_and_grad(problem, flat, inner, outer, adversary=adversary, key=key,
+                                      schedule=TamperSchedule.mlac(), estimator=estimator, hyperparams=hp)  # fmt: skip
+            value, g_harm, finite = res.value, res.grads, res.aux.is_finite
+            lr_grad = -res.hyper_grads["learning_rate"] if cfg.learn_inner_lr else zero
+            metrics.update(attack_loss_first=res.aux.attack_losses[0], attack_loss_last=res.aux.attack_losses[-1])
+        grads = released.unravel(grads + cfg.harmful_weight * g_harm)
+        if cfg.head == "learned":  # the attacker's head init is trained in the attacker's direction
+            kernel = grads["classifier"]["kernel"]
+            grads["classifier"]["kernel"] = kernel.at[:, cfg.num_desired :].multiply(-1.0)
+        loss = desired_ce + cfg.harmful_weight * value
+        return {**metrics, "loss": loss, "harmful_value": value, "finite": finite}, grads, lr_grad
+
+    return f
+
+
+def make_outer_step(
+    model: Model, cfg: MLACConfig, *, compiler_options: dict | None = None
+) -> Callable[[MLACState, Arrays, jax.Array], tuple[MLACState, dict]]:
+    """The jitted outer step ``step(state, train_arrays, key) -> (state, metrics)`` (batches drawn inside).
+
+    ``train_arrays`` holds ``input_ids``, ``attention_mask`` [N, T] and the two label vectors [N].
+    """
+    f, opt, lr_opt = mlac_value_and_grad(model, cfg), _outer_opt(cfg), optax.adam(cfg.inner_lr_lr)
+    low, high = cfg.inner_lr_bounds
+
+    @functools.partial(jax.jit, compiler_options=compiler_options)
+    def step(state: MLACState, data: Arrays, key: jax.Array) -> tuple[MLACState, dict]:
+        k_out, k_in, k_att = jax.random.split(key, 3)
+        n = data["input_ids"].shape[0]
+        outer = _gather(data, jax.random.choice(k_out, n, (cfg.outer_batch_size,), replace=n < cfg.outer_batch_size))
+        inner = _inner_batches(data, k_in, cfg) if cfg.inner_steps else None
+        metrics, grads, lr_grad = f(state.params, state.inner_lr, outer, inner, k_att)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        lr_update, lr_state = lr_opt.update(lr_grad, state.lr_opt_state, state.inner_lr)
+        inner_lr = jnp.clip(optax.apply_updates(state.inner_lr, lr_update), low, high)
+        metrics = {**metrics, "inner_lr": state.inner_lr, "grad_norm": optax.global_norm(grads)}
+        return MLACState(params, opt_state, inner_lr, lr_state, state.step + 1), metrics
+
+    return step
