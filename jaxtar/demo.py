@@ -107,10 +107,16 @@ def check_demo_dir(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
+LONG_ATTACK_STEPS = 160  # the held-out suite's AdamW 1e-3 attack run 4x longer
+
+
 def _suite(budget: DemoBudget) -> tuple:
     from jaxtar.eval import adapt_suite, toy_suite
 
-    suite = toy_suite()
+    short = toy_suite()
+    # One long attack next to the 40-step ones, so the printed table itself shows how durable the defence is.
+    long = dataclasses.replace(short[0], steps=LONG_ATTACK_STEPS, name=f"{short[0].name}-{LONG_ATTACK_STEPS}steps")
+    suite = (*short, long)
     if budget.adversaries is not None:
         unknown = set(budget.adversaries) - {a.name for a in suite}
         if unknown:
@@ -204,8 +210,8 @@ def explanation(results: Any, budget: DemoBudget, quick: bool, out_dir: str | os
         "Verdict: " + verdict(results),
         "",
         "What this does NOT show: a 2-layer, 0.4M-parameter Llama trained on invented facts is not an LLM with real "
-        "hazardous knowledge. The attacks are short (a few hundred examples); longer or stronger ones are not in "
-        "this run and can recover more (the README reports a 200-step check; published red teams of TAR on real "
+        "hazardous knowledge. The attacks are short (40 steps of batch 16, and one of 160 steps); longer or "
+        "stronger ones are not in this run and can recover more (published red teams of TAR on real "
         f"models, Qi et al. 2024, recover the knowledge with longer attacks). {noise.capitalize()} each "
         "after-number noisy (several points). In the toy world the answer letter is a function of the fact (fixed "
         "option order), so MCQ accuracy measures recall of the fact, not symbol binding.",
