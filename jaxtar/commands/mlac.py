@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxtar.cli import subcommand
+from jaxtar.commands.redteam import model_args
 
 
 # ------------------------------------------------------------------------------------------- jaxtar defend mlac
@@ -82,20 +83,6 @@ def _configure_blocking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-examples", type=int, default=1000, help="val2 examples scored (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast-compile", action="store_true", help="XLA -O0 style options: faster compiles, slower steps")
-
-
-def _model_args(values: list[str]) -> dict[str, str]:
-    models: dict[str, str] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep:
-            name, path = Path(value.rstrip("/")).name or value, value
-        if not name or not path:
-            raise ValueError(f"bad model argument {value!r}: use NAME=FOLDER or FOLDER")
-        if name in models:
-            raise ValueError(f"model name {name!r} given twice; name them NAME=FOLDER")
-        models[name] = path
-    return models
 
 
 def _data_settings(args: argparse.Namespace) -> Any:
@@ -200,7 +187,7 @@ def _run_blocking(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        paths = _model_args(args.models)
+        paths = model_args(args.models)
         if args.run_dir is not None:
             paths = {
                 "mlac": str(Path(args.run_dir) / "model"),

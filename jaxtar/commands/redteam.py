@@ -12,7 +12,7 @@ from pathlib import Path
 from jaxtar.cli import subcommand
 
 
-def _model_args(values: list[str]) -> dict[str, str]:
+def model_args(values: list[str]) -> dict[str, str]:
     """``name=folder`` or ``folder`` (named after the folder) -> {name: folder}; names must be unique."""
     models: dict[str, str] = {}
     for value in values:
@@ -101,7 +101,7 @@ def run_redteam(args: argparse.Namespace) -> int:
     from jaxtar.eval.report import check_output_dir, markdown_table
     from jaxtar.eval.suites import adapt_suite, load_suite
 
-    models = _model_args(args.models)
+    models = model_args(args.models)
     check_models(models)
     check_output_dir(args.out, args.overwrite)
     suite = load_suite(args.suite)
@@ -148,7 +148,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from jaxtar.eval.redteam import check_models, evaluate_models
     from jaxtar.eval.report import strict_json
 
-    models = _model_args(args.models)
+    models = model_args(args.models)
     check_models(models)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
