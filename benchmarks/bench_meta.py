@@ -72,6 +72,11 @@ def configs(quick: bool) -> dict[str, dict]:
     return cfgs
 
 
+def _cores() -> int:
+    """Cores this process may run on (honours `taskset`, unlike os.cpu_count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def estimators(k: int, quick: bool) -> dict[str, Estimator]:
     ests = {
         "exact": Estimator("exact"),
@@ -96,7 +101,7 @@ def torch_time(fn, reps: int) -> dict:
     """PyTorch at 1 thread and at all cores, the faster kept: OpenMP spin-waiting makes multi-threaded eager torch
     collapse on an oversubscribed CPU (measured here: 0.15 s with 1 thread vs 1-9 s with 2 for the same 4 steps)."""
     best = None
-    for threads in sorted({1, os.cpu_count() or 1}):
+    for threads in sorted({1, _cores()}):
         torch.set_num_threads(threads)
         res = dict(time_fn(fn, reps), torch_threads=threads)
         if best is None or res["median_s"] < best["median_s"]:
@@ -177,14 +182,9 @@ def _lm_losses(model):
     return ce, neg_entropy
 
 
-def bench_config(name: str, spec: dict, quick: bool, reps: int, mem_limit: int) -> list[dict]:
-    rows = []
-    for k in spec["ks"]:
-        rows += bench_one(name, spec, k, quick, reps, mem_limit)
-    return rows
-
-
-def bench_one(name: str, spec: dict, k: int, quick: bool, reps: int, mem_limit: int) -> list[dict]:
+def bench_one(
+    name: str, spec: dict, k: int, quick: bool, reps: int, mem_limit: int, only: tuple[str, ...] | None = None
+) -> list[dict]:
     """Plain steps, every estimator and the PyTorch references for one (config, K)."""
     cfg, batch, seq = spec["cfg"], spec["batch"], spec["seq"]
     model, params = create_model(cfg, seed=0)
@@ -208,6 +208,8 @@ def bench_one(name: str, spec: dict, k: int, quick: bool, reps: int, mem_limit: 
         )
 
     for est_name, est in estimators(k, quick).items():
+        if only and est_name not in only:
+            continue
         predicted = predict_peak_bytes(work, est).total
         row = dict(base, framework="jax", method=est_name, predicted_bytes=predicted)
         if predicted > mem_limit:
@@ -218,7 +220,9 @@ def bench_one(name: str, spec: dict, k: int, quick: bool, reps: int, mem_limit: 
         rows.append(dict(row, **jax_case(meta_fn(est, schedule), (params,), reps)))
     tm = TorchMeta(cfg, ids, tamper, every=EVERY)
     for method, fn in {"plain": tm.plain, "tar": tm.tar_fo, "exact": tm.exact}.items():
-        ref = next(r for r in rows if r["method"] == method)
+        ref = next((r for r in rows if r["method"] == method), None)
+        if ref is None:  # estimator not selected with --estimators
+            continue
         if ref.get("skipped"):
             rows.append(dict(base, framework="torch", method=method, skipped=ref["skipped"]))
             continue
@@ -229,7 +233,7 @@ def bench_one(name: str, spec: dict, k: int, quick: bool, reps: int, mem_limit: 
     return rows
 
 
-def bench_vmap(quick: bool, reps: int) -> list[dict]:
+def bench_vmap(quick: bool, reps: int, sizes: tuple[int, ...] | None = None) -> list[dict]:
     """A adversaries (AdamW, different learning rates) with the TAR estimator: one vmap vs loops."""
     model, params = create_model(OVERHEAD, seed=0)
     ce, neg_entropy = _lm_losses(model)
@@ -268,7 +272,7 @@ def bench_vmap(quick: bool, reps: int) -> list[dict]:
         return [t.tar_fo(k) for t in tms]
 
     rows = []
-    for a in (1, 4) if quick else (1, 4, 16):
+    for a in sizes or ((1, 4) if quick else (1, 4, 16)):
         advs = tuple(Adversary("adamw", lr=1e-3 * (1 + i), weight_decay=0.01, steps=k) for i in range(a))
         ids = jax.random.randint(jax.random.key(3), (a, k, batch, seq), 0, OVERHEAD.vocab_size)
         print(f"[vmap A={a}]", flush=True)
@@ -323,6 +327,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--configs", nargs="*", help="subset of configs (default: all of the mode)")
     parser.add_argument("--ks", nargs="*", type=int, help="override the K values of every config")
+    parser.add_argument("--estimators", nargs="*", help="subset of estimators (plain always runs)")
+    parser.add_argument("--vmap-sizes", nargs="*", type=int, help="adversary counts A for the vmap rows")
+    parser.add_argument("--stem", help="output file stem (default from the mode and --configs)")
     parser.add_argument("--skip-vmap", action="store_true")
     parser.add_argument("--skip-flops-check", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=OUT, help=f"where results go (default {OUT})")
@@ -330,12 +337,13 @@ def main() -> None:
                         os.sysconf("SC_PAGE_SIZE") / 2**30)  # fmt: skip
     args = parser.parse_args()
     t0 = time.time()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(_cores())
     meta = dict(
         device=str(jax.devices()[0]),
         device_kind=jax.devices()[0].device_kind,
         cpu=platform.processor() or platform.machine(),
         cpu_count=os.cpu_count(),
+        cores_used=_cores(),
         load_avg_start=os.getloadavg(),
         jax=jax.__version__,
         torch=torch.__version__,
@@ -345,19 +353,30 @@ def main() -> None:
     )
     meta["matmul"] = matmul_rate()
     meta["argv"] = sys.argv[1:]
-    rows = []
+    stem = args.stem or (
+        "bench_meta_quick" if args.quick else "bench_meta" + ("_" + "_".join(args.configs) if args.configs else "")
+    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    rows, vmap_rows = [], []
+
+    def save() -> None:  # after every piece, so a long run killed half-way keeps what it measured
+        meta["load_avg_end"] = os.getloadavg()
+        meta["total_s"] = time.time() - t0
+        write_report(args.out_dir / stem, meta, rows, vmap_rows)
+
+    only = tuple(args.estimators) if args.estimators else None
     for name, spec in configs(args.quick).items():
         if args.configs and name not in args.configs:
             continue
-        spec = dict(spec, ks=tuple(args.ks)) if args.ks else spec
-        rows += bench_config(name, spec, args.quick, args.reps, int(args.mem_limit_gib * 2**30))
-    vmap_rows = [] if args.skip_vmap else bench_vmap(args.quick, args.reps)
+        for k in args.ks or spec["ks"]:
+            rows += bench_one(name, spec, k, args.quick, args.reps, int(args.mem_limit_gib * 2**30), only)
+            save()
+    if not args.skip_vmap:
+        for a in args.vmap_sizes or ((1, 4) if args.quick else (1, 4, 16)):
+            vmap_rows += bench_vmap(args.quick, args.reps, (a,))
+            save()
     meta["flops_check"] = [] if args.skip_flops_check or args.quick else flops_crosscheck()
-    meta["load_avg_end"] = os.getloadavg()
-    meta["total_s"] = time.time() - t0
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "bench_meta_quick" if args.quick else "bench_meta" + ("_" + "_".join(args.configs) if args.configs else "")
-    write_report(args.out_dir / stem, meta, rows, vmap_rows)
+    save()
     print(f"wrote {args.out_dir / stem}.{{json,md,png}} in {meta['total_s']:.0f} s")
 
 

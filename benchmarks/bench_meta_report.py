@@ -97,7 +97,8 @@ def markdown(meta: dict, rows: list[dict], vmap_rows: list[dict], tgts: list[dic
     lines = [
         "# Meta-gradient benchmark",
         "",
-        f"Device: {meta['device']} ({meta['cpu_count']} CPUs; PyTorch threads: {meta['torch_threads']}); "
+        f"Device: {meta['device']} ({meta.get('cores_used', meta['cpu_count'])} of {meta['cpu_count']} CPU cores; "
+        f"PyTorch threads: {meta['torch_threads']}); "
         f"jax {meta['jax']}, torch {meta['torch']}; load average at start {meta['load_avg_start'][0]:.1f}, "
         f"end {meta['load_avg_end'][0]:.1f}; total {meta['total_s']:.0f} s{' (--quick)' if meta['quick'] else ''}.",
         f"Matmul rate ({mm['n']}^2 f32): JAX {mm['jax_gflops']:.1f} GFLOP/s, PyTorch {mm['torch_gflops']:.1f} GFLOP/s.",
@@ -140,6 +141,8 @@ def markdown(meta: dict, rows: list[dict], vmap_rows: list[dict], tgts: list[dic
 
 def plot(path: Path, rows: list[dict]) -> None:
     configs = sorted({r["config"] for r in rows})
+    if not configs:
+        return
     fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4), squeeze=False)
     for ax, config in zip(axes[0], configs):
         sel = [r for r in rows if r["config"] == config and r["framework"] == "jax" and not r.get("skipped")]
