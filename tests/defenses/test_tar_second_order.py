@@ -8,26 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tar_reference import flat64, next_token_ce, rel_err
 
 from jaxtar.config import TarConfig
 from jaxtar.defenses import make_tar_step, train_suite
-
-
-def _ce(logits, ids, mask):
-    """Shifted next-token cross-entropy over the target mask (written here, independent of jaxtar.objectives)."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-    nll = -jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
-    m = mask[:, 1:].astype(jnp.float32)
-    return jnp.sum(nll * m) / jnp.sum(m)
-
-
-def _flat(tree):
-    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Second-order TAR: one outer step of `make_tar_step` with estimator exact / remat against jax.grad of a directly
@@ -77,7 +61,7 @@ def _reference_objective(model, config, first_order):
         return jnp.sum(jnp.sum(jnp.exp(logp) * logp, -1) * m) / jnp.sum(m)
 
     def attack(p, b):
-        return _ce(fwd(p, b).logits, b["input_ids"], b["loss_mask"])
+        return next_token_ce(fwd(p, b).logits, b["input_ids"], b["loss_mask"])
 
     def objective(params, frozen, batches):
         hp, tamper = batches["hyperparams"], batches["tamper"]
@@ -109,7 +93,8 @@ def _reference_objective(model, config, first_order):
         dist = [jnp.sum(jnp.sqrt(jnp.sum((h - h0) ** 2, -1)) * mask) / jnp.sum(mask)
                 for h, h0 in zip(out.hidden_states, ref.hidden_states)]  # fmt: skip
         b = batches["retain"]
-        retain = _ce(out.logits, b["input_ids"], b["loss_mask"]) + config.lambda_representation * sum(dist) / len(dist)
+        retain = next_token_ce(out.logits, b["input_ids"], b["loss_mask"])
+        retain = retain + config.lambda_representation * sum(dist) / len(dist)
         return config.lambda_tr * total + config.lambda_retain * retain, total
 
     return jax.jit(jax.value_and_grad(objective, has_aux=True))
@@ -136,14 +121,14 @@ def test_second_order_tar_step_equals_grad_of_the_unrolled_objective():
         step, optimizer = make_tar_step(model, cfg, template)
         new, state, metrics = step(params, optimizer.init(params), batches, key, base)
         assert float(metrics["finite_fraction"]) == 1.0
-        grads[kind] = _flat(_outer_gradient(params, state, cfg.b2))
+        grads[kind] = flat64(_outer_gradient(params, state, cfg.b2))
         values[kind] = float(metrics["tamper_value"])
-        deltas[kind] = _flat(new) - _flat(params)
+        deltas[kind] = flat64(new) - flat64(params)
 
     jb = jax.tree.map(jnp.asarray, batches)
     (_, ref_value), ref_grad = _reference_objective(model, config, first_order=False)(params, base, jb)
-    ref_grad = _flat(ref_grad)
-    err = {"exact": _rel(grads["exact"], ref_grad), "exact vs tar": _rel(grads["exact"], grads["tar"])}
+    ref_grad = flat64(ref_grad)
+    err = {"exact": rel_err(grads["exact"], ref_grad), "exact vs tar": rel_err(grads["exact"], grads["tar"])}
     for kind in ("exact", "tar"):
         assert values[kind] == pytest.approx(float(ref_value), rel=1e-5)  # the same tamper value, whatever estimator
     assert err["exact"] < 1e-4, err  # second-order TAR = grad of the unrolled objective

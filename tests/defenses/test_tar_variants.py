@@ -8,27 +8,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tar_reference import flat64, next_token_ce, rel_err
 
 from jaxtar.checkpoint import Checkpointer
 from jaxtar.config import load_config
 from jaxtar.defenses import build_tar_phases, load_model, run_tar, schedule_free_params
-
-
-def _ce(logits, ids, mask):
-    """Shifted next-token cross-entropy over the target mask (written here, independent of jaxtar.objectives)."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-    nll = -jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
-    m = mask[:, 1:].astype(jnp.float32)
-    return jnp.sum(nll * m) / jnp.sum(m)
-
-
-def _flat(tree):
-    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Refusal TAR end to end: DPO tamper loss on the toy world's preference pairs (chosen = a refusal, rejected = the
@@ -39,7 +23,7 @@ N_TAR, N_SFT, SFT_LR, SFT_ROWS = 3, 5, 1e-3, 8
 
 def _adam_sft_reference(model, params, batches, lr, steps):
     """``steps`` hand-written Adam steps (b1 0.9, b2 0.999, eps 1e-8, no weight decay) on next-token CE."""
-    grad = jax.jit(jax.grad(lambda p, b: _ce(model.apply(p, b["input_ids"], b["attention_mask"]).logits,
+    grad = jax.jit(jax.grad(lambda p, b: next_token_ce(model.apply(p, b["input_ids"], b["attention_mask"]).logits,
                                              b["input_ids"], b["loss_mask"])))  # fmt: skip
     m = jax.tree.map(jnp.zeros_like, params)
     v = jax.tree.map(jnp.zeros_like, params)
@@ -104,9 +88,9 @@ def test_refusal_tar_runs_dpo_then_sft_and_exports_the_sft_model(toy_base_dir, t
     batches = [{k: jnp.asarray(v) for k, v in data.sft_batches(N_TAR + i)["sft"].items()} for i in range(N_SFT)]
     want = _adam_sft_reference(model, tar_end, batches, SFT_LR, N_SFT)
     _, exported = from_pretrained(result.model_dir)
-    got, want, start = _flat(exported), _flat(want), _flat(tar_end)
+    got, want, start = flat64(exported), flat64(want), flat64(tar_end)
     assert np.all(np.isfinite(got))
-    np.testing.assert_allclose(got, _flat(result.params), rtol=0, atol=0)  # the export is the returned params
+    np.testing.assert_allclose(got, flat64(result.params), rtol=0, atol=0)  # the export is the returned params
     assert np.max(np.abs(got - start)) > 0.5 * SFT_LR * N_SFT  # SFT moved the weights (Adam: ~lr per step)
-    assert np.max(np.abs(got - want)) < 1e-4 and _rel(got - start, want - start) < 1e-3
-    assert np.max(np.abs(start - _flat(base))) > 1e-3  # ... and TAR moved them before that
+    assert np.max(np.abs(got - want)) < 1e-4 and rel_err(got - start, want - start) < 1e-3
+    assert np.max(np.abs(start - flat64(base))) > 1e-3  # ... and TAR moved them before that
