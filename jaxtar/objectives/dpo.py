@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtar.objectives._precision import at_least_f32
 from jaxtar.objectives.lm import sequence_log_probs
 
 
@@ -63,12 +64,12 @@ def dpo_loss(
     }
     if len(shapes) != 1:
         raise ValueError(f"all four log-prob arrays must have the same shape, got {sorted(shapes)}")
-    ref_chosen = jax.lax.stop_gradient(jnp.asarray(reference_chosen_logps, jnp.float32))
-    ref_rejected = jax.lax.stop_gradient(jnp.asarray(reference_rejected_logps, jnp.float32))
-    chosen_rewards = beta * (policy_chosen_logps.astype(jnp.float32) - ref_chosen)
-    rejected_rewards = beta * (policy_rejected_logps.astype(jnp.float32) - ref_rejected)
+    ref_chosen = jax.lax.stop_gradient(at_least_f32(reference_chosen_logps))
+    ref_rejected = jax.lax.stop_gradient(at_least_f32(reference_rejected_logps))
+    chosen_rewards = beta * (at_least_f32(policy_chosen_logps) - ref_chosen)
+    rejected_rewards = beta * (at_least_f32(policy_rejected_logps) - ref_rejected)
     loss = -jnp.mean(jax.nn.log_sigmoid(chosen_rewards - rejected_rewards))
-    accuracy = jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32))
+    accuracy = jnp.mean((chosen_rewards > rejected_rewards).astype(chosen_rewards.dtype))
     return DPOOutput(loss, accuracy, chosen_rewards, rejected_rewards)
 
 

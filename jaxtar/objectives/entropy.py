@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtar.objectives._precision import at_least_f32
 from jaxtar.objectives.lm import masked_mean
 
 
@@ -28,7 +29,7 @@ def next_token_entropy(logits_btv: jax.Array) -> jax.Array:
     """
     if logits_btv.ndim != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {logits_btv.shape}")
-    log_p = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+    log_p = jax.nn.log_softmax(at_least_f32(logits_btv), axis=-1)
     return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
 
 

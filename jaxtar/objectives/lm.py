@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtar.objectives._precision import at_least_f32
+
 
 def masked_mean(
     values: jax.Array, mask: jax.Array | None = None, axis: int | tuple[int, ...] | None = None
@@ -54,7 +56,8 @@ def _check_shapes(logits_btv: jax.Array, labels_bt: jax.Array, mask_bt: jax.Arra
 def next_token_log_probs(logits_btv: jax.Array, labels_bt: jax.Array) -> jax.Array:
     """Log-probability of every next token: ``out[b, t] = log p(labels[b, t + 1] | labels[b, :t + 1])``.
 
-    Computed in float32 as ``logit[target] - logsumexp(logits)`` (no ``[B, T, V]`` log-softmax is kept).
+    Computed in at least float32 (float64 stays float64) as ``logit[target] - logsumexp(logits)`` (no
+    ``[B, T, V]`` log-softmax is kept).
 
     Args:
         logits_btv: ``[B, T, V]`` logits.
@@ -69,7 +72,7 @@ def next_token_log_probs(logits_btv: jax.Array, labels_bt: jax.Array) -> jax.Arr
         True
     """
     _check_shapes(logits_btv, labels_bt, None)
-    logits = logits_btv[:, :-1].astype(jnp.float32)
+    logits = at_least_f32(logits_btv[:, :-1])
     targets = labels_bt[:, 1:].astype(jnp.int32)
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return target_logits - jax.nn.logsumexp(logits, axis=-1)
@@ -117,7 +120,7 @@ def sequence_log_probs(logits_btv: jax.Array, labels_bt: jax.Array, loss_mask_bt
     """
     _check_shapes(logits_btv, labels_bt, loss_mask_bt)
     log_probs = next_token_log_probs(logits_btv, labels_bt)
-    return jnp.sum(log_probs * loss_mask_bt[:, 1:].astype(jnp.float32), axis=-1)
+    return jnp.sum(log_probs * loss_mask_bt[:, 1:].astype(log_probs.dtype), axis=-1)
 
 
 def batch_loss_mask(batch: dict[str, jax.Array]) -> jax.Array | None:

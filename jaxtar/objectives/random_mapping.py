@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtar.objectives._precision import at_least_f32
 from jaxtar.objectives.lm import masked_mean
 from jaxtar.objectives.representation import HiddenStates, layer_list, safe_norm
 
@@ -72,8 +73,7 @@ def cosine_similarity(x: jax.Array, y: jax.Array, eps: float = 1e-8) -> jax.Arra
         >>> float(cosine_similarity(jnp.array([1.0, 0.0]), jnp.array([-2.0, 0.0])))
         -1.0
     """
-    x = x.astype(jnp.float32)
-    y = y.astype(jnp.float32)
+    x, y = at_least_f32(x), at_least_f32(y)
     denominator = jnp.maximum(safe_norm(x), eps) * jnp.maximum(safe_norm(y), eps)
     return jnp.sum(x * y, axis=-1) / denominator
 

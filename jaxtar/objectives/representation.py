@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxtar.objectives._precision import at_least_f32
 from jaxtar.objectives.lm import masked_mean
 
 HiddenStates = Sequence[jax.Array] | jax.Array
@@ -65,7 +66,7 @@ def safe_norm(x: jax.Array, axis: int = -1) -> jax.Array:
         >>> float(jax.grad(lambda v: safe_norm(v))(jnp.zeros(3)).sum())
         0.0
     """
-    squared = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis)
+    squared = jnp.sum(jnp.square(at_least_f32(x)), axis=axis)
     positive = squared > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
@@ -81,7 +82,7 @@ def per_token_distance(hidden_states: HiddenStates, base_hidden_states: HiddenSt
     h0 = jax.lax.stop_gradient(stack_hidden_states(base_hidden_states))
     if h.shape != h0.shape:
         raise ValueError(f"hidden states {h.shape} and base hidden states {h0.shape} differ in shape")
-    return safe_norm(h.astype(jnp.float32) - h0.astype(jnp.float32), axis=-1)
+    return safe_norm(at_least_f32(h) - at_least_f32(h0), axis=-1)
 
 
 def representation_distance_loss(
