@@ -12,22 +12,30 @@ Example:
     >>> load_config("toy", {"tar.outer_step": 3})
     Traceback (most recent call last):
     ...
-    jaxtar.config.ConfigError: unknown field 'tar.outer_step'; did you mean 'tar.outer_steps'?
+    jaxtar.config_sections.ConfigError: unknown field 'tar.outer_step'; did you mean 'tar.outer_steps'?
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from jaxtar.config_sections import (  # ConfigError and parse_value are also imported from here
+    ConfigError,
+    add_section_flags,
+    build_section,
+    load_yaml,
+    merge_overrides,
+    parse_value,  # noqa: F401 - re-exported
+    section_overrides,
+    suggest,
+)
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DTYPES = ("float32", "bfloat16")
@@ -36,10 +44,6 @@ TAR_SETTINGS = ("bio", "cyber", "refusal")
 ESTIMATOR_KINDS = ("exact", "remat", "mixed", "truncated", "first_order", "tar")
 # Top-level preset sections owned by other commands (red team, demo); loaded presets may carry them.
 EXTERNAL_SECTIONS = ("redteam", "eval", "demo")
-
-
-class ConfigError(ValueError):
-    """An unknown preset or field, or an invalid value."""
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -344,109 +348,8 @@ def _preset_path(preset: str | Path) -> Path:
     return candidate
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _suggest(key: str, options: list[str]) -> str:
-    hint = difflib.get_close_matches(key, options, n=1)
-    return f"; did you mean {hint[0]!r}?" if hint else f"; known: {sorted(options)}"
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Checks / converts a YAML or flag value to the field's annotated type."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is tuple:
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], where) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "2e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    return value
-
-
 def _build_section(name: str, values: Mapping[str, Any]) -> Any:
-    cls = SECTIONS[name]
-    hints = _field_types(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(
-                f"unknown field '{name}.{key}'{_suggest(f'{name}.{key}', [f'{name}.{h}' for h in hints])}"
-            )
-        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{name}: {err}") from err
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 without its quirk of reading ``1e-3`` (no dot) as a string."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def parse_value(text: str) -> Any:
-    """A flag value as YAML (``3`` -> 3, ``null`` -> None, ``[1e-3, 2e-3]`` -> a list, ``abc`` -> 'abc').
-
-    Example:
-        >>> parse_value("[1e-3, 2e-3]"), parse_value("null"), parse_value("toy:forget")
-        ([0.001, 0.002], None, 'toy:forget')
-    """
-    try:
-        return _yaml(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _parse_flag(text: str, hint: Any) -> Any:
-    if hint is str:
-        return text
-    if typing.get_args(hint) == (str, type(None)):
-        return None if text.strip().lower() in ("null", "none", "~") else text
-    return parse_value(text)
+    return build_section(name, SECTIONS[name], values)
 
 
 def load_config(
@@ -468,7 +371,7 @@ def load_config(
         path = _preset_path(preset)
         label = path.stem
         try:
-            loaded = _yaml(path.read_text()) or {}
+            loaded = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"preset {str(path)!r} is not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
@@ -477,26 +380,13 @@ def load_config(
             if section in EXTERNAL_SECTIONS:
                 continue
             if section not in SECTIONS:
-                raise ConfigError(f"unknown section {section!r} in {str(path)!r}{_suggest(section, list(SECTIONS))}")
+                raise ConfigError(f"unknown section {section!r} in {str(path)!r}{suggest(section, list(SECTIONS))}")
             if not isinstance(values, dict):
                 raise ConfigError(f"section {section!r} in {str(path)!r} must be a mapping")
             raw[section] = dict(values)
-    for key, value in (overrides or {}).items():
-        section, _, fname = key.partition(".")
-        if section not in SECTIONS or not fname:
-            raise ConfigError(f"unknown field {key!r}: use 'section.field' with a section in {sorted(SECTIONS)}")
-        hints = _field_types(SECTIONS[section])
-        if fname not in hints:
-            raise ConfigError(f"unknown field {key!r}{_suggest(f'{section}.{fname}', _dotted())}")
-        if isinstance(value, str):
-            value = _parse_flag(value, hints[fname])
-        raw.setdefault(section, {})[fname] = value
+    merge_overrides(raw, SECTIONS, overrides)
     sections = {name_: _build_section(name_, raw.get(name_, {})) for name_ in SECTIONS}
     return DefenceConfig(**sections, preset=label if name is None else name)
-
-
-def _dotted() -> list[str]:
-    return [f"{s}.{f}" for s, cls in SECTIONS.items() for f in _field_types(cls)]
 
 
 def save_config(config: DefenceConfig, path: str | Path) -> Path:
@@ -524,22 +414,9 @@ def add_config_flags(parser: Any, sections: tuple[str, ...] = tuple(SECTIONS)) -
         >>> config_overrides(p.parse_args(["--tar.outer-steps", "5", "--random-mapping.lr", "1e-3"]))
         {'tar.outer_steps': '5', 'random_mapping.lr': '1e-3'}
     """
-    for section in sections:
-        group = parser.add_argument_group(f"{section} (override the preset)")
-        cls = SECTIONS[section]
-        for f in dataclasses.fields(cls):
-            hint = _field_types(cls)[f.name]
-            flag = f"--{section}.{f.name}".replace("_", "-")
-            aliases = [flag] if flag == f"--{section}.{f.name}" else [flag, f"--{section}.{f.name}"]
-            default = f.default if f.default is not dataclasses.MISSING else "-"
-            doc = f"{_type_name(hint)} (dataclass default: {default}; the preset may set another)"
-            group.add_argument(*aliases, dest=f"cfg::{section}.{f.name}", default=None, metavar="V", help=doc)
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    add_section_flags(parser, {name: SECTIONS[name] for name in sections}, tag="cfg")
 
 
 def config_overrides(args: Any) -> dict[str, str]:
     """The ``{"section.field": text}`` overrides given as flags (see :func:`add_config_flags`)."""
-    return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg::") and v is not None}
+    return section_overrides(args, "cfg")

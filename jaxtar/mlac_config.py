@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxtar.config import ConfigError, _coerce, _field_types, _parse_flag, _yaml
+from jaxtar.config_sections import (
+    ConfigError,
+    add_section_flags,
+    build_section,
+    load_yaml,
+    merge_overrides,
+    section_overrides,
+)
 
 VARIANTS = ("mlac", "desired", "joint")
 HEADS = ("fresh", "learned")
@@ -247,7 +254,7 @@ def _raw_preset(preset: str | Path) -> tuple[str, dict[str, Any]]:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"preset file {str(path)!r} does not exist")
-        loaded = _yaml(path.read_text()) or {}
+        loaded = load_yaml(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"preset {str(path)!r} must be a mapping of sections")
         return path.stem, loaded
@@ -276,27 +283,8 @@ def load_mlac_config(preset: str | Path = "mlac-offline", overrides: Mapping[str
         if not isinstance(values, dict):
             raise ConfigError(f"section {section!r} of MLAC preset {label!r} must be a mapping")
         raw[section] = dict(values)
-    for key, value in (overrides or {}).items():
-        section, _, name = key.partition(".")
-        if section not in _SECTIONS or not name:
-            raise ConfigError(f"unknown field {key!r}: use 'run.FIELD' or 'mlac.FIELD'")
-        hints = _field_types(_SECTIONS[section])
-        if name not in hints:
-            hint = difflib.get_close_matches(name, list(hints), n=1)
-            raise ConfigError(f"unknown field {key!r}" + (f"; did you mean '{section}.{hint[0]}'?" if hint else ""))
-        raw.setdefault(section, {})[name] = _parse_flag(value, hints[name]) if isinstance(value, str) else value
-    built = {}
-    for section, cls in _SECTIONS.items():
-        hints = _field_types(cls)
-        kwargs = {}
-        for name, value in raw.get(section, {}).items():
-            if name not in hints:
-                raise ConfigError(f"unknown field '{section}.{name}' in MLAC preset {label!r}")
-            kwargs[name] = _coerce(value, hints[name], f"{section}.{name}")
-        try:
-            built[section] = cls(**kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(str(err)) from err
+    merge_overrides(raw, _SECTIONS, overrides)
+    built = {section: build_section(section, cls, raw.get(section, {})) for section, cls in _SECTIONS.items()}
     return MLACRunConfig(**built, preset=label)
 
 
@@ -309,16 +297,10 @@ def add_mlac_flags(parser: Any) -> None:
         >>> mlac_overrides(p.parse_args(["--mlac.outer-steps", "5", "--mlac-run.warmup-steps", "0"]))
         {'run.warmup_steps': '0', 'mlac.outer_steps': '5'}
     """
-    for section, prefix in (("run", "mlac-run"), ("mlac", "mlac")):
-        group = parser.add_argument_group(f"MLAC {section} (jaxtar defend mlac only; override the preset)")
-        for f in dataclasses.fields(_SECTIONS[section]):
-            flag = f"--{prefix}.{f.name}"
-            aliases = sorted({flag, flag.replace("_", "-")})
-            default = f.default if f.default is not dataclasses.MISSING else "-"
-            group.add_argument(*aliases, dest=f"mlac::{section}.{f.name}", default=None, metavar="V",
-                               help=f"(default {default})")  # fmt: skip
+    add_section_flags(parser, _SECTIONS, tag="mlac", prefixes={"run": "mlac-run", "mlac": "mlac"},
+                      title="MLAC {section} (jaxtar defend mlac only; override the preset)")  # fmt: skip
 
 
 def mlac_overrides(args: Any) -> dict[str, str]:
     """The ``{"section.field": text}`` overrides given as ``--mlac*`` flags."""
-    return {k[6:]: v for k, v in vars(args).items() if k.startswith("mlac::") and v is not None}
+    return section_overrides(args, "mlac")
