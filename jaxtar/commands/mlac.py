@@ -124,6 +124,7 @@ def _write_report(out: Path, result: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ns = [str(n) for n in result["config"]["ns"]]
     lines = ["| model | desired acc. | " + " | ".join(f"harmful acc. n={n}" for n in ns) + " |",
@@ -143,6 +144,7 @@ def _write_report(out: Path, result: dict[str, Any]) -> None:
     ax.set(xscale="log", xlabel="attacker examples n", ylabel="post-adaptation harmful-task accuracy",
            title="MLAC blocking evaluation")  # fmt: skip
     ax.set_xticks([int(n) for n in ns], ns)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # log axis: only the n ticks are labelled
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "blocking.png", dpi=120)
