@@ -233,7 +233,7 @@ def bench_one(
     return rows
 
 
-def bench_vmap(quick: bool, reps: int, sizes: tuple[int, ...] | None = None) -> list[dict]:
+def bench_vmap(quick: bool, reps: int, sizes: tuple[int, ...]) -> list[dict]:
     """A adversaries (AdamW, different learning rates) with the TAR estimator: one vmap vs loops."""
     model, params = create_model(OVERHEAD, seed=0)
     ce, neg_entropy = _lm_losses(model)
@@ -272,7 +272,7 @@ def bench_vmap(quick: bool, reps: int, sizes: tuple[int, ...] | None = None) -> 
         return [t.tar_fo(k) for t in tms]
 
     rows = []
-    for a in sizes or ((1, 4) if quick else (1, 4, 16)):
+    for a in sizes:
         advs = tuple(Adversary("adamw", lr=1e-3 * (1 + i), weight_decay=0.01, steps=k) for i in range(a))
         ids = jax.random.randint(jax.random.key(3), (a, k, batch, seq), 0, OVERHEAD.vocab_size)
         print(f"[vmap A={a}]", flush=True)
@@ -336,6 +336,10 @@ def main() -> None:
     parser.add_argument("--mem-limit-gib", type=float, default=0.5 * os.sysconf("SC_PHYS_PAGES") *
                         os.sysconf("SC_PAGE_SIZE") / 2**30)  # fmt: skip
     args = parser.parse_args()
+    only = tuple(args.estimators) if args.estimators else None
+    unknown = sorted(set(only or ()) - set(estimators(64, quick=False)))
+    if unknown:
+        parser.error(f"unknown --estimators {unknown}; known: {sorted(estimators(64, quick=False))}")
     t0 = time.time()
     torch.set_num_threads(_cores())
     meta = dict(
@@ -364,7 +368,6 @@ def main() -> None:
         meta["total_s"] = time.time() - t0
         write_report(args.out_dir / stem, meta, rows, vmap_rows)
 
-    only = tuple(args.estimators) if args.estimators else None
     for name, spec in configs(args.quick).items():
         if args.configs and name not in args.configs:
             continue
