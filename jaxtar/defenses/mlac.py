@@ -242,7 +242,9 @@ def mlac_value_and_grad(
     def desired_loss(flat: jax.Array, batch: Arrays) -> jax.Array:
         desired, harmful = released_logits(model, released.unravel(flat), batch, cfg)
         loss = _ce(desired, batch[cfg.desired_key])
-        return loss + _ce(harmful, batch[cfg.harmful_key]) if cfg.variant == "joint" else loss
+        if cfg.variant == "joint":  # the leaky baseline: trained on both tasks
+            return loss + cfg.harmful_weight * _ce(harmful, batch[cfg.harmful_key])
+        return loss
 
     def f(params, inner_lr, outer, inner, key):
         flat = ravel_params(params)  # the engine sees one leaf (see _attacker)

@@ -53,7 +53,9 @@ def make_validator(
 ) -> Callable[[Params, jax.Array, Arrays], dict[str, jax.Array]]:
     """``validate(params, inner_lr, val_arrays) -> metrics``: desired CE / accuracy of the released head, and
     ``cfg.val_attacks`` simulated attacks (fixed keys) with their mean calibrated harmful CE over k = 0..K and
-    final attacker accuracy. ``score`` = desired CE - harmful_weight * mean harmful CE (lower is better).
+    final attacker accuracy. ``score`` (lower is better) = desired CE - harmful_weight * mean harmful CE for
+    ``mlac``; desired CE + harmful_weight * the released harmful head's CE for ``joint`` (its own training loss,
+    with that head's accuracy reported); desired CE for ``desired``.
     """
     problem, logits = _attacker(model, dataclasses.replace(cfg, grad_norm_penalty=0.0))
     adversary = inner_adversary(cfg)
@@ -74,11 +76,15 @@ def make_validator(
 
     @functools.partial(jax.jit, compiler_options=compiler_options)
     def validate(params: Params, inner_lr: jax.Array, val: Arrays) -> dict[str, jax.Array]:
-        desired, _ = released_logits(model, params, val, cfg)
+        desired, harmful = released_logits(model, params, val, cfg)
         out = {"val_desired_ce": _ce(desired, val[cfg.desired_key]),
                "val_desired_acc": jnp.mean(jnp.argmax(desired, -1) == val[cfg.desired_key])}  # fmt: skip
-        if cfg.variant != "mlac":
+        if cfg.variant == "desired":
             return {**out, "val_score": out["val_desired_ce"]}
+        if cfg.variant == "joint":  # scored by its own training loss
+            out.update(val_released_harmful_ce=_ce(harmful, val[y]),
+                       val_released_harmful_acc=jnp.mean(jnp.argmax(harmful, -1) == val[y]))  # fmt: skip
+            return {**out, "val_score": out["val_desired_ce"] + cfg.harmful_weight * out["val_released_harmful_ce"]}
         keys = jax.random.split(jax.random.key(cfg.seed + 1), cfg.val_attacks)
         harm_ce, acc = jax.vmap(lambda k: attack(params, inner_lr, val, k))(keys)  # [A, K+1]
         out.update(val_harmful_ce=jnp.mean(harm_ce), val_attacker_acc=jnp.mean(acc[:, -1]))

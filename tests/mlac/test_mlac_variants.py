@@ -60,11 +60,11 @@ def test_desired_only_and_joint_variants(tiny_bert, random_batch):
     np.testing.assert_allclose(metrics["loss"], des, rtol=1e-5)
     assert float(metrics["harmful_value"]) == 0.0
     assert float(np.abs(grads["classifier"]["kernel"][:, ND:]).max()) == 0.0  # harmful columns untouched
-    joint = dataclasses.replace(cfg, variant="joint")
+    joint = dataclasses.replace(cfg, variant="joint", harmful_weight=2.0)
     f = jax.jit(mlac_value_and_grad(model, joint))
     metrics, grads, _ = f(params, jnp.float32(1e-3), batch, None, jax.random.key(0))
-    np.testing.assert_allclose(metrics["loss"], des + harm, rtol=1e-5)
-    ref = jax.jit(jax.grad(lambda p: sum(_parts(model, p, batch)[1:])))(params)
+    np.testing.assert_allclose(metrics["loss"], des + 2.0 * harm, rtol=1e-5)
+    ref = jax.jit(jax.grad(lambda p: _parts(model, p, batch)[1] + 2.0 * _parts(model, p, batch)[2]))(params)
     np.testing.assert_allclose(grads["classifier"]["kernel"], ref["classifier"]["kernel"], rtol=1e-4, atol=1e-7)
 
 
