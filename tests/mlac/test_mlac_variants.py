@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from jaxtar.defenses.mlac import mlac_value_and_grad
+from jaxtar.defenses.mlac_train import make_validator
 from jaxtar.mlac_config import MLACConfig, load_mlac_config
 from jaxtar.objectives.calibration import calibrated_cross_entropy
 
@@ -66,6 +67,23 @@ def test_desired_only_and_joint_variants(tiny_bert, random_batch):
     np.testing.assert_allclose(metrics["loss"], des + 2.0 * harm, rtol=1e-5)
     ref = jax.jit(jax.grad(lambda p: _parts(model, p, batch)[1] + 2.0 * _parts(model, p, batch)[2]))(params)
     np.testing.assert_allclose(grads["classifier"]["kernel"], ref["classifier"]["kernel"], rtol=1e-4, atol=1e-7)
+
+
+def test_validation_scores_each_variant_by_its_own_loss(tiny_bert, random_batch):
+    """desired: desired CE; joint: desired CE + harmful_weight * the released harmful head's CE (its accuracy too)."""
+    batch = random_batch(np.random.default_rng(4), 8)
+    cfg = MLACConfig.desired_only(num_desired=ND)
+    model, params = tiny_bert(cfg)
+    pooled, des, harm = jax.jit(_parts, static_argnums=0)(model, params, batch)
+    out = make_validator(model, cfg)(params, jnp.float32(1e-3), batch)
+    np.testing.assert_allclose(out["val_score"], des, rtol=1e-5)
+    assert "val_released_harmful_acc" not in out
+    joint = make_validator(model, dataclasses.replace(cfg, variant="joint", harmful_weight=2.5))
+    out = joint(params, jnp.float32(1e-3), batch)
+    np.testing.assert_allclose(out["val_released_harmful_ce"], harm, rtol=1e-5)
+    np.testing.assert_allclose(out["val_score"], des + 2.5 * harm, rtol=1e-5)
+    acc = np.mean(np.argmax(pooled @ params["classifier"]["kernel"][:, ND:], -1) == batch["gender"])
+    assert float(out["val_released_harmful_acc"]) == pytest.approx(acc)
 
 
 def test_fresh_head_calibrated_value_and_gradient_norm_penalty(tiny_bert, random_batch):
