@@ -20,8 +20,9 @@ import json
 import time
 from pathlib import Path
 
-from jaxtar.data.bias_in_bios import build_word_tokenizer, encode_bios, synthetic_bias_in_bios
+from jaxtar.data.bias_in_bios import build_word_tokenizer, synthetic_bias_in_bios
 from jaxtar.defenses.mlac import prepare_model
+from jaxtar.defenses.mlac_run import defence_split, encode_splits
 from jaxtar.defenses.mlac_train import train_mlac
 from jaxtar.eval.blocking import BlockingConfig, blocking_eval
 from jaxtar.mlac_config import MLACConfig
@@ -43,9 +44,8 @@ def main() -> None:
     t0 = time.perf_counter()
     bios = synthetic_bias_in_bios(4000, seed=0)
     tokenizer = build_word_tokenizer(bios["train"]["hard_text"], min_frequency=2)
-    splits = {k: encode_bios(bios[k], tokenizer, MAX_LENGTH) for k in ("train", "val1", "val2", "test")}
-    train = {k: v[256:] for k, v in splits["train"].items()}
-    val = {k: v[:256] for k, v in splits["train"].items()}
+    splits = encode_splits(bios, tokenizer, MAX_LENGTH)
+    train, val = defence_split(splits["train"], 256)
     base = MLACConfig(num_desired=28, inner_steps=4, inner_batch_sizes=(16, 24), inner_lr=1e-2, outer_batch_size=32,
                       inner_lr_bounds=(1e-4, 0.1), calibration_steps=20, val_attacks=2, seed=0)  # fmt: skip
     config = BertConfig.tiny(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_layers=1,

@@ -72,6 +72,18 @@ def encode_splits(bios: Any, tokenizer: Any, max_length: int) -> dict[str, dict[
     return {name: encode_bios(bios[name], tokenizer, max_length) for name in bios}
 
 
+def defence_split(train: dict[str, np.ndarray], num_val: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(defence_train, defence_val)``: the first ``num_val`` rows of ``train`` become the defence's own validation
+    data (checkpoint selection), the rest its training data; the attacker's splits (val1 / val2) stay untouched.
+
+    Example:
+        >>> fit, val = defence_split({"gender": np.arange(10)}, 3)
+        >>> fit["gender"].tolist(), val["gender"].tolist()
+        ([3, 4, 5, 6, 7, 8, 9], [0, 1, 2])
+    """
+    return {k: v[num_val:] for k, v in train.items()}, {k: v[:num_val] for k, v in train.items()}
+
+
 def _new_run_dir(path: str | Path) -> Path:
     out = Path(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -107,8 +119,7 @@ def run_mlac(config: MLACRunConfig, output_dir: str | Path, *, progress: bool = 
     arrays = encode_splits(bios, tokenizer, s.max_length)
     train = arrays["train"]
     n_val = min(s.val_examples, len(train["gender"]) // 5)  # the defence's own validation: held out from train
-    defence_train = {k: v[n_val:] for k, v in train.items()}
-    defence_val = {k: v[:n_val] for k, v in train.items()}
+    defence_train, defence_val = defence_split(train, n_val)
     opts = FAST_COMPILE if s.fast_compile else None
     metrics_file = (out / "metrics.jsonl").open("a")
 

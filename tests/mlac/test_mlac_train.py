@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxtar.data.bias_in_bios import build_word_tokenizer, encode_bios, synthetic_bias_in_bios
 from jaxtar.defenses.mlac import prepare_model
+from jaxtar.defenses.mlac_run import defence_split
 from jaxtar.defenses.mlac_train import make_validator, train_mlac
 from jaxtar.mlac_config import MLACConfig
 from jaxtar.models import model_for_config
@@ -29,8 +30,7 @@ def _standin():
     tokenizer = build_word_tokenizer(bios["train"]["hard_text"], min_frequency=2)
     train = encode_bios(bios["train"], tokenizer, MAX_LENGTH)
     heldout = encode_bios(bios["val1"], tokenizer, MAX_LENGTH)
-    n_val = 256  # the defence's own checkpoint-selection data, cut from train (as `jaxtar defend mlac` does)
-    return {k: v[n_val:] for k, v in train.items()}, {k: v[:n_val] for k, v in train.items()}, heldout, len(tokenizer)
+    return *defence_split(train, 256), heldout, len(tokenizer)  # checkpoint-selection data cut from train
 
 
 def test_short_mlac_run_lowers_post_attack_harmful_accuracy_on_the_standin(fast_compile):
