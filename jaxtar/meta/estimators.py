@@ -267,7 +267,9 @@ def _objective(cfg: _Setup, d, hp, active, weights, batches, tamper_batch, key):
 
         return record
 
-    step, record = make_step(problem, opt, d, hp, active), tamper_record(d, None)
+    # exact / truncated store every differentiated step's residuals: keep only the optimiser update's inputs
+    step = make_step(problem, opt, d, hp, active, remat_update=est.kind in ("exact", "truncated"))
+    record = tamper_record(d, None)
     if est.kind == "mixed":
         step = _mixed_step(problem, opt)(d, hp, active)
     if est.kind == "remat":
