@@ -262,7 +262,7 @@ def make_step(
     storing them for every step (for Adam about a third of what the `exact` estimator stores per step; measured in
     README "Meta-gradient benchmark"). No effect unless the step is differentiated.
     """
-    update = jax.checkpoint(opt.step) if remat_update else opt.step
+    update = jax.checkpoint(opt.step, prevent_cse=False) if remat_update else opt.step
 
     def step(c: Carry, batch: PyTree) -> tuple[Carry, jax.Array]:
         loss, grads = jax.value_and_grad(problem.attack_loss, argnums=1)(defended, c.trainable, batch)

@@ -19,7 +19,8 @@ d=64 Llama with B=4, T=32, K=8 (exact 127.5 MB measured vs 128.2 predicted, rema
 36.2, tar 6.8 vs 6.8, first_order 15.7 vs 16.5); other shapes and backends can differ by tens of percent, so plan
 with headroom. Since exact / truncated recompute the optimiser update (`make_step(remat_update=True)`), the exact
 formula over-predicts an Adam attack by ~20 % (AdamW, records every 4: d=64 112.8 MB measured vs 136.2 predicted;
-d=256 4 layers B=4 T=128 K=8 4459 vs 5170 MB); it is left conservative. A chunk of c vmapped adversaries multiplies everything but the shared defended params by c.
+d=256 4 layers B=4 T=128 K=8 4459 vs 5170 MB); it is left conservative. A chunk of c vmapped adversaries
+multiplies everything but the shared defended params by c.
 """
 
 from __future__ import annotations
