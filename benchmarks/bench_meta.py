@@ -34,6 +34,7 @@ from bench_meta_flops import count_flops  # noqa: E402
 from bench_meta_report import write_report  # noqa: E402
 from bench_meta_torch import TorchMeta  # noqa: E402
 
+from jaxtar import hugepages  # noqa: E402
 from jaxtar.attacks import Adversary, model_attack_problem, unroll  # noqa: E402
 from jaxtar.meta import (  # noqa: E402
     AdversaryGroup,
@@ -332,10 +333,14 @@ def main() -> None:
     parser.add_argument("--stem", help="output file stem (default from the mode and --configs)")
     parser.add_argument("--skip-vmap", action="store_true")
     parser.add_argument("--skip-flops-check", action="store_true")
+    no_hp = "do not restart with glibc's huge-page tunable (jaxtar.hugepages; both frameworks get it)"
+    parser.add_argument("--no-hugepages", action="store_true", help=no_hp)
     parser.add_argument("--out-dir", type=Path, default=OUT, help=f"where results go (default {OUT})")
     parser.add_argument("--mem-limit-gib", type=float, default=0.5 * os.sysconf("SC_PHYS_PAGES") *
                         os.sysconf("SC_PAGE_SIZE") / 2**30)  # fmt: skip
     args = parser.parse_args()
+    if not args.no_hugepages:
+        hugepages.reexec_with_hugepages([str(Path(__file__).resolve()), *sys.argv[1:]])
     only = tuple(args.estimators) if args.estimators else None
     unknown = sorted(set(only or ()) - set(estimators(64, quick=False)))
     if unknown:
@@ -354,6 +359,7 @@ def main() -> None:
         torch_threads="best of 1 and all cores (per row)",
         quick=args.quick,
         every=EVERY,
+        hugepages=hugepages.status(),
     )
     meta["matmul"] = matmul_rate()
     meta["argv"] = sys.argv[1:]

@@ -100,7 +100,8 @@ def markdown(meta: dict, rows: list[dict], vmap_rows: list[dict], tgts: list[dic
         f"Device: {meta['device']} ({meta.get('cores_used', meta['cpu_count'])} of {meta['cpu_count']} CPU cores; "
         f"PyTorch threads: {meta['torch_threads']}); "
         f"jax {meta['jax']}, torch {meta['torch']}; load average at start {meta['load_avg_start'][0]:.1f}, "
-        f"end {meta['load_avg_end'][0]:.1f}; total {meta['total_s']:.0f} s{' (--quick)' if meta['quick'] else ''}.",
+        f"end {meta['load_avg_end'][0]:.1f}; total {meta['total_s']:.0f} s{' (--quick)' if meta['quick'] else ''}; "
+        f"{meta.get('hugepages', 'huge pages: not recorded')}.",
         f"Matmul rate ({mm['n']}^2 f32): JAX {mm['jax_gflops']:.1f} GFLOP/s, PyTorch {mm['torch_gflops']:.1f} GFLOP/s.",
         f"Tamper records every s = {meta['every']} steps (TAR's weights); inner optimiser AdamW; ratios are to K plain "
         "attack steps of the same framework. FLOPs are matmul FLOPs counted on the jaxpr (torch rows reuse the JAX "

@@ -1,4 +1,4 @@
-"""The ``jaxtar`` command line: ``demo``, ``generate``, ``convert``, ``defend``, ``redteam``, ``eval``."""
+"""The ``jaxtar`` command line: ``demo``, ``generate``, ``convert``, ``defend``, ``redteam``, ``eval``, ``info``."""
 
 from __future__ import annotations
 
@@ -122,6 +122,27 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_info(p: argparse.ArgumentParser) -> None:
+    del p  # no options
+
+
+@subcommand("info", "versions, devices and whether XLA's CPU buffers get huge pages (for bug reports)", _configure_info)
+def run_info(args: argparse.Namespace) -> int:
+    del args
+    import importlib.metadata as md
+
+    import jax
+
+    from jaxtar import __version__, hugepages
+
+    packages = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers")
+    versions = ", ".join(f"{name} {md.version(name)}" for name in packages)
+    print(f"jaxtar {__version__}; python {sys.version.split()[0]}; {versions}")
+    print("devices: " + ", ".join(f"{d} ({d.device_kind})" for d in jax.devices()))
+    print(hugepages.status())
+    return 0
+
+
 # Subcommands of later layers live in jaxtar/commands/<name>.py and register themselves on import (found by scan).
 def _command_modules() -> list[str]:
     """Every module of ``jaxtar.commands`` (each registers its subcommands on import)."""
@@ -147,7 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxtar`` console script."""
+    """Entry point of the ``jaxtar`` console script.
+
+    Run from the shell (``argv`` None), it first re-executes itself with glibc's huge-page tunable where that
+    helps XLA's CPU buffers (`jaxtar.hugepages`; ``JAXTAR_HUGEPAGES=0`` turns this off).
+    """
+    if argv is None:
+        from jaxtar.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages(["-m", "jaxtar.cli", *sys.argv[1:]])
     args = build_parser().parse_args(argv)
     from jaxtar.models import CheckpointError
 
