@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import ModelOutput
-from jaxtar.models.layers import ACTIVATIONS, attention, causal_mask, layer_norm, linear, upcast_dtype
+from jaxtar.models.layers import ACTIVATIONS, attention, causal_mask, layer_norm, linear, matmul, upcast_dtype
 from jaxtar.models.lora import LoraParams
 from jaxtar.models.modules import LayerNormParams, StackedLinear
 
@@ -187,7 +187,7 @@ class GPT2(nnx.Module):
         last, (per_layer, new_cache) = jax.lax.scan(block, h, xs)
         final = layer_norm(last, params["final_norm"]["scale"], params["final_norm"]["bias"], c.layer_norm_eps)
         head = params["embed"]["embedding"].T.astype(dtype)
-        logits = jnp.dot(final, head, preferred_element_type=upcast_dtype(dtype))
+        logits = matmul(final, head, preferred_element_type=upcast_dtype(dtype))
         hidden = None
         if output_hidden_states:  # transformers: embeddings, every block's output, ln_f applied to the last one
             hidden = (h, *(per_layer[i] for i in range(c.num_layers - 1)), final)

@@ -54,6 +54,23 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
     return (y * scale.astype(x32.dtype) + bias.astype(x32.dtype)).astype(x.dtype)
 
 
+def matmul(x: jax.Array, w: jax.Array, **dot_kwargs: Any) -> jax.Array:
+    """``x @ w`` over the last axis of ``x``, computed as one rank-2 dot (leading axes flattened into rows).
+
+    Same numbers as ``jnp.dot(x, w)``; the rank-2 form is faster under second-order autodiff on XLA's CPU backend:
+    the dots of reverse-over-reverse then need fewer transposed copies (exact meta-gradient of the d=256 benchmark
+    Llama ~0.65x the time at K=4).
+
+    Example:
+        >>> matmul(jnp.ones((2, 3, 4)), jnp.ones((4, 5))).shape
+        (2, 3, 5)
+    """
+    if x.ndim == 2:
+        return jnp.dot(x, w, **dot_kwargs)
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), w, **dot_kwargs)
+    return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
 def linear(
     x: jax.Array,
     p: dict[str, jax.Array],
@@ -64,7 +81,7 @@ def linear(
     dropout_key: jax.Array | None = None,
 ) -> jax.Array:
     """``x @ kernel + bias``, plus ``scale * (dropout(x) @ a) @ b`` when a LoRA adapter is given."""
-    y = x @ p["kernel"].astype(x.dtype)
+    y = matmul(x, p["kernel"].astype(x.dtype))
     if "bias" in p:
         y = y + p["bias"].astype(x.dtype)
     if lora is not None:
@@ -72,7 +89,7 @@ def linear(
         if lora_dropout > 0.0 and dropout_key is not None:
             keep = jax.random.bernoulli(dropout_key, 1.0 - lora_dropout, x.shape)
             h = jnp.where(keep, x / (1.0 - lora_dropout), 0.0).astype(x.dtype)
-        y = y + lora_scale * ((h @ lora["a"].astype(x.dtype)) @ lora["b"].astype(x.dtype))
+        y = y + lora_scale * matmul(matmul(h, lora["a"].astype(x.dtype)), lora["b"].astype(x.dtype))
     return y
 
 

@@ -20,7 +20,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import ModelOutput
-from jaxtar.models.layers import apply_rope, attention, causal_mask, linear, rms_norm, rope_inv_freq, upcast_dtype
+from jaxtar.models.layers import (
+    apply_rope,
+    attention,
+    causal_mask,
+    linear,
+    matmul,
+    rms_norm,
+    rope_inv_freq,
+    upcast_dtype,
+)
 from jaxtar.models.lora import LoraParams
 from jaxtar.models.modules import RMSNormParams, StackedLinear
 
@@ -187,7 +196,7 @@ class Llama(nnx.Module):
         last, (per_layer, new_cache) = jax.lax.scan(block, h, xs)
         final = rms_norm(last, params["final_norm"]["scale"], c.rms_norm_eps)
         head = params["embed"]["embedding"].T if c.tie_word_embeddings else params["lm_head"]["kernel"]
-        logits = jnp.dot(final, head.astype(dtype), preferred_element_type=upcast_dtype(dtype))
+        logits = matmul(final, head.astype(dtype), preferred_element_type=upcast_dtype(dtype))
         hidden = None
         if output_hidden_states:
             hidden = (h, *(per_layer[i] for i in range(c.num_layers - 1)), final)
