@@ -22,19 +22,22 @@ import time
 from functools import partial
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
+
+if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
+    hugepages.reexec_with_hugepages()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from bench_meta_flops import count_flops  # noqa: E402
 from bench_meta_report import write_report  # noqa: E402
 from bench_meta_torch import TorchMeta  # noqa: E402
 
-from jaxtar import hugepages  # noqa: E402
 from jaxtar.attacks import Adversary, model_attack_problem, unroll  # noqa: E402
 from jaxtar.meta import (  # noqa: E402
     AdversaryGroup,
@@ -323,7 +326,7 @@ def flops_crosscheck(methods: tuple[str, ...] = ("plain", "exact", "tar")) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="overhead-bound config, K = 4, fewer estimators")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--configs", nargs="*", help="subset of configs (default: all of the mode)")
@@ -338,9 +341,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=OUT, help=f"where results go (default {OUT})")
     parser.add_argument("--mem-limit-gib", type=float, default=0.5 * os.sysconf("SC_PHYS_PAGES") *
                         os.sysconf("SC_PAGE_SIZE") / 2**30)  # fmt: skip
-    args = parser.parse_args()
-    if not args.no_hugepages:
-        hugepages.reexec_with_hugepages([str(Path(__file__).resolve()), *sys.argv[1:]])
+    args = parser.parse_args()  # --no-hugepages is read before the imports, where the restart happens
     only = tuple(args.estimators) if args.estimators else None
     unknown = sorted(set(only or ()) - set(estimators(64, quick=False)))
     if unknown:

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         from jaxtar.hugepages import reexec_with_hugepages
 
-        reexec_with_hugepages(["-m", "jaxtar.cli", *sys.argv[1:]])
+        reexec_with_hugepages()  # the same command line, interpreter options included
     args = build_parser().parse_args(argv)
     from jaxtar.models import CheckpointError
 

@@ -95,14 +95,17 @@ def hugepage_env(
     return environ
 
 
-def reexec_with_hugepages(argv: Sequence[str]) -> None:
+def reexec_with_hugepages(argv: Sequence[str] | None = None) -> None:
     """Replace this process by ``python *argv`` with the tunable set; returns (does nothing) where not needed.
 
-    Call it first thing in a command-line entry point, before any work: the process image is replaced.
+    ``argv`` defaults to this process's own command line as the interpreter saw it (``sys.orig_argv``), so
+    interpreter options such as ``-X dev`` or ``-W error`` survive the restart. Call it first thing in a
+    command-line entry point, before any work: the process image is replaced.
     """
     env = hugepage_env()
     if env is None:
         return
+    argv = sys.orig_argv[1:] if argv is None else argv
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv], env)

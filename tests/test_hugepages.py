@@ -73,3 +73,15 @@ def test_cli_reexecutes_itself_with_the_tunable_unless_opted_out():
     assert "huge pages: on (glibc.malloc.hugetlb=1" in on
     assert "devices: cpu" in on
     assert "huge pages: off" in off.stdout
+
+
+@pytest.mark.skipif(not _HELPS_HERE, reason="needs Linux, glibc >= 2.35 and THP in madvise mode")
+def test_reexec_keeps_the_interpreter_options_and_arguments():
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    code = (
+        "import os, sys; from jaxtar.hugepages import reexec_with_hugepages; reexec_with_hugepages(); "
+        "print(sys.flags.dev_mode, sys.flags.optimize, os.environ['GLIBC_TUNABLES'], sys.argv[1:])"
+    )
+    cmd = [sys.executable, "-X", "dev", "-O", "-c", code, "a", "b c"]
+    out = subprocess.run(cmd, env=plain, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True 1 glibc.malloc.hugetlb=1 ['a', 'b c']"
