@@ -6,6 +6,9 @@ benchmarks/results/. Not a test: nothing here asserts a speed.
 
     python benchmarks/bench_models.py            # full (a few minutes on 2 cores)
     python benchmarks/bench_models.py --quick    # small shapes, fewer repeats
+
+Like bench_meta.py it restarts itself with glibc's huge-page tunable (`jaxtar.hugepages`; ``--no-hugepages`` turns
+that off) and honours ``taskset``: PyTorch gets as many threads as the cores this process may run on.
 """
 
 from __future__ import annotations
@@ -15,17 +18,25 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-import transformers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtar.models import LlamaConfig, create_model, save_pretrained
+from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
+
+if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
+    hugepages.reexec_with_hugepages()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from jaxtar.models import LlamaConfig, create_model, save_pretrained  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -133,19 +144,24 @@ def trace_compile_smollm2(num_layers: int = 30) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--no-hugepages", action="store_true", help="do not restart with glibc's huge-page tunable")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where results go (default {RESULTS})")
+    args = parser.parse_args()  # --no-hugepages is read before the imports, where the restart happens
     repeats = args.repeats or (3 if args.quick else 7)
-    torch.set_num_threads(os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(cores)
     configs = [("tiny d=64 L=2", LlamaConfig.tiny(vocab_size=1024), 8, 64)]
     configs.append(("d=256 L=4", LlamaConfig.tiny(hidden_size=256, intermediate_size=768, num_layers=4,
                                                   num_heads=4, num_kv_heads=4, vocab_size=4096), 8, 128))  # fmt: skip
     if not args.quick:
         configs.append(("SmolLM2-135M shape", LlamaConfig.smollm2_135m(), 4, 128))
-    device = f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    machine = platform.processor() or platform.machine()
+    device = f"{jax.devices()[0].device_kind} ({machine}, {cores} of {os.cpu_count()} cores)"
     report = {"device": device, "jax": jax.__version__, "torch": torch.__version__, "repeats": repeats,
+              "hugepages": hugepages.status(), "load_average_start": os.getloadavg()[0],
               "matmul_gflops": _matmul_gflops(), "rows": [], "smollm2_compile": None}  # fmt: skip
     for name, config, batch, length in configs:
         row = bench_config(name, config, batch, length, repeats)
@@ -154,7 +170,8 @@ def main() -> None:
     report["smollm2_compile"] = [trace_compile_smollm2(n) for n in ((2, 30) if not args.quick else (2, 8))]
 
     lines = [
-        f"Device: {device}; jax {jax.__version__}, torch {torch.__version__}; median of {repeats} after compile.",
+        f"Device: {device}; jax {jax.__version__}, torch {torch.__version__}; median of {repeats} after compile; "
+        f"{report['hugepages']}; load average at start {report['load_average_start']:.1f}.",
         f"Matmul rate (1024^3 fp32): JAX {report['matmul_gflops']['jax']:.0f} GFLOP/s, "
         f"torch {report['matmul_gflops']['torch']:.0f} GFLOP/s.",
         "",
@@ -173,10 +190,12 @@ def main() -> None:
         lines.append(f"| {c['layers']} layers | {c['trace_s']:.2f} | {c['trace_compile_s']:.2f} |")
     table = "\n".join(lines)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (RESULTS / f"models{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"models{suffix}.md").write_text(table + "\n")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / ("models_quick" if args.quick else "models")
+    for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", table + "\n")):
+        tmp = stem.with_suffix(suffix + ".tmp")  # atomic: a killed run leaves the previous results intact
+        tmp.write_text(text)
+        os.replace(tmp, stem.with_suffix(suffix))
 
 
 if __name__ == "__main__":
