@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtar import malloc_tuning  # noqa: E402  (standard library only: restarts before jax and torch load)
+from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
 
-if __name__ == "__main__" and "--no-malloc-tuning" not in sys.argv[1:]:
-    malloc_tuning.reexec_tuned()
+if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
+    hugepages.reexec_with_hugepages()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -336,12 +336,12 @@ def main() -> None:
     parser.add_argument("--stem", help="output file stem (default from the mode and --configs)")
     parser.add_argument("--skip-vmap", action="store_true")
     parser.add_argument("--skip-flops-check", action="store_true")
-    no_mt = "do not restart with glibc's malloc tunables (jaxtar.malloc_tuning; both frameworks get them)"
-    parser.add_argument("--no-malloc-tuning", action="store_true", help=no_mt)
+    no_hp = "do not restart with glibc's huge-page tunable (jaxtar.hugepages; both frameworks get it)"
+    parser.add_argument("--no-hugepages", action="store_true", help=no_hp)
     parser.add_argument("--out-dir", type=Path, default=OUT, help=f"where results go (default {OUT})")
     parser.add_argument("--mem-limit-gib", type=float, default=0.5 * os.sysconf("SC_PHYS_PAGES") *
                         os.sysconf("SC_PAGE_SIZE") / 2**30)  # fmt: skip
-    args = parser.parse_args()  # --no-malloc-tuning is read before the imports, where the restart happens
+    args = parser.parse_args()  # --no-hugepages is read before the imports, where the restart happens
     only = tuple(args.estimators) if args.estimators else None
     unknown = sorted(set(only or ()) - set(estimators(64, quick=False)))
     if unknown:
@@ -360,7 +360,7 @@ def main() -> None:
         torch_threads="best of 1 and all cores (per row)",
         quick=args.quick,
         every=EVERY,
-        malloc_tuning=malloc_tuning.status(),
+        hugepages=hugepages.status(),
     )
     meta["matmul"] = matmul_rate()
     meta["argv"] = sys.argv[1:]

@@ -101,7 +101,7 @@ def markdown(meta: dict, rows: list[dict], vmap_rows: list[dict], tgts: list[dic
         f"PyTorch threads: {meta['torch_threads']}); "
         f"jax {meta['jax']}, torch {meta['torch']}; load average at start {meta['load_avg_start'][0]:.1f}, "
         f"end {meta['load_avg_end'][0]:.1f}; total {meta['total_s']:.0f} s{' (--quick)' if meta['quick'] else ''}; "
-        f"{meta.get('malloc_tuning', meta.get('hugepages', 'huge pages: not recorded'))}.",
+        f"{meta.get('hugepages', 'huge pages: not recorded')}.",
         f"Matmul rate ({mm['n']}^2 f32): JAX {mm['jax_gflops']:.1f} GFLOP/s, PyTorch {mm['torch_gflops']:.1f} GFLOP/s.",
         f"Tamper records every s = {meta['every']} steps (TAR's weights); inner optimiser AdamW; ratios are to K plain "
         "attack steps of the same framework. FLOPs are matmul FLOPs counted on the jaxpr (torch rows reuse the JAX "

@@ -7,8 +7,8 @@ benchmarks/results/. Not a test: nothing here asserts a speed.
     python benchmarks/bench_models.py            # full (a few minutes on 2 cores)
     python benchmarks/bench_models.py --quick    # small shapes, fewer repeats
 
-Like bench_meta.py it restarts itself with glibc's malloc tunables (`jaxtar.malloc_tuning`; ``--no-malloc-tuning``
-turns that off) and honours ``taskset``: PyTorch gets as many threads as the cores this process may run on.
+Like bench_meta.py it restarts itself with glibc's huge-page tunable (`jaxtar.hugepages`; ``--no-hugepages`` turns
+that off) and honours ``taskset``: PyTorch gets as many threads as the cores this process may run on.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtar import malloc_tuning  # noqa: E402  (standard library only: restarts before jax and torch load)
+from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
 
-if __name__ == "__main__" and "--no-malloc-tuning" not in sys.argv[1:]:
-    malloc_tuning.reexec_tuned()
+if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
+    hugepages.reexec_with_hugepages()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -147,9 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--no-malloc-tuning", action="store_true", help="do not restart with glibc's malloc tunables")
+    parser.add_argument("--no-hugepages", action="store_true", help="do not restart with glibc's huge-page tunable")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where results go (default {RESULTS})")
-    args = parser.parse_args()  # --no-malloc-tuning is read before the imports, where the restart happens
+    args = parser.parse_args()  # --no-hugepages is read before the imports, where the restart happens
     repeats = args.repeats or (3 if args.quick else 7)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(cores)
@@ -161,7 +161,7 @@ def main() -> None:
     machine = platform.processor() or platform.machine()
     device = f"{jax.devices()[0].device_kind} ({machine}, {cores} of {os.cpu_count()} cores)"
     report = {"device": device, "jax": jax.__version__, "torch": torch.__version__, "repeats": repeats,
-              "malloc_tuning": malloc_tuning.status(), "load_average_start": os.getloadavg()[0],
+              "hugepages": hugepages.status(), "load_average_start": os.getloadavg()[0],
               "matmul_gflops": _matmul_gflops(), "rows": [], "smollm2_compile": None}  # fmt: skip
     for name, config, batch, length in configs:
         row = bench_config(name, config, batch, length, repeats)
@@ -171,7 +171,7 @@ def main() -> None:
 
     lines = [
         f"Device: {device}; jax {jax.__version__}, torch {torch.__version__}; median of {repeats} after compile; "
-        f"{report['malloc_tuning']}; load average at start {report['load_average_start']:.1f}.",
+        f"{report['hugepages']}; load average at start {report['load_average_start']:.1f}.",
         f"Matmul rate (1024^3 fp32): JAX {report['matmul_gflops']['jax']:.0f} GFLOP/s, "
         f"torch {report['matmul_gflops']['torch']:.0f} GFLOP/s.",
         "",

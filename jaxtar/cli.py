@@ -133,13 +133,13 @@ def run_info(args: argparse.Namespace) -> int:
 
     import jax
 
-    from jaxtar import __version__, malloc_tuning
+    from jaxtar import __version__, hugepages
 
     packages = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers")
     versions = ", ".join(f"{name} {md.version(name)}" for name in packages)
     print(f"jaxtar {__version__}; python {sys.version.split()[0]}; {versions}")
     print("devices: " + ", ".join(f"{d} ({d.device_kind})" for d in jax.devices()))
-    print(malloc_tuning.status())
+    print(hugepages.status())
     return 0
 
 
@@ -170,13 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxtar`` console script.
 
-    Run from the shell (``argv`` None), it first re-executes itself with the glibc malloc tunables that help XLA's
-    CPU buffers (`jaxtar.malloc_tuning`: huge pages, buffer reuse; ``JAXTAR_MALLOC_TUNING=0`` turns this off).
+    Run from the shell (``argv`` None), it first re-executes itself with glibc's huge-page tunable where that
+    helps XLA's CPU buffers (`jaxtar.hugepages`; ``JAXTAR_HUGEPAGES=0`` turns this off).
     """
     if argv is None:
-        from jaxtar.malloc_tuning import reexec_tuned
+        from jaxtar.hugepages import reexec_with_hugepages
 
-        reexec_tuned()  # the same command line, interpreter options included
+        reexec_with_hugepages()  # the same command line, interpreter options included
     args = build_parser().parse_args(argv)
     from jaxtar.models import CheckpointError
 
