@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from jaxtar.checkpoint import write_text_atomic  # noqa: E402
 
 
 def _plain(rows: list[dict], config: str, k: int, framework: str) -> dict | None:
@@ -169,8 +170,6 @@ def write_report(stem: Path, meta: dict, rows: list[dict], vmap_rows: list[dict]
     payload = dict(meta=meta, rows=rows, vmap=vmap_rows, targets=tgts)
     for suffix, text in ((".json", json.dumps(payload, indent=1, default=str)),
                          (".md", markdown(meta, rows, vmap_rows, tgts))):  # fmt: skip
-        tmp = stem.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_suffix(suffix))
+        write_text_atomic(stem.with_suffix(suffix), text)
     plot(stem.with_suffix(".png"), rows)
     print(markdown(meta, rows, vmap_rows, tgts))

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from jaxtar.checkpoint import write_text_atomic  # noqa: E402
 from jaxtar.models import LlamaConfig, create_model, save_pretrained  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -193,9 +194,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / ("models_quick" if args.quick else "models")
     for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", table + "\n")):
-        tmp = stem.with_suffix(suffix + ".tmp")  # atomic: a killed run leaves the previous results intact
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_suffix(suffix))
+        write_text_atomic(stem.with_suffix(suffix), text)  # a killed run leaves the previous results intact
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import transformers
 
+from jaxtar.checkpoint import write_text_atomic
 from jaxtar.config import TarConfig
 from jaxtar.defenses import make_tar_step, train_suite
 from jaxtar.models import LlamaConfig, create_model, save_pretrained
@@ -288,9 +289,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""
     for name, text in ((f"tar{suffix}.json", json.dumps(report, indent=2) + "\n"), (f"tar{suffix}.md", table + "\n")):
-        tmp = RESULTS / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, RESULTS / name)  # atomic: a killed run leaves the previous results intact
+        write_text_atomic(RESULTS / name, text)  # a killed run leaves the previous results intact
     print(f"wrote {RESULTS}/tar{suffix}.{{json,md}}")
 
 

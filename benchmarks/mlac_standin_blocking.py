@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
+from jaxtar.checkpoint import write_text_atomic
 from jaxtar.data.bias_in_bios import build_word_tokenizer, synthetic_bias_in_bios
 from jaxtar.defenses.mlac import prepare_model
 from jaxtar.defenses.mlac_run import defence_split, encode_splits
@@ -33,13 +33,6 @@ from jaxtar.models.bert import BertConfig
 OUT = Path(__file__).parent / "results" / "mlac_standin"
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 MAX_LENGTH = 40
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: a killed run leaves no half-written result."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -73,7 +66,7 @@ def main() -> None:
                         compiler_options=FAST_COMPILE, log=print)  # fmt: skip
     out.update(mlac_best_step=res.best_step, mlac_history=res.history, seconds=time.perf_counter() - t0)
     OUT.mkdir(parents=True, exist_ok=True)
-    _write_atomic(stem.with_suffix(".json"), json.dumps(out, indent=1, default=float))
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(out, indent=1, default=float))
     lines = [f"init seed {seed}; chance (val2 majority) {out['chance']:.3f}; MLAC best step {res.best_step}; "
              f"{out['seconds']:.0f} s", "",
              "| model | desired acc. | " + " | ".join(f"n={n}" for n in grid.ns) + " |",
@@ -81,7 +74,7 @@ def main() -> None:
     for name, m in out["models"].items():
         cells = [f"{m['harmful'][str(n)]['mean']:.3f} ± {m['harmful'][str(n)]['std']:.3f}" for n in grid.ns]
         lines.append(f"| {name} | {m['desired_accuracy']:.3f} | " + " | ".join(cells) + " |")
-    _write_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxtar.checkpoint import write_json_atomic
+from jaxtar.checkpoint import write_json_atomic, write_text_atomic
 
 MODELS = ("base", "random-mapping", "tar")
 
@@ -321,9 +321,9 @@ def run_demo(
         f"{end['load_average'][0]} at end; process CPU time {end['cpu_seconds']:.0f} s."
     )
     summary = f"{table}\n{text}\n{timing}\n"
-    tmp = out / f".summary.md.tmp-{os.getpid()}"
-    tmp.write_text(f"# jaxtar demo\n\n{summary}\nPer-run details: redteam/results.md; plots: redteam/*.png.\n")
-    os.replace(tmp, out / "summary.md")
+    write_text_atomic(
+        out / "summary.md", f"# jaxtar demo\n\n{summary}\nPer-run details: redteam/results.md; plots: redteam/*.png.\n"
+    )
     write_json_atomic(out / "demo.json", dict(
         quick=quick, seconds=round(seconds, 1), stage_seconds={k: round(v, 1) for k, v in stages.items()},
         start=start, end=end, cpu_count=os.cpu_count(), machine=platform.machine(), models=models,

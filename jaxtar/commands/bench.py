@@ -146,6 +146,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     import jax
 
+    from jaxtar.checkpoint import write_text_atomic
+
     _check(args)
     if args.json is not None and os.path.exists(args.json):
         raise FileExistsError(f"{args.json} already exists; choose a new --json path")
@@ -158,10 +160,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if not all(math.isfinite(x["ratio"]) and x["ratio"] > 0 for x in rows):
         raise ValueError("a timing was not finite and positive")
     if args.json is not None:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            options = {k: v for k, v in vars(args).items() if k != "run"}
-            json.dump({"options": options, "rows": rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        options = {k: v for k, v in vars(args).items() if k != "run"}
+        write_text_atomic(args.json, json.dumps({"options": options, "rows": rows}, indent=2))
         print(f"wrote {args.json}")
     return 0

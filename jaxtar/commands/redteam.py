@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import uuid
 from pathlib import Path
 
 from jaxtar.cli import subcommand
@@ -145,6 +143,7 @@ def _eval_table(scores: dict, chance: float) -> str:
 @subcommand("eval", "multiple-choice accuracy and loss probes of models, without attacks", _configure_eval)
 @_guard
 def run_eval(args: argparse.Namespace) -> int:
+    from jaxtar.checkpoint import write_text_atomic
     from jaxtar.eval.redteam import check_models, evaluate_models
     from jaxtar.eval.report import strict_json
 
@@ -159,8 +158,6 @@ def run_eval(args: argparse.Namespace) -> int:
     if out is not None:
         payload = dict(data=data.name, chance=data.eval_set.chance, scores={k: v.to_dict() for k, v in scores.items()})
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(json.dumps(strict_json(payload), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps(strict_json(payload), indent=2, allow_nan=False) + "\n")
         print(f"wrote {out}")
     return 0
