@@ -16,6 +16,7 @@ engine every estimator in `jaxtar.meta` shares, `unroll` the plain (red-team) fr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -179,6 +180,31 @@ def _scan(f, carry, xs, unroll: bool):
     return jax.lax.scan(f, carry, xs, unroll=True if unroll else 1)
 
 
+def two_level_group(runs: tuple[Run, ...], num_steps: int) -> int:
+    """Segments per outer checkpoint for two-level rematerialisation: about sqrt(K) steps per group, so that
+    ~sqrt(K) group inputs plus one group's ~sqrt(K) step inputs are stored instead of K step inputs.
+
+    Example:
+        >>> two_level_group(plan_runs(0, 64, 4), 64)  # groups of 2 segments of 4 steps
+        2
+    """
+    return max(1, round(math.sqrt(num_steps) / max(r.length for r in runs)))
+
+
+def grouping(run: Run, group: int | None) -> int:
+    """Segments per group for this run under `group` (0: the run is not grouped: it would make fewer than two
+    groups, which saves nothing).
+
+    Example:
+        >>> grouping(Run(count=4, length=4, record=True), 1), grouping(Run(count=1, length=4, record=True), 1)
+        (1, 0)
+    """
+    if not group:
+        return 0
+    g = min(group, run.count)
+    return g if run.count // g >= 2 else 0
+
+
 def run_plan(
     step_fn: Callable[[Carry, PyTree], tuple[Carry, jax.Array]],
     record_fn: Callable[[Carry, PyTree], tuple[Carry, PyTree]] | None,
@@ -187,7 +213,7 @@ def run_plan(
     step_xs: PyTree,
     record_xs: PyTree = None,
     *,
-    group: int = 1,
+    group: int | None = None,
     unroll: bool = False,
 ) -> tuple[Carry, jax.Array, PyTree]:
     """Execute a plan: scans of segments, each segment `length` steps then an optional record.
@@ -197,7 +223,8 @@ def run_plan(
         record_fn: `(carry, r_j) -> (carry, o_j)`; `record_xs` has a leading axis with one entry per record.
         carry: the initial loop state.
         runs: from `plan_runs`.
-        group: segments per `jax.checkpoint`-ed super-segment (two-level rematerialisation); 1 for none.
+        group: segments per `jax.checkpoint`-ed super-segment (two-level rematerialisation, see
+            `two_level_group`); None for none. A run is grouped only when that makes two or more groups.
         unroll: fully unroll every scan (for XLA cost analysis, which counts a loop body once).
 
     Returns:
@@ -218,16 +245,16 @@ def run_plan(
 
         xs = _take(step_xs, i, i + n, (run.count, run.length))
         rxs = _take(record_xs, j, j + run.count, (run.count,)) if run.record else None
-        g = group if group > 1 and run.count >= group else 1
-        q, r = divmod(run.count, g)
+        g = grouping(run, group)
+        q, r = divmod(run.count, g or 1)
         pieces = []
-        if g > 1:
+        if g:
             outer = jax.checkpoint(lambda c, inp, seg=segment: _scan(seg, c, inp, unroll))
             grouped = jax.tree.map(lambda x, q=q, g=g: x[: q * g].reshape((q, g) + x.shape[1:]), (xs, rxs))
             carry, (y, o) = _scan(outer, carry, grouped, unroll)
             pieces.append(jax.tree.map(lambda x, n=q * g: x.reshape((n,) + x.shape[2:]), (y, o)))
-        if r or g == 1:
-            rest = jax.tree.map(lambda x, start=q * g if g > 1 else 0: x[start:], (xs, rxs))
+        if r or not g:
+            rest = jax.tree.map(lambda x, start=q * g: x[start:], (xs, rxs))
             carry, (y, o) = _scan(segment, carry, rest, unroll)
             pieces.append((y, o))
         y, o = jax.tree.map(lambda *a: jnp.concatenate(a), *pieces) if len(pieces) > 1 else pieces[0]

@@ -19,7 +19,6 @@ defended params (and optionally the adversary's hyper-parameters) under one of s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,6 +37,7 @@ from jaxtar.attacks.unroll import (
     plan_runs,
     run_plan,
     tree_select,
+    two_level_group,
 )
 
 PyTree = Any
@@ -303,10 +303,7 @@ def _objective(cfg: _Setup, d, hp, active, weights, batches, tamper_batch, key):
         rest_w = weights[n0:]
     if split < K:
         runs = plan_runs(split, K, sched.every)
-        group = 1
-        if est.two_level:
-            per_run = max(r.length for r in runs)
-            group = max(1, round(math.sqrt(K) / per_run))
+        group = two_level_group(runs, K - split) if est.two_level else None
         xs = jax.tree.map(lambda x: x[split:], batches)
         carry, l2, tl2 = run_plan(step, record, carry, runs, xs, rest_w, group=group, unroll=cfg.unroll)
         losses.append(l2)

@@ -6,29 +6,37 @@ m tamper records and D defended parameters (4-byte floats):
 
     weights W = 2 D (defended params in, meta-gradient out)     carry S = (1 + f) P     gradient G = P
     exact        W + K (S + G + 7.5 A) + 2 m A_t                 (reverse-over-reverse residuals of every step)
-    remat        W + K S + S + G + 8 A + 2 A_t                   (per-step checkpoint; one step's backward live)
-                 (policy "attack_grad_saveable": K (S + G) instead of K S; other policies are not modelled)
-    remat √K     W + (K/g + g) S + S + G + 8 A + 2 A_t,  g = √K
+    remat        W + K (S + X) + m X_t + S + G + 8 A + 2 A_t     (per-step checkpoint; one step's backward live)
+    remat √K     W + n S + k' (S + X) + m' X_t + S + G + 8 A + 2 A_t
     mixed        W + K (S + G) + 12 A + 2 A_t                    (inputs + gradient per step; jvp of grad live)
     truncated T  W + T (S + G + 7.5 A) + S + 2 m A_t
     first_order  W + S + G + 2 A + 1.6 m A_t
     tar          W + S + G + D + 1.5 A + A_t                     (one accumulator, nothing stored per step)
 
+X is what the checkpoint policy keeps per step beyond its inputs, X_t what it keeps per tamper record: nothing for
+"nothing_saveable"; G for "attack_grad_saveable"; G plus every dot output without batch dimensions for
+"dots_with_no_batch_dims_saveable" (per step the projections' and LM head's, forward and backward; per record the
+forward ones); also the batched attention dots for "dots_saveable"; exact's residuals for "everything_saveable". The
+two-level plan stores the inputs of its n outer groups plus k' steps and m' records (one group's and the ungrouped
+ones'), grouped exactly as `jaxtar.attacks.unroll.run_plan` groups them (`two_level_group`).
+
 The activation multiples were calibrated once against XLA's CPU allocation (`compiled_peak_bytes`) for a 2-layer
 d=64 Llama with B=4, T=32, K=8 (exact 127.5 MB measured vs 128.2 predicted, remat 26.4 vs 27.9, mixed 34.3 vs
 36.2, tar 6.8 vs 6.8, first_order 15.7 vs 16.5); other shapes and backends can differ by tens of percent, so plan
-with headroom. Since exact / truncated recompute the optimiser update (`make_step(remat_update=True)`), the exact
-formula over-predicts an Adam attack by ~20 % (AdamW, records every 4: d=64 112.8 MB measured vs 136.2 predicted;
-d=256 4 layers B=4 T=128 K=8 4459 vs 5170 MB); it is left conservative. A chunk of c vmapped adversaries
-multiplies everything but the shared defended params by c.
+with headroom (the SmolLM2-135M shape at K=4: remat and mixed 7-14 % under). The dots-saving remat policies came
+within -12 % to +26 % of XLA's allocation on a d=64 Llama (K=4-16) and the d=256 benchmark Llama (K=4: 1319 MB
+predicted vs 1098 measured; K=16: 2817 vs 2990). Since exact / truncated recompute the optimiser update
+(`make_step(remat_update=True)`), the exact formula over-predicts an Adam attack by ~20 % (AdamW, records every 4:
+d=64 112.8 MB measured vs 136.2 predicted; d=256 4 layers B=4 T=128 K=8 4459 vs 5170 MB); it is left conservative.
+A chunk of c vmapped adversaries multiplies everything but the shared defended params by c.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from jaxtar.attacks.unroll import count_records, grouping, plan_runs, two_level_group
 from jaxtar.meta.estimators import Estimator
 
 STATE_FACTOR = {
@@ -56,6 +64,10 @@ EXACT_CANDIDATES = (
 class Workload:
     """Sizes that drive memory (counts of scalars; activations in bytes, per adversary).
 
+    The `*_dot_bytes` (outputs of one attack step's dots, forward and backward, without / with batch dimensions, and
+    of one tamper record's forward dots) are only needed to plan `remat` with a dots-saving checkpoint policy;
+    `for_llama` fills them in.
+
     Example:
         >>> w = Workload(defended_params=1000, trainable_params=1000, step_activation_bytes=4000,
         ...              tamper_activation_bytes=2000, steps=4, records=1, state_factor=2)
@@ -72,6 +84,10 @@ class Workload:
     state_factor: float
     adversaries: int = 1
     bytes_per_param: int = 4
+    step_dot_bytes: int | None = None
+    step_batched_dot_bytes: int | None = None
+    tamper_dot_bytes: int | None = None
+    tamper_batched_dot_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("defended_params", "trainable_params", "steps", "records", "adversaries"):
@@ -109,6 +125,10 @@ class Workload:
             per_token_layer = 8 * d + 2 * q + 2 * kv + 4 * i + 2 * c.num_heads * seq_len
             return 4 * b * seq_len * (n_l * per_token_layer + 3 * v)
 
+        fwd_dots, bwd_dots = n_l * (q + 2 * kv + 2 * d + 2 * i) + v, n_l * (5 * d + q + i) + d  # per token
+        fwd_attn, bwd_attn = n_l * c.num_heads * (seq_len + hd), n_l * c.num_heads * (seq_len + 3 * hd)
+        tb = tamper_batch_size or batch_size
+
         return cls(
             defended_params=defended,
             trainable_params=trainable,
@@ -118,6 +138,10 @@ class Workload:
             records=records,
             state_factor=STATE_FACTOR[optimizer],
             adversaries=adversaries,
+            step_dot_bytes=4 * batch_size * seq_len * (fwd_dots + bwd_dots),
+            step_batched_dot_bytes=4 * batch_size * seq_len * (fwd_attn + bwd_attn),
+            tamper_dot_bytes=4 * tb * seq_len * fwd_dots,
+            tamper_batched_dot_bytes=4 * tb * seq_len * fwd_attn,
         )
 
 
@@ -142,12 +166,10 @@ def predict_peak_bytes(w: Workload, estimator: Estimator, chunk: int | None = No
     kind = estimator.kind
     if kind == "exact":
         per = k * (s + g + _RR * a) + 2 * m * a_t
-    elif kind == "remat" and estimator.two_level:
-        grp = max(1.0, math.sqrt(k))
-        per = (k / grp + grp) * s + s + g + _ONE_STEP * a + 2 * a_t
     elif kind == "remat":
-        saved = s + g if estimator.remat_policy == "attack_grad_saveable" else s  # + each step's attack gradient
-        per = k * saved + s + g + _ONE_STEP * a + 2 * a_t
+        x, x_t = _policy_keeps(w, estimator.remat_policy, g)
+        outer, steps, records = _remat_stored(w, estimator.two_level)
+        per = outer * s + steps * (s + x) + records * x_t + s + g + _ONE_STEP * a + 2 * a_t
     elif kind == "mixed":
         per = k * (s + g) + _FWD_OVER_REV * a + 2 * a_t
     elif kind == "truncated":
@@ -160,6 +182,44 @@ def predict_peak_bytes(w: Workload, estimator: Estimator, chunk: int | None = No
     per += big_d  # each adversary's own meta-gradient
     shared = big_d + (big_d if c < w.adversaries else 0)  # defended params (+ the chunk-sum accumulator)
     return MemoryEstimate(int(shared + c * per), int(shared), int(per), c, estimator)
+
+
+def _policy_keeps(w: Workload, policy: str, g: float) -> tuple[float, float]:
+    """Bytes a remat checkpoint policy keeps per step and per tamper record beyond the step's inputs."""
+    if policy == "nothing_saveable":
+        return 0.0, 0.0
+    if policy == "attack_grad_saveable":
+        return g, 0.0
+    if policy == "everything_saveable":
+        return g + _RR * w.step_activation_bytes, 2.0 * w.tamper_activation_bytes
+    sizes = (w.step_dot_bytes, w.tamper_dot_bytes, w.step_batched_dot_bytes, w.tamper_batched_dot_bytes)
+    if any(x is None for x in sizes):
+        raise ValueError(f"planning remat_policy={policy!r} needs the Workload's dot sizes (use Workload.for_llama)")
+    step, rec, step_b, rec_b = sizes
+    if policy == "dots_saveable":
+        return g + step + step_b, rec + rec_b
+    return g + step, rec  # dots_with_no_batch_dims_saveable
+
+
+def _remat_stored(w: Workload, two_level: bool) -> tuple[int, int, int]:
+    """(outer group inputs, step inputs, records) a remat plan keeps at once, grouped as `run_plan` groups them."""
+    every = max(1, w.steps // w.records) if w.records else None
+    runs = plan_runs(0, w.steps, every)
+    group = two_level_group(runs, w.steps) if two_level else None
+    outer = steps = records = 0
+    live_steps = live_records = 0  # the largest group's, recomputed one group at a time
+    for run in runs:
+        gr = grouping(run, group)
+        if gr:
+            q, r = divmod(run.count, gr)
+            outer += q
+            live_steps, live_records = max(live_steps, gr * run.length), max(live_records, gr * run.record)
+        else:
+            r = run.count
+        steps += r * run.length
+        records += r * run.record
+    initial = max(0, w.records - count_records(runs))  # a record before the first step (MLAC's k = 0)
+    return outer, steps + live_steps, records + live_records + initial
 
 
 def choose_plan(

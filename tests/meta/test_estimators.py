@@ -102,6 +102,23 @@ def test_exact_variants_equal_exact(case, name):
     assert _rel(res.hyper_grads, ref.hyper_grads) < 1e-5
 
 
+def test_two_level_with_multi_step_segments_equals_exact(hybrid, case):
+    """Records every 2 steps: two-level remat checkpoints groups of one 2-step segment (the last step stays
+    ungrouped), and the gradient is still exact's."""
+    from jaxtar.attacks.unroll import grouping, plan_runs, two_level_group
+
+    runs = plan_runs(0, K, 2)
+    assert [grouping(r, two_level_group(runs, K)) for r in runs] == [1, 0]
+    with jax.enable_x64(True):
+        sched = TamperSchedule.tar(every=2, rate=0.5)
+        ref, res = (
+            _meta_fn(hybrid, case["batches"], case["tamper"], case["adv"], est, sched)(case["params"], case["hp"])
+            for est in (Estimator("exact"), Estimator("remat", two_level=True))
+        )
+        np.testing.assert_allclose(res.value, ref.value, rtol=1e-12)
+        assert _rel(res.grads, ref.grads) < 1e-5 and _rel(res.hyper_grads, ref.hyper_grads) < 1e-5
+
+
 def test_truncation_limits_are_exact_and_first_order(hybrid, case):
     """truncated(T >= K) is the exact program and truncated(0) the first-order one (identical jaxprs)."""
     with jax.enable_x64(True):

@@ -45,3 +45,53 @@ def test_plan_choice():
     assert choose_plan(work, int(estimates["tar"] * 1.5), exact=False).estimator == Estimator("tar")
     with pytest.raises(ValueError, match="no plan fits"):
         choose_plan(work, 10**6)
+
+
+def test_remat_policies_and_two_level_against_compiled_memory():
+    """Two-level remat stores fewer step inputs than per-step remat (K = 16, records every 4 steps: groups of one
+    4-step segment), a dots-saving policy stores more, and the planner follows all three."""
+    import jax
+
+    from jaxtar.attacks.adversary import Adversary
+    from jaxtar.attacks.unroll import model_attack_problem
+    from jaxtar.meta.estimators import TamperSchedule, meta_value_and_grad
+    from jaxtar.models import LlamaConfig, create_model
+
+    cfg = LlamaConfig.tiny(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                           num_kv_heads=2)  # fmt: skip
+    model, params = create_model(cfg, seed=0)
+    k, b, t = 16, 2, 16
+    ids = jax.random.randint(jax.random.key(1), (k, b, t), 0, cfg.vocab_size)
+    tamper = jax.random.randint(jax.random.key(2), (b, t), 0, cfg.vocab_size)
+
+    def ce(p, x, lora):
+        logits = model.apply(p, x, lora=lora).logits[:, :-1]
+        return -jax.numpy.mean(jax.numpy.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], axis=-1))
+
+    adv = Adversary("sgd", lr=0.1, steps=k)  # SGD: the quickest of these second-order programs to compile
+    problem = model_attack_problem(adv, ce, ce, model=model)
+    work = Workload.for_llama(cfg, batch_size=b, seq_len=t, steps=k, records=k // 4, optimizer="sgd")
+    sched, key = TamperSchedule.tar(every=4), jax.random.key(0)
+    measured, predicted = {}, {}
+    for name, est in {
+        "per_step": Estimator("remat"),
+        "two_level": Estimator("remat", two_level=True),
+        "dots": Estimator("remat", remat_policy="dots_with_no_batch_dims_saveable"),
+    }.items():
+        f = lambda p, est=est: meta_value_and_grad(problem, p, ids, tamper, adversary=adv, key=key, schedule=sched,
+                                                   estimator=est).grads  # fmt: skip
+        measured[name] = compiled_peak_bytes(jax.jit(f).lower(params).compile())
+        predicted[name] = predict_peak_bytes(work, est).total
+    carry = 4 * work.trainable_params  # a step's input: the float32 params (SGD keeps no state)
+    assert measured["two_level"] < measured["per_step"] - 4 * carry, measured  # 8 step inputs fewer, at least 4
+    assert measured["dots"] > measured["per_step"] + k * work.step_dot_bytes / 2, measured
+    assert predicted["two_level"] < predicted["per_step"] < predicted["dots"]
+    for name in measured:
+        assert 0.6 < predicted[name] / measured[name] < 1.5, (name, predicted, measured)
+
+
+def test_planning_a_dots_policy_needs_dot_sizes():
+    work = Workload(10**6, 10**6, 10**7, 10**7, steps=8, records=2, state_factor=2)
+    assert predict_peak_bytes(work, Estimator("remat", remat_policy="attack_grad_saveable")).total > 0
+    with pytest.raises(ValueError, match="dot sizes"):
+        predict_peak_bytes(work, Estimator("remat", remat_policy="dots_saveable"))
