@@ -279,22 +279,13 @@ def make_step(
     defended: PyTree,
     hp: dict[str, jax.Array],
     active_steps: jax.Array | None = None,
-    *,
-    remat_update: bool = False,
 ) -> Callable[[Carry, PyTree], tuple[Carry, jax.Array]]:
-    """The scan body of a plain attack step; steps with index >= `active_steps` leave the state unchanged.
-
-    `remat_update=True` runs the optimiser update under `jax.checkpoint`: reverse mode through the step then keeps
-    only the update's inputs (gradient, state, params) and recomputes its elementwise intermediates, instead of
-    storing them for every step (for Adam about a third of what the `exact` estimator stores per step; measured in
-    README "Meta-gradient benchmark"). No effect unless the step is differentiated.
-    """
-    update = jax.checkpoint(opt.step, prevent_cse=False) if remat_update else opt.step
+    """The scan body of a plain attack step; steps with index >= `active_steps` leave the state unchanged."""
 
     def step(c: Carry, batch: PyTree) -> tuple[Carry, jax.Array]:
         loss, grads = jax.value_and_grad(problem.attack_loss, argnums=1)(defended, c.trainable, batch)
         grads = checkpoint_name(grads, ATTACK_GRAD)  # a remat policy may save it (see jaxtar.meta.Estimator)
-        trainable, state = update(grads, c.opt_state, c.trainable, c.step, hp)
+        trainable, state = opt.step(grads, c.opt_state, c.trainable, c.step, hp)
         if active_steps is not None:
             active = c.step < active_steps
             trainable, state = tree_select(active, (trainable, state), (c.trainable, c.opt_state))

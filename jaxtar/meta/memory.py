@@ -5,30 +5,31 @@ one attack step's forward activations A (estimated from the config), a tamper ev
 m tamper records and D defended parameters (4-byte floats):
 
     weights W = 2 D (defended params in, meta-gradient out)     carry S = (1 + f) P     gradient G = P
-    exact        W + K (S + G + 7.5 A) + 2 m A_t                 (reverse-over-reverse residuals of every step)
+    exact        W + K (S + X) + m X_t + S + G + 8 A + 2 A_t     (X, X_t: the dots policy `EXACT_POLICY` keeps)
     remat        W + K (S + X) + m X_t + S + G + 8 A + 2 A_t     (per-step checkpoint; one step's backward live)
     remat √K     W + n S + k' (S + X) + m' X_t + S + G + 8 A + 2 A_t
     mixed        W + K (S + G) + 12 A + 2 A_t                    (inputs + gradient per step; jvp of grad live)
-    truncated T  W + T (S + G + 7.5 A) + S + 2 m A_t
+    truncated T  W + T (S + X) + m X_t + S + G + 8 A + 2 A_t     (as exact, over the last T steps)
     first_order  W + S + G + 2 A + 1.6 m A_t
     tar          W + S + G + D + 1.5 A + A_t                     (one accumulator, nothing stored per step)
 
 X is what the checkpoint policy keeps per step beyond its inputs, X_t what it keeps per tamper record: nothing for
 "nothing_saveable"; G for "attack_grad_saveable"; G plus every dot output without batch dimensions for
 "dots_with_no_batch_dims_saveable" (per step the projections' and LM head's, forward and backward; per record the
-forward ones); also the batched attention dots for "dots_saveable"; exact's residuals for "everything_saveable". The
-two-level plan stores the inputs of its n outer groups plus k' steps and m' records (one group's and the ungrouped
-ones'), grouped exactly as `jaxtar.attacks.unroll.run_plan` groups them (`two_level_group`).
+forward ones); also the batched attention dots for "dots_saveable"; every residual (G + 7.5 A per step, 2 A_t per
+record) for "everything_saveable". The dot sizes come from `Workload.for_llama`; a Workload without them estimates
+them as fixed fractions of A and A_t (`_DOT_FRACTIONS`, from Llama shapes at T <= 128). The two-level plan stores
+the inputs of its n outer groups plus k' steps and m' records (one group's and the ungrouped ones'), grouped exactly
+as `jaxtar.attacks.unroll.run_plan` groups them (`two_level_group`).
 
 The activation multiples were calibrated once against XLA's CPU allocation (`compiled_peak_bytes`) for a 2-layer
-d=64 Llama with B=4, T=32, K=8 (exact 127.5 MB measured vs 128.2 predicted, remat 26.4 vs 27.9, mixed 34.3 vs
-36.2, tar 6.8 vs 6.8, first_order 15.7 vs 16.5); other shapes and backends can differ by tens of percent, so plan
-with headroom (the SmolLM2-135M shape at K=4: remat and mixed 7-14 % under). The dots-saving remat policies came
-within -12 % to +26 % of XLA's allocation on a d=64 Llama (K=4-16) and the d=256 benchmark Llama (K=4: 1319 MB
-predicted vs 1098 measured; K=16: 2817 vs 2990). Since exact / truncated recompute the optimiser update
-(`make_step(remat_update=True)`), the exact formula over-predicts an Adam attack by ~20 % (AdamW, records every 4:
-d=64 112.8 MB measured vs 136.2 predicted; d=256 4 layers B=4 T=128 K=8 4459 vs 5170 MB); it is left conservative.
-A chunk of c vmapped adversaries multiplies everything but the shared defended params by c.
+d=64 Llama with B=4, T=32, K=8 (remat 26.4 MB measured vs 27.9 predicted, mixed 34.3 vs 36.2, tar 6.8 vs 6.8,
+first_order 15.7 vs 16.5). The dots formulas (exact, truncated, the dots policies; AdamW, records every 4 unless
+noted) came within -18 % to +20 %: d=64 K=8 exact 49.4 MB measured vs 50.2 predicted (records every step), K=16
+exact 77.0 vs 70.9, truncated T=8 57.9 vs 47.6; the d=256 benchmark Llama K=4 / 8 / 16 exact 1098 / 2115 / 3133 MB
+vs 1319 / 1819 / 2817. Other shapes and backends can differ by tens of percent (the SmolLM2-135M shape at K=4: remat
+and mixed 7-14 % under), so plan with headroom. A chunk of c vmapped adversaries multiplies everything but the
+shared defended params by c.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxtar.attacks.unroll import count_records, grouping, plan_runs, two_level_group
-from jaxtar.meta.estimators import Estimator
+from jaxtar.meta.estimators import EXACT_POLICY, Estimator
 
 STATE_FACTOR = {
     "sgd": 0,
@@ -51,6 +52,8 @@ STATE_FACTOR = {
 }
 # Activation multiples (see the module docstring for the calibration).
 _RR, _ONE_STEP, _FWD_OVER_REV = 7.5, 8.0, 12.0
+# Dot outputs as fractions of A (step: without / with batch dims) and A_t (record: the same), when not given.
+_DOT_FRACTIONS = (0.65, 0.25, 0.4, 0.1)
 # Candidate plans, cheapest first in FLOPs (REFERENCE §3): exact ≈3, mixed ≈3.3, remat ≈4, √K remat ≈5.
 EXACT_CANDIDATES = (
     Estimator("exact"),
@@ -164,17 +167,16 @@ def predict_peak_bytes(w: Workload, estimator: Estimator, chunk: int | None = No
     s, g, a, a_t = (1 + w.state_factor) * p, p, w.step_activation_bytes, w.tamper_activation_bytes
     k, m = w.steps, w.records
     kind = estimator.kind
-    if kind == "exact":
-        per = k * (s + g + _RR * a) + 2 * m * a_t
+    if kind in ("exact", "truncated"):
+        t = k if kind == "exact" else min(estimator.truncation, k)
+        x, x_t = _policy_keeps(w, EXACT_POLICY, g)
+        per = t * (s + x) + m * x_t + s + g + _ONE_STEP * a + 2 * a_t
     elif kind == "remat":
         x, x_t = _policy_keeps(w, estimator.remat_policy, g)
         outer, steps, records = _remat_stored(w, estimator.two_level)
         per = outer * s + steps * (s + x) + records * x_t + s + g + _ONE_STEP * a + 2 * a_t
     elif kind == "mixed":
         per = k * (s + g) + _FWD_OVER_REV * a + 2 * a_t
-    elif kind == "truncated":
-        t = min(estimator.truncation, k)
-        per = t * (s + g + _RR * a) + s + 2 * m * a_t
     elif kind == "first_order":
         per = s + g + 2 * a + 1.6 * m * a_t
     else:  # tar
@@ -192,10 +194,9 @@ def _policy_keeps(w: Workload, policy: str, g: float) -> tuple[float, float]:
         return g, 0.0
     if policy == "everything_saveable":
         return g + _RR * w.step_activation_bytes, 2.0 * w.tamper_activation_bytes
-    sizes = (w.step_dot_bytes, w.tamper_dot_bytes, w.step_batched_dot_bytes, w.tamper_batched_dot_bytes)
-    if any(x is None for x in sizes):
-        raise ValueError(f"planning remat_policy={policy!r} needs the Workload's dot sizes (use Workload.for_llama)")
-    step, rec, step_b, rec_b = sizes
+    given = (w.step_dot_bytes, w.step_batched_dot_bytes, w.tamper_dot_bytes, w.tamper_batched_dot_bytes)
+    base = (w.step_activation_bytes,) * 2 + (w.tamper_activation_bytes,) * 2
+    step, step_b, rec, rec_b = (x if x is not None else f * b for x, f, b in zip(given, _DOT_FRACTIONS, base))
     if policy == "dots_saveable":
         return g + step + step_b, rec + rec_b
     return g + step, rec  # dots_with_no_batch_dims_saveable

@@ -90,8 +90,15 @@ def test_remat_policies_and_two_level_against_compiled_memory():
         assert 0.6 < predicted[name] / measured[name] < 1.5, (name, predicted, measured)
 
 
-def test_planning_a_dots_policy_needs_dot_sizes():
+def test_dot_sizes_default_to_fractions_of_the_activations():
+    import dataclasses
+
     work = Workload(10**6, 10**6, 10**7, 10**7, steps=8, records=2, state_factor=2)
-    assert predict_peak_bytes(work, Estimator("remat", remat_policy="attack_grad_saveable")).total > 0
-    with pytest.raises(ValueError, match="dot sizes"):
-        predict_peak_bytes(work, Estimator("remat", remat_policy="dots_saveable"))
+    given = dataclasses.replace(work, step_dot_bytes=6_500_000, step_batched_dot_bytes=2_500_000,
+                                tamper_dot_bytes=4_000_000, tamper_batched_dot_bytes=1_000_000)  # fmt: skip
+    dots = Estimator("remat", remat_policy="dots_saveable")
+    for est in (Estimator("exact"), Estimator("truncated", truncation=3), dots):
+        assert predict_peak_bytes(work, est).total == predict_peak_bytes(given, est).total
+    more = dataclasses.replace(given, step_dot_bytes=7_500_000, tamper_dot_bytes=5_000_000)
+    grown = predict_peak_bytes(more, Estimator("exact")).total - predict_peak_bytes(given, Estimator("exact")).total
+    assert grown == 8 * 1_000_000 + 2 * 1_000_000  # K steps and m records each keep their dot outputs
