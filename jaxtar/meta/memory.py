@@ -68,8 +68,8 @@ class Workload:
     """Sizes that drive memory (counts of scalars; activations in bytes, per adversary).
 
     The `*_dot_bytes` (outputs of one attack step's dots, forward and backward, without / with batch dimensions, and
-    of one tamper record's forward dots) are only needed to plan `remat` with a dots-saving checkpoint policy;
-    `for_llama` fills them in.
+    of one tamper record's forward dots) size what `exact`, `truncated` and the dots-saving remat policies keep per
+    step; `for_llama` fills them in, and when they are None they are estimated from the activations.
 
     Example:
         >>> w = Workload(defended_params=1000, trainable_params=1000, step_activation_bytes=4000,
