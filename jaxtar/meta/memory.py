@@ -167,13 +167,11 @@ def predict_peak_bytes(w: Workload, estimator: Estimator, chunk: int | None = No
     s, g, a, a_t = (1 + w.state_factor) * p, p, w.step_activation_bytes, w.tamper_activation_bytes
     k, m = w.steps, w.records
     kind = estimator.kind
-    if kind in ("exact", "truncated"):
-        t = k if kind == "exact" else min(estimator.truncation, k)
-        x, x_t = _policy_keeps(w, EXACT_POLICY, g)
-        per = t * (s + x) + m * x_t + s + g + _ONE_STEP * a + 2 * a_t
-    elif kind == "remat":
-        x, x_t = _policy_keeps(w, estimator.remat_policy, g)
-        outer, steps, records = _remat_stored(w, estimator.two_level)
+    if kind in ("exact", "truncated", "remat"):  # exact and truncated are per-step remat under EXACT_POLICY
+        x, x_t = _policy_keeps(w, estimator.remat_policy if kind == "remat" else EXACT_POLICY, g)
+        outer, steps, records = _remat_stored(w, kind == "remat" and estimator.two_level)
+        if kind == "truncated":
+            steps = min(estimator.truncation, steps)
         per = outer * s + steps * (s + x) + records * x_t + s + g + _ONE_STEP * a + 2 * a_t
     elif kind == "mixed":
         per = k * (s + g) + _FWD_OVER_REV * a + 2 * a_t
