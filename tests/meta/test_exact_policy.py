@@ -6,7 +6,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jaxtar.attacks.adversary import Adversary
 from jaxtar.attacks.unroll import model_attack_problem
@@ -14,10 +13,9 @@ from jaxtar.meta.estimators import Estimator, TamperSchedule, meta_value_and_gra
 from jaxtar.meta.memory import compiled_peak_bytes
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_exact_equals_storing_everything_with_less_memory(llama, optimizer):
-    adam = dict(eps=1e-3, eps_root=1e-16) if optimizer == "adamw" else {}  # well conditioned (see llama_exact)
-    adv = Adversary(optimizer, lr=1e-2, weight_decay=0.01, steps=llama["K"], **adam)
+def test_exact_equals_storing_everything_with_less_memory(llama):
+    """AdamW (SGD's program is a subset and costs another 30 s of compile in CI)."""
+    adv = Adversary("adamw", lr=1e-2, weight_decay=0.01, steps=llama["K"], eps=1e-3, eps_root=1e-16)  # see llama_exact
     problem = model_attack_problem(adv, llama["attack_ce"], llama["neg_entropy"], model=llama["model"])
     estimators = {"exact": Estimator("exact"), "everything": Estimator("remat", remat_policy="everything_saveable")}
 
