@@ -174,6 +174,9 @@ class TarConfig:
         setting: train-time adversary suite of `jaxtar.attacks.tar_train_adversaries`.
         adversary_lrs: replace the suite's learning rates (e.g. for a toy model); None keeps them.
         adversaries_per_step: A adversaries drawn per outer step, vmapped (their meta-gradients are averaged).
+        adversary_chunk_size: run the A adversaries in chunks of this many, one chunk after another: bounds memory to
+            a chunk's, same result up to float rounding. None = all A as one vmap. On a CPU at the SmolLM2 shape one
+            at a time (1) was faster than one vmap (README, TAR outer step); on accelerators vmap fills the device.
         adversary_batch_size, tamper_batch_size, retain_batch_size: sequences per batch.
         estimator: meta-gradient estimator (``tar`` = the paper's first order; ``exact``/``remat`` = second order).
         truncation: T for ``estimator: truncated``.
@@ -200,6 +203,7 @@ class TarConfig:
     setting: str = "bio"
     adversary_lrs: tuple[float, ...] | None = None
     adversaries_per_step: int = 1
+    adversary_chunk_size: int | None = None
     adversary_batch_size: int = 32
     tamper_batch_size: int = 64
     retain_batch_size: int = 64
@@ -214,7 +218,7 @@ class TarConfig:
     def __post_init__(self) -> None:
         _positive(self, "outer_steps", "lr", "inner_steps", "tamper_every", "dpo_beta", "adversaries_per_step")
         _positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
-        _positive(self, "eps", "max_grad_norm")
+        _positive(self, "eps", "max_grad_norm", "adversary_chunk_size")
         _non_negative(self, "warmup_steps", "weight_decay", "lambda_tr", "lambda_retain", "lambda_representation")
         _non_negative(self, "sft_steps", "tamper_rate")
         _unit(self, "b1", "b2")

@@ -80,6 +80,7 @@ def test_invalid_values_are_refused_by_the_dataclasses():
         "tar.setting": ("chem", "setting must be one of"),
         "tar.tamper_loss": ("kl", "tamper_loss must be one of"),
         "tar.adversary_lrs": ([], "adversary_lrs must be positive numbers"),
+        "tar.adversary_chunk_size": (0, "TarConfig.adversary_chunk_size must be > 0"),
         "random_mapping.steps": (0, "RandomMappingConfig.steps must be > 0"),
         "data.max_length": (0, "DataConfig.max_length must be > 0"),
     }

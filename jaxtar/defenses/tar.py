@@ -151,6 +151,7 @@ def make_tar_step(
         meta = vmap_meta_value_and_grad(
             problem, params, group, batches["adversary"], batches["tamper"], key=key, schedule=schedule,
             estimator=estimator, hyperparams=batches["hyperparams"], reduce="mean",
+            chunk_size=config.adversary_chunk_size,
         )  # fmt: skip
         (retain, (ce, rep)), g_retain = jax.value_and_grad(losses["retain"], has_aux=True)(
             params, frozen, batches["retain"]

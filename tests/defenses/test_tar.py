@@ -17,6 +17,7 @@ import pytest
 from jaxtar.config import load_config
 from jaxtar.defenses import TarData, build_tar_phases, load_model, run_tar, tar_losses, train_suite
 from jaxtar.defenses._loop import step_key
+from jaxtar.meta.memory import compiled_peak_bytes
 
 K, S, A = 4, 2, 2  # as in conftest.TAR_TEST_OVERRIDES
 
@@ -141,6 +142,30 @@ def test_outer_step_matches_python_loop_reference(env):
     np.testing.assert_allclose(delta[clear], ref_delta[clear], rtol=1e-3, atol=1e-9)
     assert float(metrics["tamper_value"]) == pytest.approx(ref_tamper, rel=1e-5)
     assert float(metrics["representation"]) > 0 and float(metrics["finite_fraction"]) == 1.0
+
+
+def test_adversaries_one_at_a_time_equal_one_vmap(env):
+    """`adversary_chunk_size: 1` runs the A = 2 adversaries one after another: the same outer step as one vmap."""
+    config, model, base, tokenizer, phase, data = env
+    one_by_one = dataclasses.replace(config, tar=dataclasses.replace(config.tar, adversary_chunk_size=1))
+    chunked = build_tar_phases(one_by_one, model, base, tokenizer)[0][0]
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: x + 0.01 * rng.standard_normal(x.shape).astype(x.dtype), base)
+    batches, key = data.batches(3), step_key(0, 3)
+    new, state, metrics = phase.step_fn(params, phase.init_opt_state(params), batches, key, base)
+    new_c, state_c, metrics_c = chunked.step_fn(params, chunked.init_opt_state(params), batches, key, base)
+    nu, nu_c = _flat(_nu(state)), _flat(_nu(state_c))  # (1 - b2) g^2
+    np.testing.assert_allclose(nu_c, nu, rtol=1e-4, atol=1e-6 * np.max(nu))
+    delta, delta_c = _flat(new) - _flat(params), _flat(new_c) - _flat(params)
+    clear = nu > 1e-6 * np.max(nu)  # Adam's first step ~ lr g / (|g| + eps): compare above the float32 noise floor
+    assert clear.mean() > 0.5 and np.max(np.abs(delta)) > 1e-5
+    np.testing.assert_allclose(delta_c[clear], delta[clear], rtol=1e-3, atol=1e-9)
+    for name in ("tamper_value", "grad_norm_tamper", "attack_final"):
+        assert float(metrics_c[name]) == pytest.approx(float(metrics[name]), rel=1e-5), name
+    args = (params, phase.init_opt_state(params), batches, key, base)
+    pairs = (("all", phase), ("one", chunked))
+    peak = {n: compiled_peak_bytes(ph.step_fn.jitted.lower(*args).compile()) for n, ph in pairs}
+    assert peak["one"] < 0.9 * peak["all"], peak  # one adversary's attack state live at a time
 
 
 def test_batches_are_a_function_of_the_step(env):
