@@ -35,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from bench_machine import usable_cores  # noqa: E402
 
 from jaxtar.checkpoint import write_text_atomic  # noqa: E402
 from jaxtar.models import LlamaConfig, create_model, save_pretrained  # noqa: E402
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where results go (default {RESULTS})")
     args = parser.parse_args()  # --no-hugepages is read before the imports, where the restart happens
     repeats = args.repeats or (3 if args.quick else 7)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     torch.set_num_threads(cores)
     configs = [("tiny d=64 L=2", LlamaConfig.tiny(vocab_size=1024), 8, 64)]
     configs.append(("d=256 L=4", LlamaConfig.tiny(hidden_size=256, intermediate_size=768, num_layers=4,

@@ -12,6 +12,9 @@ medians over interleaved repeats (JAX step, PyTorch step, ...) after compilation
 
     python benchmarks/bench_tar.py --quick    # a few minutes on 2 CPU cores
     python benchmarks/bench_tar.py            # full: the 30-layer SmolLM2 shape, K = 8
+
+Like bench_meta.py it restarts itself with glibc's huge-page tunable (`jaxtar.hugepages`; ``--no-hugepages`` turns
+that off) and honours ``taskset``: PyTorch's thread counts are 1 and the cores this process may run on.
 """
 
 from __future__ import annotations
@@ -23,20 +26,29 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-import transformers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtar.checkpoint import write_text_atomic
-from jaxtar.config import TarConfig
-from jaxtar.defenses import make_tar_step, train_suite
-from jaxtar.models import LlamaConfig, create_model, save_pretrained
+from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
+
+if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
+    hugepages.reexec_with_hugepages()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from bench_machine import usable_cores  # noqa: E402
+
+from jaxtar.checkpoint import write_text_atomic  # noqa: E402
+from jaxtar.config import TarConfig  # noqa: E402
+from jaxtar.defenses import make_tar_step, train_suite  # noqa: E402
+from jaxtar.models import LlamaConfig, create_model, save_pretrained  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -56,10 +68,10 @@ def _toy_model() -> LlamaConfig:
     return toy_model_config(toy_world(0).tokenizer)
 
 
-def _tar(k: int, s: int, a: int, b: int) -> TarConfig:
+def _tar(k: int, s: int, a: int, b: int, chunk: int | None = None) -> TarConfig:
     return TarConfig(inner_steps=k, tamper_every=s, adversaries_per_step=a, adversary_batch_size=b,
                      tamper_batch_size=b, retain_batch_size=b, setting="cyber", lr=1e-4, warmup_steps=0,
-                     adversary_lrs=(1e-4, 2e-4))  # fmt: skip
+                     adversary_lrs=(1e-4, 2e-4), adversary_chunk_size=chunk)  # fmt: skip
 
 
 def cases(quick: bool) -> list[Case]:
@@ -69,14 +81,17 @@ def cases(quick: bool) -> list[Case]:
         return [
             Case("toy, A=1", toy, 48, _tar(8, 4, 1, 16), 5),
             Case("toy, A=4", toy, 48, _tar(8, 4, 4, 16), 3),
+            Case("toy, A=4 one at a time (chunk 1)", toy, 48, _tar(8, 4, 4, 16, chunk=1), 3),
             Case("SmolLM2 shape (4 of 30 layers), A=1", smol4, 32, _tar(2, 1, 1, 2), 3),
-            Case("SmolLM2 shape (4 of 30 layers), A=2", smol4, 32, _tar(2, 1, 2, 2), 2),
+            Case("SmolLM2 shape (4 of 30 layers), A=2", smol4, 32, _tar(2, 1, 2, 2), 3),
+            Case("same, A=2 one at a time (chunk 1)", smol4, 32, _tar(2, 1, 2, 2, chunk=1), 3),
         ]
     return [
         Case("toy, A=1", toy, 48, _tar(16, 4, 1, 16), 7),
         Case("toy, A=4", toy, 48, _tar(16, 4, 4, 16), 5),
         Case("SmolLM2-135M shape, A=1", smol, 64, _tar(8, 4, 1, 4), 3),
         Case("SmolLM2-135M shape, A=2", smol, 64, _tar(8, 4, 2, 4), 3),
+        Case("same, A=2 one at a time (chunk 1)", smol, 64, _tar(8, 4, 2, 4, chunk=1), 3),
     ]
 
 
@@ -227,7 +242,7 @@ def bench(case: Case) -> dict:
 
     # PyTorch at 1 thread and at all cores, the faster kept (OpenMP spin-waiting makes multi-threaded eager torch
     # collapse on an oversubscribed CPU; XLA's CPU runtime does not spin)
-    jt, tt = [], {n: [] for n in sorted({1, os.cpu_count() or 1})}
+    jt, tt = [], {n: [] for n in sorted({1, usable_cores()})}
     for _ in range(case.repeats):  # interleaved: background load hits both alike
         jt.append(_time(jax_step))
         for threads, times in tt.items():
@@ -249,14 +264,19 @@ def bench(case: Case) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats (a few minutes on 2 cores)")
-    args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    device = f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    report = {"device": device, "jax": jax.__version__, "torch": torch.__version__, "rows": []}
+    parser.add_argument("--no-hugepages", action="store_true", help="do not restart with glibc's huge-page tunable")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where results go (default {RESULTS})")
+    args = parser.parse_args()  # --no-hugepages is read before the imports, where the restart happens
+    cores = usable_cores()
+    torch.set_num_threads(cores)
+    machine = platform.processor() or platform.machine()
+    device = f"{jax.devices()[0].device_kind} ({machine}, {cores} of {os.cpu_count()} cores)"
+    report = {"device": device, "jax": jax.__version__, "torch": torch.__version__, "hugepages": hugepages.status(),
+              "rows": []}  # fmt: skip
     report["matmul_gflops"] = matmul_gflops()
     for case in cases(args.quick):
         row = bench(case)
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(cores)
         row["matmul_gflops"] = matmul_gflops()  # right after the case: the load it ran under varies on a shared CPU
         report["rows"].append(row)
         print(f"{case.name}: JAX {row['jax_steps_per_s']:.3g} steps/s, PyTorch {row['torch_steps_per_s']:.3g} "
@@ -266,7 +286,8 @@ def main() -> None:
     lines = [
         f"Device: {device}; jax {jax.__version__}, torch {torch.__version__}. TAR outer step (first order, K inner "
         "AdamW steps, tamper every s, retain + representation, schedule-free AdamW); medians of interleaved repeats; "
-        f"PyTorch: the faster of 1 thread and {os.cpu_count()}; load average at the end {os.getloadavg()[0]:.1f}.",
+        f"PyTorch: the faster of 1 thread and {cores}; {report['hugepages']}; load average at the end "
+        f"{os.getloadavg()[0]:.1f}.",
         f"Matmul rate (1024^3 fp32, this run): JAX {mm['jax']:.0f} GFLOP/s, PyTorch {mm['torch']:.0f} GFLOP/s at the "
         f"start; JAX/PyTorch after each case {per_case}. The % columns use the rate measured after the row's case.",
         "",
@@ -282,15 +303,16 @@ def main() -> None:
             f"({100 * r['jax_gflops'] / r['matmul_gflops']['jax']:.0f} %) | {r['torch_gflops']:.1f} "
             f"({100 * r['torch_gflops'] / r['matmul_gflops']['torch']:.0f} %) | {r['compile_s']:.0f} |"
         )
-    lines += ["", "ratio = PyTorch step time / JAX step time (> 1: JAX faster). A > 1: JAX vmaps the adversaries, "
-              "PyTorch loops over them (as the official code would)."]  # fmt: skip
+    lines += ["", "ratio = PyTorch step time / JAX step time (> 1: JAX faster). A > 1: JAX vmaps the adversaries "
+              "(or, with chunk 1, runs them one after another inside the jitted step), PyTorch loops over them (as the "
+              "official code would)."]  # fmt: skip
     table = "\n".join(lines)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     for name, text in ((f"tar{suffix}.json", json.dumps(report, indent=2) + "\n"), (f"tar{suffix}.md", table + "\n")):
-        write_text_atomic(RESULTS / name, text)  # a killed run leaves the previous results intact
-    print(f"wrote {RESULTS}/tar{suffix}.{{json,md}}")
+        write_text_atomic(args.out_dir / name, text)  # a killed run leaves the previous results intact
+    print(f"wrote {args.out_dir}/tar{suffix}.{{json,md}}")
 
 
 if __name__ == "__main__":
