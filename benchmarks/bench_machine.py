@@ -1,8 +1,10 @@
-"""What the benchmarks may use of this machine (standard library only)."""
+"""Shared by the benchmarks (standard library only): the cores this process may use, and steady-state timing."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 
 def usable_cores() -> int:
@@ -13,3 +15,19 @@ def usable_cores() -> int:
         True
     """
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def second_call_seconds(fn: Callable[[], object]) -> float:
+    """Wall-clock of the second of two back-to-back calls of ``fn``: the steady state of a loop that calls it.
+
+    On a shared CPU the first call of a jitted program after other work (another program, the other framework's
+    call) was up to 1.3-1.7x slower here, so interleaved side-by-side timings time the second call of each.
+
+    Example:
+        >>> second_call_seconds(lambda: sum(range(10))) >= 0.0
+        True
+    """
+    fn()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

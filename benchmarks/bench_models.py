@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from bench_machine import usable_cores  # noqa: E402
+from bench_machine import second_call_seconds, usable_cores  # noqa: E402
 
 from jaxtar.checkpoint import write_text_atomic  # noqa: E402
 from jaxtar.models import LlamaConfig, create_model, save_pretrained  # noqa: E402
@@ -108,13 +108,13 @@ def bench_config(name: str, config: LlamaConfig, batch: int, length: int, repeat
         fn()  # warm-up
     row = {"config": name, "batch": batch, "length": length, "compile_forward_s": compile_fwd,
            "compile_fwd_bwd_s": compile_bwd}  # fmt: skip
-    # interleave the two frameworks so background load hits both alike
+    # interleave the two frameworks so background load hits both alike; time the second of two calls (steady state)
     jf, tf, jb, tb = [], [], [], []
     for _ in range(repeats):
-        jf.append(_median_time(jax_fwd, 1))
-        tf.append(_median_time(torch_fwd, 1))
-        jb.append(_median_time(jax_bwd, 1))
-        tb.append(_median_time(torch_bwd, 1))
+        jf.append(second_call_seconds(jax_fwd))
+        tf.append(second_call_seconds(torch_fwd))
+        jb.append(second_call_seconds(jax_bwd))
+        tb.append(second_call_seconds(torch_bwd))
     for key, values in {"jax_fwd": jf, "torch_fwd": tf, "jax_fwd_bwd": jb, "torch_fwd_bwd": tb}.items():
         row[f"{key}_s"] = statistics.median(values)
         row[f"{key}_tok_s"] = tokens / statistics.median(values)

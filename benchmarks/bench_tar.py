@@ -8,7 +8,9 @@ the starting weights), schedule-free AdamW outer step (the ``schedulefree`` pack
 
 Achieved GFLOP/s use the same analytic FLOP count for both (6 N per token for forward+backward, 2 N for forward,
 attention scores included) and are set against the machine's fp32 matmul rate measured in the same run. Timings are
-medians over interleaved repeats (JAX step, PyTorch step, ...) after compilation / warm-up. Not a test.
+medians over interleaved repeats (JAX step, PyTorch step, ...) after compilation / warm-up; each timed call follows an
+untimed call of the same step, as in a training loop (on a 2-core CPU the first call of a jitted program after other
+work ran was up to 1.3x slower, with the same page faults). Not a test.
 
     python benchmarks/bench_tar.py --quick    # a few minutes on 2 CPU cores
     python benchmarks/bench_tar.py            # full: the 30-layer SmolLM2 shape, K = 8
@@ -43,7 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from bench_machine import usable_cores  # noqa: E402
+from bench_machine import second_call_seconds, usable_cores  # noqa: E402
 
 from jaxtar.checkpoint import write_text_atomic  # noqa: E402
 from jaxtar.config import TarConfig  # noqa: E402
@@ -244,10 +246,10 @@ def bench(case: Case) -> dict:
     # collapse on an oversubscribed CPU; XLA's CPU runtime does not spin)
     jt, tt = [], {n: [] for n in sorted({1, usable_cores()})}
     for _ in range(case.repeats):  # interleaved: background load hits both alike
-        jt.append(_time(jax_step))
+        jt.append(second_call_seconds(jax_step))
         for threads, times in tt.items():
             torch.set_num_threads(threads)
-            times.append(_time(lambda: torch_tar.step(batches)))
+            times.append(second_call_seconds(lambda: torch_tar.step(batches)))
     flops, tokens = step_flops(case)
     threads = min(tt, key=lambda n: statistics.median(tt[n]))
     j, t = statistics.median(jt), statistics.median(tt[threads])
