@@ -20,8 +20,9 @@ def usable_cores() -> int:
 def second_call_seconds(fn: Callable[[], object]) -> float:
     """Wall-clock of the second of two back-to-back calls of ``fn``: the steady state of a loop that calls it.
 
-    On a shared CPU the first call of a jitted program after other work (another program, the other framework's
-    call) was up to 1.3-1.7x slower here, so interleaved side-by-side timings time the second call of each.
+    With glibc's huge-page tunable on (``jaxtar.hugepages``), a jitted program's first call after other work (another
+    program, the other framework's call) was 1.2-1.6x slower here than its second, so interleaved side-by-side timings
+    time the second call of each (README: TAR outer step).
 
     Example:
         >>> second_call_seconds(lambda: sum(range(10))) >= 0.0

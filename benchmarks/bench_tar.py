@@ -9,8 +9,8 @@ the starting weights), schedule-free AdamW outer step (the ``schedulefree`` pack
 Achieved GFLOP/s use the same analytic FLOP count for both (6 N per token for forward+backward, 2 N for forward,
 attention scores included) and are set against the machine's fp32 matmul rate measured in the same run. Timings are
 medians over interleaved repeats (JAX step, PyTorch step, ...) after compilation / warm-up; each timed call follows an
-untimed call of the same step, as in a training loop (on a 2-core CPU a jitted step's first call right after PyTorch's
-was 1.5-1.7x slower at the SmolLM2 shape; see `bench_machine.second_call_seconds`). Not a test.
+untimed call of the same step, as in a training loop (with huge pages on, a jitted step's first call right after
+PyTorch's was 1.3-1.7x slower at the SmolLM2 shape; see `bench_machine.second_call_seconds`). Not a test.
 
     python benchmarks/bench_tar.py --quick    # a few minutes on 2 CPU cores
     python benchmarks/bench_tar.py            # full: the 30-layer SmolLM2 shape, K = 8
