@@ -52,7 +52,7 @@ def targets(meta: dict, rows: list[dict], vmap_rows: list[dict]) -> list[dict]:
         if (r := get("jax", "tar")) is not None:
             add("tar wall <= 1.3(1+1/s) x plain", round(r["wall_x_plain"], 2), round(1.3 * (1 + 1 / s), 3),
                 r["wall_x_plain"] <= 1.3 * (1 + 1 / s), where)  # fmt: skip
-        for method in ("remat", "remat_grad", "remat_dots"):  # per-step checkpointing (remat_dots: older results)
+        for method in ("remat", "remat_grad"):  # per-step checkpointing, two save policies (the dots one is `exact`)
             if (r := get("jax", method)) is not None:
                 add(f"{method} wall <= 4.5x plain", round(r["wall_x_plain"], 2), 4.5, r["wall_x_plain"] <= 4.5, where)
                 add(f"{method} FLOPs <= 3.7x plain", round(r["flops_x_plain"], 2), 3.7, r["flops_x_plain"] <= 3.7,

@@ -123,23 +123,33 @@ def _flat(tree):
     return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
 
+def _perturbed(base, seed):
+    """Start away from the base so the representation term has a gradient."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: x + 0.01 * rng.standard_normal(x.shape).astype(x.dtype), base)
+
+
+def _assert_first_updates_agree(params, new, ref_new, ref_nu):
+    """The first Adam step is ~ lr * g / (|g| + eps): compare where |g| is not at the float32 noise floor."""
+    delta, ref_delta = _flat(new) - _flat(params), _flat(ref_new) - _flat(params)
+    clear = ref_nu > 1e-6 * np.max(ref_nu)
+    assert clear.mean() > 0.5
+    np.testing.assert_allclose(delta[clear], ref_delta[clear], rtol=1e-3, atol=1e-9)
+    return ref_delta
+
+
 def test_outer_step_matches_python_loop_reference(env):
     config, model, base, _, phase, data = env
     step = next(i for i in range(50) if len({a.data for a in data.adversaries(i)}) == 2)  # forget + retain->forget
     assert {a.switch_step for a in data.adversaries(step)} - {None}, "a retain->forget adversary has a switch point"
-    rng = np.random.default_rng(0)  # start away from the base so the representation term has a gradient
-    params = jax.tree.map(lambda x: x + 0.01 * rng.standard_normal(x.shape).astype(x.dtype), base)
+    params = _perturbed(base, 0)
     batches = data.batches(step)
     new, state, metrics = phase.step_fn(params, phase.init_opt_state(params), batches, step_key(0, step), base)
     ref_new, ref_state, ref_tamper = _reference_step(model, params, base, batches, config.tar)
 
     nu, ref_nu = _flat(_nu(state)), _flat(_nu(ref_state))
     assert np.max(np.abs(nu - ref_nu)) / np.max(ref_nu) < 1e-4  # (1 - b2) g^2: the gradient's magnitude
-    # The first Adam step is ~ lr * g / (|g| + eps): compare where |g| is not at the float32 noise floor
-    delta, ref_delta = _flat(new) - _flat(params), _flat(ref_new) - _flat(params)
-    clear = ref_nu > 1e-6 * np.max(ref_nu)
-    assert clear.mean() > 0.5
-    np.testing.assert_allclose(delta[clear], ref_delta[clear], rtol=1e-3, atol=1e-9)
+    _assert_first_updates_agree(params, new, ref_new, ref_nu)
     assert float(metrics["tamper_value"]) == pytest.approx(ref_tamper, rel=1e-5)
     assert float(metrics["representation"]) > 0 and float(metrics["finite_fraction"]) == 1.0
 
@@ -149,17 +159,14 @@ def test_adversaries_one_at_a_time_equal_one_vmap(env):
     config, model, base, tokenizer, phase, data = env
     one_by_one = dataclasses.replace(config, tar=dataclasses.replace(config.tar, adversary_chunk_size=1))
     chunked = build_tar_phases(one_by_one, model, base, tokenizer)[0][0]
-    rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda x: x + 0.01 * rng.standard_normal(x.shape).astype(x.dtype), base)
+    params = _perturbed(base, 1)
     batches, key = data.batches(3), step_key(0, 3)
     new, state, metrics = phase.step_fn(params, phase.init_opt_state(params), batches, key, base)
     new_c, state_c, metrics_c = chunked.step_fn(params, chunked.init_opt_state(params), batches, key, base)
     nu, nu_c = _flat(_nu(state)), _flat(_nu(state_c))  # (1 - b2) g^2
     np.testing.assert_allclose(nu_c, nu, rtol=1e-4, atol=1e-6 * np.max(nu))
-    delta, delta_c = _flat(new) - _flat(params), _flat(new_c) - _flat(params)
-    clear = nu > 1e-6 * np.max(nu)  # Adam's first step ~ lr g / (|g| + eps): compare above the float32 noise floor
-    assert clear.mean() > 0.5 and np.max(np.abs(delta)) > 1e-5
-    np.testing.assert_allclose(delta_c[clear], delta[clear], rtol=1e-3, atol=1e-9)
+    delta = _assert_first_updates_agree(params, new_c, new, nu)
+    assert np.max(np.abs(delta)) > 1e-5  # the step moved the weights
     for name in ("tamper_value", "grad_norm_tamper", "attack_final"):
         assert float(metrics_c[name]) == pytest.approx(float(metrics[name]), rel=1e-5), name
     args = (params, phase.init_opt_state(params), batches, key, base)
