@@ -12,15 +12,9 @@ Example:
     [0.5, 0.5]
 """
 
-from jaxtar.meta.estimators import (
-    ESTIMATORS,
-    Estimator,
-    MetaAux,
-    MetaResult,
-    TamperSchedule,
-    meta_value_and_grad,
-)
+from jaxtar.meta.estimators import MetaAux, MetaResult, meta_value_and_grad
 from jaxtar.meta.memory import MemoryEstimate, Workload, choose_plan, compiled_peak_bytes, predict_peak_bytes
+from jaxtar.meta.spec import ESTIMATORS, Estimator, TamperSchedule
 from jaxtar.meta.vectorize import AdversaryGroup, group_adversaries, vmap_meta_value_and_grad
 
 __all__ = [

@@ -21,17 +21,14 @@ defended params (and optionally the adversary's hyper-parameters) under one of s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxtar.attacks.adversary import ADAM_FAMILY, Adversary
 from jaxtar.attacks.optimizers import AttackOptimizer, make_optimizer
 from jaxtar.attacks.unroll import (
-    ATTACK_GRAD,
     AttackProblem,
     Carry,
     count_records,
@@ -41,126 +38,9 @@ from jaxtar.attacks.unroll import (
     tree_select,
     two_level_group,
 )
+from jaxtar.meta.spec import EXACT_POLICY, Estimator, TamperSchedule, checkpoint_policy
 
 PyTree = Any
-ESTIMATORS = ("exact", "remat", "mixed", "truncated", "first_order", "tar")
-WEIGHTINGS = ("exponential", "uniform", "final")
-# What `exact` (and `truncated`'s differentiated steps) keep per step: every matmul output without batch dimensions
-# (projections, LM head, forward and backward) and the step's inputs; the elementwise intermediates (norms,
-# activations, softmax, the optimiser update) are recomputed in the backward pass. Same gradient as storing
-# everything, ~0.9x its time and ~0.45-0.55x its memory on CPU (d=64 and d=256 Llamas, K=4-16).
-EXACT_POLICY = "dots_with_no_batch_dims_saveable"
-_POLICIES = (
-    "nothing_saveable",
-    "attack_grad_saveable",
-    "everything_saveable",
-    "dots_saveable",
-    "dots_with_no_batch_dims_saveable",
-)
-
-
-def _policy(name: str):
-    """A `jax.checkpoint` policy by name; "attack_grad_saveable" keeps each step's attack gradient (one more
-    param-sized array per step), so the recomputation skips the weight-gradient matmuls."""
-    if name == "attack_grad_saveable":
-        return jax.checkpoint_policies.save_only_these_names(ATTACK_GRAD)
-    return getattr(jax.checkpoint_policies, name)
-
-
-@dataclass(frozen=True)
-class Estimator:
-    """How the meta-gradient is computed (see the module docstring).
-
-    Args:
-        kind: one of `ESTIMATORS`.
-        remat_policy: a `jax.checkpoint_policies` name for "remat", or "attack_grad_saveable" (keep each step's
-            attack gradient: ~7 % fewer FLOPs than "nothing_saveable" for K more param-sized arrays).
-        two_level: "remat" only: also checkpoint groups of ~sqrt(K) steps.
-        truncation: T for "truncated" (steps differentiated exactly, counted from the end).
-
-    Example:
-        >>> Estimator("truncated", truncation=4).kind
-        'truncated'
-    """
-
-    kind: str = "exact"
-    remat_policy: str = "nothing_saveable"
-    two_level: bool = False
-    truncation: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ESTIMATORS:
-            raise ValueError(f"Estimator.kind must be one of {ESTIMATORS}, got {self.kind!r}")
-        if self.remat_policy not in _POLICIES:
-            raise ValueError(f"Estimator.remat_policy must be one of {_POLICIES}, got {self.remat_policy!r}")
-        if self.two_level and self.kind != "remat":
-            raise ValueError("Estimator.two_level only applies to kind='remat'")
-        if (self.kind == "truncated") != (self.truncation is not None):
-            raise ValueError("Estimator.truncation must be set exactly when kind='truncated'")
-        if self.truncation is not None and self.truncation < 0:
-            raise ValueError(f"Estimator.truncation must be >= 0, got {self.truncation}")
-
-    @property
-    def differentiates_unroll(self) -> bool:
-        """Whether gradients flow through the attack's optimiser steps (needs eps_root > 0 for Adam)."""
-        return self.kind in ("exact", "remat", "mixed") or (self.kind == "truncated" and self.truncation > 0)
-
-
-@dataclass(frozen=True)
-class TamperSchedule:
-    """Where the tamper loss is recorded and with which weights.
-
-    Args:
-        every: record after every step number j divisible by this (j = 1..K).
-        include_initial: also record j = 0 (before any step; MLAC does).
-        weighting: "exponential" (w_j = exp(rate * (j - K)), TAR), "uniform" (mean over records, MLAC) or
-            "final" (only the last record, weight 1).
-        rate: the exponential rate (TAR: 0.0625).
-
-    Example:
-        >>> TamperSchedule.tar(every=4).weights(steps=8).round(3).tolist()
-        [0.779, 1.0]
-    """
-
-    every: int = 1
-    include_initial: bool = False
-    weighting: str = "exponential"
-    rate: float = 0.0625
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"TamperSchedule.every must be >= 1, got {self.every}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"TamperSchedule.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-
-    @classmethod
-    def tar(cls, every: int = 4, rate: float = 0.0625) -> TamperSchedule:
-        """TAR's schedule: every s-th step, exponentially increasing weights."""
-        return cls(every=every, weighting="exponential", rate=rate)
-
-    @classmethod
-    def mlac(cls) -> TamperSchedule:
-        """MLAC's schedule: the mean over k = 0..K."""
-        return cls(every=1, include_initial=True, weighting="uniform")
-
-    def record_steps(self, max_steps: int) -> np.ndarray:
-        """Step numbers j (0..max_steps) at which the tamper loss is recorded."""
-        first = [0] if self.include_initial else []
-        return np.array(first + list(range(self.every, max_steps + 1, self.every)), dtype=np.int64)
-
-    def weights(self, steps: int, max_steps: int | None = None) -> np.ndarray:
-        """Weights of the records of a `steps`-step attack run in a loop of `max_steps` (zero past `steps`)."""
-        j = self.record_steps(steps if max_steps is None else max_steps)
-        live = j <= steps
-        if not live.any():
-            raise ValueError(f"no tamper record within {steps} steps (every={self.every})")
-        if self.weighting == "exponential":
-            w = np.exp(self.rate * (j - steps))
-        elif self.weighting == "uniform":
-            w = np.full(j.shape, 1.0 / live.sum())
-        else:
-            w = (j == j[live].max()).astype(np.float64)
-        return np.where(live, w, 0.0)
 
 
 class MetaAux(NamedTuple):
@@ -279,7 +159,7 @@ def _objective(cfg: _Setup, d, hp, active, weights, batches, tamper_batch, key):
     if est.kind == "mixed":
         step = _mixed_step(problem, opt)(d, hp, active)
     if est.kind in ("remat", "exact", "truncated"):
-        policy = _policy(est.remat_policy if est.kind == "remat" else EXACT_POLICY)
+        policy = checkpoint_policy(est.remat_policy if est.kind == "remat" else EXACT_POLICY)
         step, record = jax.checkpoint(step, policy=policy), jax.checkpoint(record, policy=policy)
 
     n0 = 1 if sched.include_initial else 0

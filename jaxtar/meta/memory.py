@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxtar.attacks.unroll import count_records, grouping, plan_runs, two_level_group
-from jaxtar.meta.estimators import EXACT_POLICY, Estimator
+from jaxtar.meta.spec import EXACT_POLICY, Estimator
 
 STATE_FACTOR = {
     "sgd": 0,

@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxtar.attacks.adversary import Adversary
 from jaxtar.attacks.unroll import AttackProblem
-from jaxtar.meta.estimators import Estimator, MetaResult, TamperSchedule, make_setup, meta_core
+from jaxtar.meta.estimators import MetaResult, make_setup, meta_core
+from jaxtar.meta.spec import Estimator, TamperSchedule
 
 PyTree = Any
 REDUCTIONS = ("mean", "sum", "none")

@@ -97,7 +97,7 @@ def llama():
 
 def _compiled_meta(llama, adversary, schedule, estimator):
     from jaxtar.attacks.unroll import model_attack_problem
-    from jaxtar.meta.estimators import meta_value_and_grad
+    from jaxtar.meta import meta_value_and_grad
 
     problem = model_attack_problem(adversary, llama["attack_ce"], llama["neg_entropy"], model=llama["model"])
     f = lambda p: meta_value_and_grad(problem, p, llama["ids"], llama["tamper_ids"], adversary=adversary,
@@ -110,7 +110,7 @@ def _compiled_meta(llama, adversary, schedule, estimator):
 def llama_exact(llama):
     """Exact meta-gradient through K Adam steps (records every step, exponential weights): (compiled, result)."""
     from jaxtar.attacks.adversary import Adversary
-    from jaxtar.meta.estimators import Estimator, TamperSchedule
+    from jaxtar.meta import Estimator, TamperSchedule
 
     # eps = 1e-3: with eps = 1e-8, entries whose gradient is ~1e-8 make Adam's derivative ~1/eps, and float32
     # rounding differences between any two implementations then move the meta-gradient by ~2% (measured: 2.5e-2
@@ -125,7 +125,7 @@ def llama_exact(llama):
 def llama_tar(llama):
     """TAR's estimator: AdamW(0.9, 0.999, 1e-8, wd 0.01), records every s = 2 steps, TAR's weights."""
     from jaxtar.attacks.adversary import Adversary
-    from jaxtar.meta.estimators import Estimator, TamperSchedule
+    from jaxtar.meta import Estimator, TamperSchedule
 
     adv = Adversary("adamw", lr=1e-2, weight_decay=0.01, eps_root=0.0, steps=LLAMA_K)
     sched = TamperSchedule.tar(every=2, rate=0.0625)

@@ -11,7 +11,7 @@ import pytest
 
 from jaxtar.attacks.adversary import Adversary
 from jaxtar.attacks.unroll import unroll
-from jaxtar.meta.estimators import Estimator, TamperSchedule, meta_value_and_grad
+from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
 
 K = 5
 KEY = jax.random.key(3)

@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxtar.attacks.adversary import Adversary
 from jaxtar.attacks.unroll import model_attack_problem
-from jaxtar.meta.estimators import Estimator, TamperSchedule, meta_value_and_grad
+from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
 from jaxtar.meta.memory import compiled_peak_bytes
 
 

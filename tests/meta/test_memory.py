@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jaxtar.meta.estimators import Estimator
+from jaxtar.meta import Estimator
 from jaxtar.meta.memory import Workload, choose_plan, compiled_peak_bytes, predict_peak_bytes
 
 
@@ -54,7 +54,7 @@ def test_remat_policies_and_two_level_against_compiled_memory():
 
     from jaxtar.attacks.adversary import Adversary
     from jaxtar.attacks.unroll import model_attack_problem
-    from jaxtar.meta.estimators import TamperSchedule, meta_value_and_grad
+    from jaxtar.meta import TamperSchedule, meta_value_and_grad
     from jaxtar.models import LlamaConfig, create_model
 
     cfg = LlamaConfig.tiny(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxtar.attacks.adversary import Adversary, Schedule
-from jaxtar.meta.estimators import Estimator, TamperSchedule, meta_value_and_grad
+from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
 from jaxtar.meta.vectorize import AdversaryGroup, group_adversaries, vmap_meta_value_and_grad
 
 KEY = jax.random.key(5)
