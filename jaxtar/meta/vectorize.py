@@ -154,9 +154,15 @@ def vmap_meta_value_and_grad(
     num_steps = jax.tree.leaves(batches)[0].shape[1]
     if num_steps != group.max_steps:
         raise ValueError(f"batches have {num_steps} steps, the group's longest attack has {group.max_steps}")
-    cfg = make_setup(
-        problem, group.reference, num_steps=num_steps, schedule=schedule, estimator=estimator or Estimator()
-    )
+    estimator = estimator or Estimator()
+    if estimator.kind == "truncated" and estimator.truncation < num_steps and group.active_steps() is not None:
+        steps = sorted({a.steps for a in group.adversaries})
+        raise ValueError(
+            f"the truncated estimator differentiates the last {estimator.truncation} of the group's {num_steps} scan "
+            f"steps, which are masked no-ops for its shorter attacks (steps {steps}): put adversaries with different "
+            "step counts in separate groups"
+        )
+    cfg = make_setup(problem, group.reference, num_steps=num_steps, schedule=schedule, estimator=estimator)
     n = len(group)
     per_adv = dict(
         hp=group.hyperparams() if hyperparams is None else dict(hyperparams),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxtar.attacks.adversary import Adversary
+from jaxtar.attacks.optimizers import make_optimizer
 from jaxtar.attacks.unroll import unroll
 from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
 
@@ -176,6 +177,40 @@ def test_first_order_is_tamper_gradient_at_adapted_params(hybrid, case):
     # first order is a different estimator; truncation to 2 steps is neither of the two
     assert _rel(fo.grads, results["exact"].grads) > 1e-2
     assert min(_rel(results["trunc_2"].grads, r.grads) for r in (fo, results["exact"])) > 1e-3
+
+
+def test_truncated_equals_its_definition(hybrid, case):
+    """truncated(T): records up to step K - T pass their gradient straight to the attack's start; the last T steps
+    are differentiated exactly from there, with the optimiser state at K - T a constant (a Python loop, float64)."""
+    T, split = 2, K - 2
+    with jax.enable_x64(True):
+        params, (xs, ys), tamper, adv, hp = (case[k] for k in ("params", "batches", "tamper", "adv", "hp"))
+        opt = make_optimizer(adv, K)
+        w = SCHEDULE.weights(K)  # records j = 0..K
+        tamper_grads = jax.grad(hybrid.tamper_loss, argnums=(0, 1))
+        attack_grad = jax.grad(hybrid.attack_loss, argnums=1)
+        t0, init_vjp = jax.vjp(lambda d: hybrid.attack_init(d, KEY), params)
+        t, s = t0, opt.init(t0, hp)
+        gd_head, gt_head = tamper_grads(params, t, tamper)
+        gd_head, gt_head = (jax.tree.map(lambda g: w[0] * g, g) for g in (gd_head, gt_head))
+        for k in range(split):
+            t, s = opt.step(attack_grad(params, t, (xs[k], ys[k])), s, t, k, hp)
+            gd, gt = tamper_grads(params, t, tamper)
+            gd_head = jax.tree.map(lambda a, g, k=k: a + w[k + 1] * g, gd_head, gd)
+            gt_head = jax.tree.map(lambda a, g, k=k: a + w[k + 1] * g, gt_head, gt)
+
+        def tail(d, t):
+            value, state = 0.0, s
+            for k in range(split, K):
+                t, state = opt.step(attack_grad(d, t, (xs[k], ys[k])), state, t, k, hp)
+                value = value + w[k + 1] * hybrid.tamper_loss(d, t, tamper)
+            return value
+
+        gd_tail, gt_tail = jax.grad(tail, argnums=(0, 1))(params, t)
+        (g_start,) = init_vjp(jax.tree.map(jnp.add, gt_head, gt_tail))
+        expected = jax.tree.map(lambda a, b, c: a + b + c, gd_head, gd_tail, g_start)
+    assert Estimator("truncated", truncation=T) == ESTIMATORS["trunc_2"]
+    assert _rel(case["results"]["trunc_2"].grads, expected) < 1e-10
 
 
 def test_aux_and_zero_gradients_are_finite(case):

@@ -54,7 +54,7 @@ def case(hybrid, make_hybrid_data):
             chunk_size=2,
         )
     )
-    return dict(params=params, group=group, loop=loop, vm=vm)
+    return dict(params=params, batches=batches, tamper=tamper, group=group, loop=loop, vm=vm)
 
 
 def test_vmapped_group_equals_loop(case):
@@ -69,6 +69,34 @@ def test_vmapped_group_equals_loop(case):
         np.testing.assert_allclose(res.aux.attack_losses[i, : ADVERSARIES[i].steps], ref.aux.attack_losses, rtol=1e-5)
         np.testing.assert_allclose(res.aux.tamper_losses[i, : ADVERSARIES[i].steps], ref.aux.tamper_losses, rtol=1e-5)
     assert float(res.aux.attack_losses[1, 2]) == 0.0  # the masked step of the 2-step adversary
+
+
+@pytest.mark.parametrize("reduce, chunk", [("none", 2), ("sum", None)])
+def test_per_adversary_and_summed_gradients_equal_loop(hybrid, case, reduce, chunk):
+    """reduce="none" with a chunk size runs `lax.map(batch_size=)`; reduce="sum" the unchunked vmap."""
+    group, loop = case["group"], case["loop"]
+    res = jax.jit(
+        lambda p, h: vmap_meta_value_and_grad(
+            hybrid,
+            p,
+            group,
+            case["batches"],
+            case["tamper"],
+            key=KEY,
+            schedule=SCHEDULE,
+            hyperparams=h,
+            chunk_size=chunk,
+            reduce=reduce,
+        )  # fmt: skip
+    )(case["params"], group.hyperparams())
+    if reduce == "none":
+        for i, ref in enumerate(loop):
+            np.testing.assert_allclose(_flat(jax.tree.map(lambda g, i=i: g[i], res.grads)), _flat(ref.grads),
+                                       rtol=2e-5, atol=1e-6)  # fmt: skip
+    else:
+        expected = np.sum([_flat(r.grads) for r in loop], axis=0)
+        np.testing.assert_allclose(_flat(res.grads), expected, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(res.value, [float(r.value) for r in loop], rtol=1e-5)
 
 
 def test_divergent_adversary_is_left_out(case):
@@ -96,4 +124,7 @@ def test_grouping_and_validation():
     with pytest.raises(ValueError, match="reduce"):
         vmap_meta_value_and_grad(None, None, groups[1], np.zeros((1, 64, 2)), None, key=KEY, schedule=SCHEDULE,
                                  reduce="max")  # fmt: skip
+    with pytest.raises(ValueError, match="separate groups"):  # its last T scan steps are no-ops for the 16-step one
+        vmap_meta_value_and_grad(None, None, groups[0], np.zeros((2, 64, 2)), None, key=KEY, schedule=SCHEDULE,
+                                 estimator=Estimator("truncated", truncation=4))  # fmt: skip
     assert Estimator("tar").differentiates_unroll is False
