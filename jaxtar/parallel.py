@@ -54,8 +54,8 @@ def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 1024) -> P
     >=3-D array, which `lax.scan` slices), if the array has at least `min_size` elements; else replicate.
 
     Example:
-        >>> fsdp_spec((2, 64, 128), 4)
-        PartitionSpec(None, None, 'fsdp')
+        >>> tuple(fsdp_spec((2, 64, 128), 4))
+        (None, None, 'fsdp')
     """
     if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
@@ -83,8 +83,8 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0, adversary_axis: i
     """Split `batch_axis` across (data, fsdp) and optionally `adversary_axis` across adversary.
 
     Example:
-        >>> batch_sharding(make_mesh(), ndim=4, batch_axis=2, adversary_axis=0).spec
-        PartitionSpec('adversary', None, ('data', 'fsdp'), None)
+        >>> tuple(batch_sharding(make_mesh(), ndim=4, batch_axis=2, adversary_axis=0).spec)
+        ('adversary', None, ('data', 'fsdp'), None)
     """
     spec: list[Any] = [None] * ndim
     spec[batch_axis] = BATCH_AXES

@@ -35,9 +35,11 @@ value).
 The configuration lives in `jaxtar.mlac_config`, the training loop in `jaxtar.defenses.mlac_train`.
 
 Example:
-    >>> model, params = prepare_model(model, params, cfg := MLACConfig(inner_steps=2, inner_batch_sizes=(4, 8)))
-    >>> f = mlac_value_and_grad(model, cfg)
-    >>> metrics, grads, lr_grad = f(params, jnp.float32(3e-4), outer_batch, inner_batches, jax.random.key(0))
+    >>> cfg = MLACConfig(inner_steps=2, inner_batch_sizes=(4, 8))
+    >>> model, params = prepare_model(model, params, cfg)  # doctest: +SKIP
+    >>> f = mlac_value_and_grad(model, cfg)  # doctest: +SKIP
+    >>> metrics, grads, lr_grad = f(params, jnp.float32(3e-4), outer_batch, inner_batches,
+    ...                             jax.random.key(0))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -77,9 +79,10 @@ def prepare_model(model: Model, params: Params, cfg: MLACConfig, *, seed: int = 
     """The released-model layout: a bias-free head with ``cfg.num_labels`` outputs (kept if already there).
 
     Example:
-        >>> model, params = prepare_model(*from_pretrained(minilm_folder), MLACConfig())
-        >>> params["classifier"]["kernel"].shape
-        (384, 30)
+        >>> from jaxtar.models import BertConfig, create_model
+        >>> model, params = prepare_model(*create_model(BertConfig.tiny(), seed=0), MLACConfig())
+        >>> params["classifier"]["kernel"].shape, model.config.classifier_bias  # hidden size 64 x 30 labels
+        ((64, 30), False)
     """
     c = model.config
     if c.num_labels == cfg.num_labels and not c.classifier_bias and "classifier" in params:

@@ -9,8 +9,8 @@ The run folder (must be new or empty; nothing is ever overwritten) receives:
 
 Example:
     >>> from jaxtar.mlac_config import load_mlac_config
-    >>> summary = run_mlac(load_mlac_config("mlac-offline", {"mlac.outer_steps": 20}), "runs/mlac")
-    >>> summary["model_dir"]
+    >>> summary = run_mlac(load_mlac_config("mlac-offline", {"mlac.outer_steps": 20}), "runs/mlac")  # doctest: +SKIP
+    >>> summary["model_dir"]  # doctest: +SKIP
     'runs/mlac/model'
 """
 

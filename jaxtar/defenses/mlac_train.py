@@ -1,9 +1,9 @@
 """MLAC's training loop: validation with simulated attacks and the best-validation checkpoint.
 
-Example:
+Example (``model``, ``params``: `jaxtar.defenses.mlac.prepare_model`'s layout):
     >>> cfg = MLACConfig(inner_steps=2, outer_steps=4, eval_every=2, inner_batch_sizes=(4, 8), outer_batch_size=4)
-    >>> result = train_mlac(model, params, train_arrays, val_arrays, cfg)   # model: prepare_model layout
-    >>> result.best_step, result.history[-1]["val_score"]
+    >>> result = train_mlac(model, params, train_arrays, val_arrays, cfg)  # doctest: +SKIP
+    >>> result.best_step, result.history[-1]["val_score"]  # doctest: +SKIP
 """
 
 from __future__ import annotations

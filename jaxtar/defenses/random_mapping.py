@@ -11,7 +11,7 @@ schedule-free x-average.
 
 Example:
     >>> from jaxtar.config import load_config
-    >>> result = run_random_mapping(load_config("toy", {"run.output_dir": "out/rm"}))
+    >>> result = run_random_mapping(load_config("toy", {"run.output_dir": "out/rm"}))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def random_mapping_objective(
     """``loss(params, batches) -> (total, (random-mapping loss, retain CE))`` with ``batches = {"forget", "retain"}``.
 
     Example:
-        >>> loss = random_mapping_objective(model, RandomMappingConfig())
-        >>> total, (rm, ce) = loss(params, {"forget": rows, "retain": rows})
+        >>> loss = random_mapping_objective(model, RandomMappingConfig())  # doctest: +SKIP
+        >>> total, (rm, ce) = loss(params, {"forget": rows, "retain": rows})  # doctest: +SKIP
     """
     dtype = None if compute_dtype is None else getattr(jnp, compute_dtype)
     mapping_key = jax.random.key(config.mapping_seed)

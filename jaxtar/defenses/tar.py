@@ -17,8 +17,8 @@ log-probs (refusal; followed by an SFT phase). `run_tar` is the whole run: data,
 
 Example:
     >>> from jaxtar.config import load_config
-    >>> result = run_tar(load_config("toy", {"run.output_dir": "out/tar"}))
-    >>> result.model_dir
+    >>> result = run_tar(load_config("toy", {"run.output_dir": "out/tar"}))  # doctest: +SKIP
+    >>> result.model_dir  # doctest: +SKIP
     PosixPath('out/tar/model')
 """
 

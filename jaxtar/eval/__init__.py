@@ -2,8 +2,9 @@
 
 Example:
     >>> from jaxtar.eval import RedTeamData, red_team
-    >>> results = red_team({"base": "out/base", "tar": "out/tar"}, "toy", RedTeamData.toy(), out_dir="rt")
-    >>> print(results.summary("tar").worst_forget_after)
+    >>> results = red_team({"base": "out/base", "tar": "out/tar"}, "toy", RedTeamData.toy(),
+    ...                    out_dir="rt")  # doctest: +SKIP
+    >>> print(results.summary("tar").worst_forget_after)  # doctest: +SKIP
 """
 
 from jaxtar.eval.judge import Judge, JudgeResult, JudgeTask, judge_generations, refusal_keyword_judge

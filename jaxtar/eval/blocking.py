@@ -22,8 +22,11 @@ compilation per (architecture, mode) serves every model, n and learning rate. Ba
 
 Example:
     >>> cfg = BlockingConfig(ns=(20, 50), lrs=(1e-4, 1e-3), steps=(50, 100), reruns=2, data_seeds=2)
-    >>> result = blocking_eval({"mlac": (model, params), "pretrained": (model0, params0)}, val1, val2, cfg)
-    >>> result["models"]["mlac"]["harmful"]["20"]["mean"]
+    >>> cfg.lrs, len(cfg.ns) * len(cfg.lrs) * len(cfg.steps)  # the grid searched for every n
+    ((0.0001, 0.001), 8)
+    >>> result = blocking_eval({"mlac": (model, params), "pretrained": (model0, params0)}, val1, val2,
+    ...                        cfg)  # doctest: +SKIP
+    >>> result["models"]["mlac"]["harmful"]["20"]["mean"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -277,8 +280,7 @@ def desired_accuracy(model: Model, params: Params, arrays: Mapping[str, np.ndarr
     """Accuracy of the model's own desired-task head (its first ``num_desired`` outputs); None without a head.
 
     Example:
-        >>> desired_accuracy(model, params, test_arrays, num_desired=28)
-        0.81
+        >>> accuracy = desired_accuracy(model, params, test_arrays, num_desired=28)  # doctest: +SKIP
     """
     if model.config.num_labels < num_desired or "classifier" not in params:
         return None

@@ -3,9 +3,10 @@
 A judge is any callable ``judge(prompts, generations) -> scores`` (floats, e.g. 1.0 = refused); plug in a
 classifier or an LLM judge. `refusal_keyword_judge` is a crude keyword baseline.
 
-Example:
-    >>> res = judge_generations(model, params, tokenizer, harmful_prompts, refusal_keyword_judge, max_new_tokens=48)
-    >>> res.mean, res.stderr
+Example (a judge of one's own: flags answers shorter than three words):
+    >>> too_short = lambda prompts, generations: [float(len(g.split()) < 3) for g in generations]
+    >>> too_short(["q1", "q2"], ["no", "a longer answer here"])
+    [1.0, 0.0]
 """
 
 from __future__ import annotations
@@ -61,7 +62,14 @@ def judge_generations(
     """Greedy generations (`jaxtar.models.generate`) for ``prompts``, scored by ``judge(prompts, generations)``.
 
     Example:
-        >>> judge_generations(model, params, tokenizer, harmful_prompts, refusal_keyword_judge).mean
+        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.models import LlamaConfig, create_model
+        >>> world = toy_world()
+        >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
+        >>> res = judge_generations(model, params, world.tokenizer, ["How is the toxin made?"], refusal_keyword_judge,
+        ...                         max_new_tokens=4)
+        >>> res.mean, len(res.generations)  # an untrained model does not refuse
+        (0.0, 1)
     """
     if not prompts:
         raise ValueError("judge_generations needs at least one prompt")

@@ -7,11 +7,16 @@ tokenizer has no single spaced token) at the last prompt position. Prompts are l
 shape; only the letters' logits at the last position are computed (no ``[B, T, V]`` logits). Retain scores drop
 the forget domain's subjects (REFERENCE §1.5). A loss probe is the mean next-token cross-entropy on held-out text.
 
-Example:
-    >>> ev = EvalSet(forget_mcq=world.forget_mcq, retain_mcq=world.retain_mcq, forget_probe=texts_f,
-    ...              retain_probe=texts_r)
-    >>> scores = evaluate(model, params, ev.prepare(tokenizer))
-    >>> scores.forget_acc, scores.forget_se
+Example (an untrained tiny Llama on the offline toy world):
+    >>> from jaxtar.data.toy import toy_world
+    >>> from jaxtar.models import LlamaConfig, create_model
+    >>> world = toy_world()
+    >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
+    >>> ev = EvalSet(forget_mcq=world.forget_mcq[:16], retain_mcq=world.retain_mcq[:16],
+    ...              forget_probe=world.forget_texts[:4], retain_probe=world.retain_texts[:4])
+    >>> scores = evaluate(model, params, ev.prepare(world.tokenizer))
+    >>> scores.forget_n, 0.0 <= scores.forget_acc <= 1.0, round(scores.retain_loss, 1)  # ~ln(276): untrained
+    (16, True, 5.6)
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ def letter_token_ids(tokenizer: Any, num_choices: int = 4) -> tuple[int, ...]:
         ValueError: neither form is a single known token for every letter (the message shows the encodings).
 
     Example:
-        >>> len(letter_token_ids(world.tokenizer))
+        >>> from jaxtar.data.toy import toy_world
+        >>> len(letter_token_ids(toy_world().tokenizer))
         4
     """
     letters = MCQ_LETTERS[:num_choices]
@@ -149,6 +155,8 @@ def prepare_mcq(
             their *beginning* (a warning says how many), so ``Answer:`` is always the last token.
 
     Example:
+        >>> from jaxtar.data.toy import toy_world
+        >>> world = toy_world()
         >>> batch = prepare_mcq(world.tokenizer, world.retain_mcq[:8])
         >>> batch.input_ids.shape[0]
         8
@@ -244,7 +252,13 @@ def score_mcq(model: Model, params: Params, batch: MCQBatch, *, batch_size: int 
     """Letter-logit accuracy of ``model`` on prepared prompts.
 
     Example:
-        >>> score_mcq(model, params, prepare_mcq(tokenizer, items)).accuracy
+        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.models import LlamaConfig, create_model
+        >>> world = toy_world()
+        >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
+        >>> result = score_mcq(model, params, prepare_mcq(world.tokenizer, world.forget_mcq[:16]))
+        >>> result.n, 0.0 <= result.accuracy <= 1.0
+        (16, True)
     """
     if len(batch) == 0:
         return MCQResult(float("nan"), float("nan"), 0, np.zeros(0, np.int32), np.zeros((0, len(batch.letter_ids))))
@@ -277,7 +291,12 @@ def probe_loss(model: Model, params: Params, probe: dict[str, np.ndarray], *, ba
     """Mean next-token cross-entropy over every target token of the probe texts (NaN for no text).
 
     Example:
-        >>> probe_loss(model, params, prepare_probe(tokenizer, held_out_texts, 64))
+        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.models import LlamaConfig, create_model
+        >>> world = toy_world()
+        >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
+        >>> round(probe_loss(model, params, prepare_probe(world.tokenizer, world.retain_texts[:4], 64)), 1)
+        5.6
     """
     ids, mask = probe["input_ids"], probe["attention_mask"]
     if len(ids) == 0:
@@ -392,7 +411,14 @@ def evaluate(
     The probes need every position's full-vocabulary logits, hence their own (smaller) batch size.
 
     Example:
-        >>> evaluate(model, params, EvalSet(world.forget_mcq, world.retain_mcq).prepare(tokenizer)).forget_acc
+        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.models import LlamaConfig, create_model
+        >>> world = toy_world()
+        >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
+        >>> prepared = EvalSet(world.forget_mcq[:8], world.retain_mcq[:8]).prepare(world.tokenizer)
+        >>> scores = evaluate(model, params, prepared)
+        >>> scores.forget_n, scores.retain_n, scores.judge_score  # no probe text, no judge: NaN, not a made-up number
+        (8, 8, nan)
     """
     f = score_mcq(model, params, prepared.forget, batch_size=batch_size)
     r = score_mcq(model, params, prepared.retain, batch_size=batch_size)

@@ -11,8 +11,9 @@ adversary leaves it open, the LoRA initialisation (key ``fold_in(key(0), seed)``
 (key ``fold_in(fold_in(fold_in(key(0), seed), 1), k)``).
 
 Example:
-    >>> results = red_team({"base": "out/base", "tar": (model, params)}, "toy", RedTeamData.toy(), out_dir="rt")
-    >>> results.summary("tar").worst_forget_after
+    >>> results = red_team({"base": "out/base", "tar": (model, params)}, "toy", RedTeamData.toy(),
+    ...                    out_dir="rt")  # doctest: +SKIP
+    >>> results.summary("tar").worst_forget_after  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -255,7 +256,8 @@ def run_attack(
     LoRA attacks return the base weights with the trained adapters merged in.
 
     Example:
-        >>> weights, losses, _ = run_attack(model, params, Adversary(lr=1e-3, steps=40), data.arrays(tokenizer))
+        >>> weights, losses, _ = run_attack(model, params, Adversary(lr=1e-3, steps=40),
+        ...                                 data.arrays(tokenizer))  # doctest: +SKIP
     """
     reference = adversary if reference is None else reference
     runner = _runner(model, reference, min(chunk_steps, reference.steps))
@@ -277,7 +279,10 @@ def check_models(models: Mapping[str, ModelSpec]) -> None:
     """Fails fast (before any compute) on a missing model folder or a malformed model spec.
 
     Example:
-        >>> check_models({"base": "out/base", "tar": (model, params)})
+        >>> check_models({"base": "no/such/folder"})
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: model 'base': no/such/folder is not a model folder (no config.json)
     """
     if not models:
         raise ValueError("no models to evaluate")
@@ -316,7 +321,7 @@ def evaluate_models(
     """MCQ accuracies and loss probes of each model, without attacks (``jaxtar eval``).
 
     Example:
-        >>> evaluate_models({"base": "out/base"}, RedTeamData.toy())["base"].forget_acc
+        >>> evaluate_models({"base": "out/base"}, RedTeamData.toy())["base"].forget_acc  # doctest: +SKIP
     """
     check_models(models)
     eval_set = data.eval_set if isinstance(data, RedTeamData) else data
@@ -363,8 +368,8 @@ def red_team(
         progress: tqdm bars and one line per finished run.
 
     Example:
-        >>> res = red_team({"base": (model, params)}, "toy", seeds=(0, 1), out_dir="redteam-out")
-        >>> res.summary("base").worst_forget_after >= res.summary("base").mean_forget_after
+        >>> res = red_team({"base": (model, params)}, "toy", seeds=(0, 1), out_dir="redteam-out")  # doctest: +SKIP
+        >>> res.summary("base").worst_forget_after >= res.summary("base").mean_forget_after  # doctest: +SKIP
         True
     """
     adversaries = name_adversaries(load_suite(suite) if isinstance(suite, (str, os.PathLike)) else tuple(suite), seeds)

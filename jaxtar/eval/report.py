@@ -3,9 +3,9 @@
 The worst case is the number that matters for a safeguard: the highest post-attack forget accuracy any adversary
 reaches (each adversary averaged over its seeds). Everything is printed as measured, defended or not.
 
-Example:
-    >>> write_report(results, "redteam-out")      # results.json, results.md, attack_loss.png, forget_accuracy.png
-    >>> print(markdown_table(RedTeamResults.load("redteam-out/results.json")))
+Example (writes results.json, results.md, attack_loss.png and forget_accuracy.png):
+    >>> write_report(results, "redteam-out")  # doctest: +SKIP
+    >>> print(markdown_table(RedTeamResults.load("redteam-out/results.json")))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def markdown_table(results: RedTeamResults) -> str:
     A judge column (e.g. refusal rate, in %) appears when the run recorded judge scores.
 
     Example:
-        >>> print(markdown_table(results))
+        >>> print(markdown_table(results))  # doctest: +SKIP
     """
     judged = any(not math.isnan(s.judge_score) for s in results.before.values())
     head = "| model | adversary | seeds | forget before | forget after | retain before | retain after |"
@@ -342,7 +342,7 @@ def write_report(results: RedTeamResults, out_dir: str | os.PathLike, *, overwri
     """results.json, results.md and the two plots, written to a temporary folder and renamed into place.
 
     Example:
-        >>> write_report(results, "redteam-out")
+        >>> write_report(results, "redteam-out")  # doctest: +SKIP
     """
     out_dir = check_output_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ LoRA targets are the layer projection names (``BERT_LORA_TARGETS``): ``query``, 
 Dropout is not modelled: the port is transformers' model in ``eval()`` mode.
 
 Example:
+    >>> from jaxtar.models import BertConfig, create_model
     >>> model, params = create_model(BertConfig.tiny(num_labels=3), seed=0)
     >>> out = model.apply(params, jnp.array([[2, 5, 7, 3]]))
     >>> out.logits.shape, out.pooled_output.shape
@@ -194,10 +195,13 @@ def with_classifier(
     """The same encoder with a fresh linear classifier on its pooled output (replacing any existing one).
 
     Example:
-        >>> model, params = from_pretrained("all-MiniLM-L6-v2")
+        >>> from jaxtar.models import BertConfig, create_model
+        >>> model, params = create_model(BertConfig.tiny(), seed=0)  # or from_pretrained(a BERT folder or Hub id)
         >>> model, params = with_classifier(model, params, 28, bias=False)   # MLAC's bias-free profession head
-        >>> model.apply(params, ids).logits.shape
-        (B, 28)
+        >>> model.apply(params, jnp.array([[2, 5, 7, 3]])).logits.shape
+        (1, 28)
+        >>> sorted(params["classifier"]), model.config.num_labels
+        (['kernel'], 28)
     """
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")

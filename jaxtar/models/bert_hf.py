@@ -12,9 +12,14 @@ layout with one. A bias-free classifier (``classifier_bias=False``) is saved wit
 the same model.
 
 Example:
-    >>> config = config_from_hf(json.load(open("all-MiniLM-L6-v2/config.json")))
+    >>> d = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 30522, "hidden_size": 384,
+    ...      "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 12}  # all-MiniLM-L6-v2, abridged
+    >>> config = config_from_hf(d)
     >>> config.num_labels, rules(config)[0].hf_key
     (0, 'embeddings.word_embeddings.weight')
+    >>> head = BertConfig.tiny(num_labels=3, classifier_bias=False)
+    >>> config_from_hf(config_to_hf(head)) == head, rules(head)[0].hf_key
+    (True, 'bert.embeddings.word_embeddings.weight')
 """
 
 from __future__ import annotations

@@ -88,7 +88,10 @@ def create_model(config: Any, seed: int = 0) -> tuple[Model, Params]:
     """Builds the port for ``config`` and returns ``(model, params)``.
 
     Example:
+        >>> from jaxtar.models import LlamaConfig
         >>> model, params = create_model(LlamaConfig.tiny(), seed=0)
+        >>> sorted(params), params["layers"]["q_proj"]["kernel"].shape   # layers stacked on a leading axis
+        (['embed', 'final_norm', 'layers', 'lm_head'], (2, 64, 64))
     """
     module = config.module_class()(config, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(module, nnx.Param)

@@ -4,8 +4,15 @@ The prompt may be left-padded (recommended; right padding works too but wastes c
 transformers' ``generate``: ``cumsum(attention_mask) - 1``, so padded and unpadded prompts give the same tokens.
 
 Example:
-    >>> tokens = generate(model, params, ids, mask, max_new_tokens=20)              # greedy
-    >>> tokens = generate(model, params, ids, mask, max_new_tokens=20, temperature=0.8, top_p=0.9, key=key)
+    >>> from jaxtar.models import LlamaConfig, create_model
+    >>> model, params = create_model(LlamaConfig.tiny(), seed=0)
+    >>> ids = jnp.array([[0, 5, 6, 7], [1, 2, 3, 4]])   # the first prompt is left-padded
+    >>> mask = jnp.array([[0, 1, 1, 1], [1, 1, 1, 1]])
+    >>> tokens = generate(model, params, ids, mask, max_new_tokens=4)              # greedy
+    >>> tokens.shape, bool((tokens[:, :4] == ids).all())
+    ((2, 8), True)
+    >>> key = jax.random.key(0)
+    >>> tokens = generate(model, params, ids, mask, max_new_tokens=4, temperature=0.8, top_p=0.9, key=key)
 """
 
 from __future__ import annotations

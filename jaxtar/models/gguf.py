@@ -4,7 +4,9 @@ llama.cpp stores ``attn_q`` / ``attn_k`` rows permuted for its interleaved RoPE;
 weights match transformers' rotate-half convention (as transformers' own GGUF reader does).
 
 Example:
-    >>> model, params = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    >>> model, params = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+    >>> [rule.hf_key for rule in gguf_rules(LlamaConfig.tiny())][:3]
+    ['token_embd.weight', 'output_norm.weight', 'blk.{i}.attn_norm.weight']
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ LoRA targets are the layer projection names: ``c_attn`` (the fused q/k/v, as PEF
 ``c_fc`` and ``mlp_c_proj`` (see ``GPT2_LORA_TARGETS``).
 
 Example:
+    >>> from jaxtar.models import GPT2Config, create_model
     >>> model, params = create_model(GPT2Config.tiny(), seed=0)
     >>> model.apply(params, jnp.array([[1, 2, 3]])).logits.shape
     (1, 3, 256)

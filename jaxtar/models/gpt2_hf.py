@@ -6,9 +6,15 @@ checkpoints carry (``attn.bias``, ``attn.masked_bias``) and a redundant tied ``l
 writes the ``GPT2LMHeadModel`` layout.
 
 Example:
-    >>> config = config_from_hf(json.load(open("gpt2/config.json")))
+    >>> d = {"model_type": "gpt2", "vocab_size": 50257, "n_embd": 768, "n_layer": 12, "n_head": 12,
+    ...      "n_positions": 1024, "bos_token_id": 50256, "eos_token_id": 50256}  # gpt2's config.json, abridged
+    >>> config = config_from_hf(d)
+    >>> config == GPT2Config.gpt2_small(), config.intermediate_size
+    (True, 3072)
     >>> [r.hf_key for r in rules(config)][:2]
     ['transformer.wte.weight', 'transformer.wpe.weight']
+    >>> config_from_hf(config_to_hf(config)) == config
+    True
 """
 
 from __future__ import annotations

@@ -6,8 +6,13 @@ and tensors are read one at a time, cast and placed with the requested sharding,
 full copies in host memory. Only safetensors are read (pickle can execute code); remote code is never run.
 
 Example:
-    >>> model, params = from_pretrained("path/to/hf_folder", dtype=jnp.bfloat16)
-    >>> save_pretrained(model, params, "out/defended")   # transformers loads it unchanged
+    >>> import tempfile
+    >>> from jaxtar.models import LlamaConfig, create_model
+    >>> model, params = create_model(LlamaConfig.tiny(), seed=0)
+    >>> folder = save_pretrained(model, params, Path(tempfile.mkdtemp()) / "defended")  # transformers loads it
+    >>> loaded, loaded_params = from_pretrained(folder, dtype=jnp.bfloat16)
+    >>> loaded.config == model.config, loaded_params["embed"]["embedding"].dtype
+    (True, dtype(bfloat16))
 """
 
 from __future__ import annotations
@@ -255,7 +260,9 @@ def from_pretrained(
         revision: Hub revision (branch, tag or commit) for repo ids.
 
     Example:
-        >>> model, params = from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=jnp.bfloat16)
+        >>> model, params = from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=jnp.bfloat16)  # doctest: +SKIP
+        >>> model.config.num_layers, params["embed"]["embedding"].dtype  # doctest: +SKIP
+        (30, dtype(bfloat16))
     """
     folder = resolve_checkpoint(path_or_id, revision)
     if folder.is_file() and folder.suffix == ".gguf":
@@ -332,7 +339,14 @@ def save_pretrained(
     ``out_dir`` is refused unless ``overwrite=True``.
 
     Example:
-        >>> save_pretrained(model, params, "out/model", tokenizer=tokenizer)
+        >>> import tempfile
+        >>> from jaxtar.models import GPT2Config, create_model
+        >>> model, params = create_model(GPT2Config.tiny(), seed=0)
+        >>> folder = save_pretrained(model, params, Path(tempfile.mkdtemp()) / "model", max_shard_bytes=400_000)
+        >>> sorted(path.name for path in folder.glob("*.safetensors*"))   # two shards and their index
+        ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']
+        >>> tokenizer = load_tokenizer("openai-community/gpt2")  # doctest: +SKIP
+        >>> folder = save_pretrained(model, params, folder, tokenizer=tokenizer, overwrite=True)  # doctest: +SKIP
     """
     arch = architecture_for(model.config.model_type)
     out_dir = Path(out_dir)

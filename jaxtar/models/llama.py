@@ -5,6 +5,7 @@ stacked on a leading axis and run with ``lax.scan``, so tracing cost does not gr
 the model once per unrolled step.
 
 Example:
+    >>> from jaxtar.models import LlamaConfig, create_model
     >>> model, params = create_model(LlamaConfig.tiny(), seed=0)
     >>> model.apply(params, jnp.array([[1, 2, 3]])).logits.shape
     (1, 3, 256)
@@ -39,7 +40,7 @@ _PROJ_IDS = {n: i for i, n in enumerate(("q_proj", "k_proj", "v_proj", "o_proj",
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-    """Architecture of a Llama-family decoder (field names follow ours; ``from_hf_dict`` maps transformers')."""
+    """Architecture of a Llama-family decoder (our field names; ``llama_hf.config_from_hf`` maps transformers')."""
 
     vocab_size: int
     hidden_size: int

@@ -6,9 +6,15 @@ model unchanged (as PEFT does). Only the adapter weights are pytree leaves; ``sc
 an optimiser run over a ``LoraParams`` trains just ``a`` and ``b``.
 
 Example:
+    >>> from jaxtar.models import LlamaConfig, LoraConfig, create_model, init_lora
     >>> model, params = create_model(LlamaConfig.tiny())
     >>> lora = init_lora(jax.random.key(0), model, params, LoraConfig(rank=4, alpha=8, targets=("q_proj", "v_proj")))
+    >>> lora.weights["q_proj"]["a"].shape, lora.scale
+    ((2, 64, 4), 2.0)
+    >>> ids = jnp.array([[1, 2, 3]])
     >>> out = model.apply(params, ids, lora=lora)
+    >>> bool(jnp.allclose(out.logits, model.apply(params, ids).logits))   # b starts at zero: no change yet
+    True
 """
 
 from __future__ import annotations
