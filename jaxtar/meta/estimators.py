@@ -12,7 +12,8 @@ defended params (and optionally the adversary's hyper-parameters) under one of s
 * remat       exact, each step under `jax.checkpoint(policy=...)`; `two_level=True` also checkpoints groups of
               ~sqrt(K) steps (memory ~2 sqrt(K) states instead of K);
 * mixed       exact; each step is a custom_vjp that stores only its inputs (+ its gradient) and computes the
-              Hessian-vector product of the backward pass forward-over-reverse (`jvp` of `grad`);
+              Hessian-vector product of the backward pass forward-over-reverse (`jvp` of `grad`); each tamper
+              record is recomputed from its inputs (`jax.checkpoint`), so memory does not grow with the records;
 * truncated   exact through the last T steps, straight-through (d w_{K-T} / d w_0 = I) before them;
 * first_order straight-through for the whole attack (FO-MAML): truncated with T = 0;
 * tar         TAR's estimator: the same first-order gradient, accumulated inside the scan at each record, so
@@ -161,6 +162,8 @@ def _objective(cfg: _Setup, d, hp, active, weights, batches, tamper_batch, key):
     if est.kind in ("remat", "exact", "truncated"):
         policy = checkpoint_policy(est.remat_policy if est.kind == "remat" else EXACT_POLICY)
         step, record = jax.checkpoint(step, policy=policy), jax.checkpoint(record, policy=policy)
+    if est.kind == "mixed":  # records keep only their inputs too (one more tamper forward each in the backward)
+        record = jax.checkpoint(record, policy=checkpoint_policy("nothing_saveable"))
 
     n0 = 1 if sched.include_initial else 0
     losses, tls = [], []

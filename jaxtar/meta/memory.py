@@ -8,7 +8,7 @@ m tamper records and D defended parameters (4-byte floats):
     exact        W + K (S + X) + m X_t + S + G + 8 A + 2 A_t     (X, X_t: the dots policy `EXACT_POLICY` keeps)
     remat        W + K (S + X) + m X_t + S + G + 8 A + 2 A_t     (per-step checkpoint; one step's backward live)
     remat √K     W + n S + k' (S + X) + m' X_t + S + G + 8 A + 2 A_t
-    mixed        W + K (S + G) + 12 A + 2 A_t                    (inputs + gradient per step; jvp of grad live)
+    mixed        W + K (S + G) + 12 A + 2 A_t                    (inputs + gradient per step, records recomputed)
     truncated T  W + T (S + X) + m X_t + S + G + 8 A + 2 A_t     (as exact, over the last T steps)
     first_order  W + S + G + 2 A + 1.6 m A_t
     tar          W + S + G + D + 1.5 A + A_t                     (one accumulator, nothing stored per step)

@@ -102,3 +102,38 @@ def test_dot_sizes_default_to_fractions_of_the_activations():
     more = dataclasses.replace(given, step_dot_bytes=7_500_000, tamper_dot_bytes=5_000_000)
     grown = predict_peak_bytes(more, Estimator("exact")).total - predict_peak_bytes(given, Estimator("exact")).total
     assert grown == 8 * 1_000_000 + 2 * 1_000_000  # K steps and m records each keep their dot outputs
+
+
+def test_mixed_recomputes_its_tamper_records():
+    """`mixed` keeps only inputs per step and per record: records every step cost little more than one record
+    (measured 1.2x at d=64; 1.9x when the records stored their residuals), as the planner assumes."""
+    import jax
+
+    from jaxtar.attacks.adversary import Adversary
+    from jaxtar.attacks.unroll import model_attack_problem
+    from jaxtar.meta import TamperSchedule, meta_value_and_grad
+    from jaxtar.models import LlamaConfig, create_model
+
+    cfg = LlamaConfig.tiny()  # d=64, vocab 256
+    model, params = create_model(cfg, seed=0)
+    k, b, t = 8, 4, 32
+    ids = jax.random.randint(jax.random.key(1), (k, b, t), 0, cfg.vocab_size)
+    tamper = jax.random.randint(jax.random.key(2), (b, t), 0, cfg.vocab_size)
+
+    def ce(p, x, lora):
+        logits = model.apply(p, x, lora=lora).logits[:, :-1]
+        return -jax.numpy.mean(jax.numpy.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], axis=-1))
+
+    adv = Adversary("adamw", lr=1e-3, steps=k)
+    problem = model_attack_problem(adv, ce, ce, model=model)
+    measured, predicted = {}, {}
+    for records in (1, k):
+        sched = TamperSchedule.tar(every=k // records)
+        f = lambda p, sched=sched: meta_value_and_grad(problem, p, ids, tamper, adversary=adv, key=jax.random.key(0),
+                                                       schedule=sched, estimator=Estimator("mixed")).grads  # fmt: skip
+        measured[records] = compiled_peak_bytes(jax.jit(f).lower(params).compile())
+        work = Workload.for_llama(cfg, batch_size=b, seq_len=t, steps=k, records=records)
+        predicted[records] = predict_peak_bytes(work, Estimator("mixed")).total
+    assert measured[k] < 1.35 * measured[1], measured
+    for records in measured:
+        assert 0.5 < predicted[records] / measured[records] < 2.0, (predicted, measured)
