@@ -99,12 +99,20 @@ _SCRIPT = textwrap.dedent(
     out = step(*args)
     err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
               for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)))
+    # per-adversary results from batches split only along (data, fsdp): the adversary axis is split by the
+    # meta-gradient's own sharding constraint (without it the outputs come back replicated)
+    per_adv = jax.jit(lambda p, b, t: vmap_meta_value_and_grad(problem, p, group, b, t, key=k[0], reduce="none",
+                      schedule=TamperSchedule.tar(every=1), estimator=Estimator("exact"), mesh=mesh))
+    pa = per_adv(params, shard(batches, batch_shardings(batches, mesh, 2)), tb)
     print(json.dumps(dict(
         err=err,
         devices=len(out[0]["w1"].sharding.device_set),
         w1_spec=str(out[0]["w1"].sharding.spec),
         mu_spec=str(out[1][0].mu["w1"].sharding.spec),
         collectives=sum(hlo.count(c) for c in ("all-reduce", "all-gather", "reduce-scatter")),
+        adversary_axes=[(tuple(x.sharding.spec) or (None,))[0]
+                        for x in (pa.value, pa.grads["w1"], pa.aux.attack_losses)],
+        adversary_err=float(jnp.max(jnp.abs(pa.value - ref[2]) / jnp.abs(ref[2]))),
     )))
     """
 )
@@ -120,3 +128,5 @@ def test_eight_devices_equal_one_device():
     assert out["devices"] == 8
     assert "fsdp" in out["w1_spec"] and "fsdp" in out["mu_spec"]  # params and optimiser state stay sharded
     assert out["collectives"] > 0
+    assert out["adversary_axes"] == ["adversary"] * 3, out["adversary_axes"]
+    assert out["adversary_err"] < 1e-12
