@@ -15,7 +15,13 @@ Example:
 from jaxtar.meta.estimators import MetaAux, MetaResult, meta_value_and_grad
 from jaxtar.meta.memory import MemoryEstimate, Workload, choose_plan, compiled_peak_bytes, predict_peak_bytes
 from jaxtar.meta.spec import ESTIMATORS, Estimator, TamperSchedule
-from jaxtar.meta.vectorize import AdversaryGroup, group_adversaries, vmap_meta_value_and_grad
+from jaxtar.meta.vectorize import (
+    AdversaryGroup,
+    GroupsResult,
+    group_adversaries,
+    grouped_meta_value_and_grad,
+    vmap_meta_value_and_grad,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -28,7 +34,9 @@ __all__ = [
     "Workload",
     "choose_plan",
     "compiled_peak_bytes",
+    "GroupsResult",
     "group_adversaries",
+    "grouped_meta_value_and_grad",
     "meta_value_and_grad",
     "predict_peak_bytes",
     "vmap_meta_value_and_grad",

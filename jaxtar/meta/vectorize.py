@@ -4,14 +4,16 @@ Adversaries whose `static_key()` agree (optimiser kind, schedule shape, clipping
 `AdversaryGroup`: their numeric hyper-parameters become arrays with a leading adversary axis, different step counts
 are handled by masking the steps past each adversary's own count, and the whole group is one vmapped computation.
 `chunk_size` bounds memory: chunks of adversaries run one after another (a `lax.scan` that sums gradients, or
-`lax.map(..., batch_size=)` when per-adversary gradients are requested).
+`lax.map(..., batch_size=)` when per-adversary gradients are requested). Groups of different kinds combine into one
+mean gradient with `grouped_meta_value_and_grad`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -212,6 +214,72 @@ def vmap_meta_value_and_grad(
     res = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], res)
     grads = g_sum if reduce == "sum" else jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), g_sum)
     return res._replace(grads=grads)
+
+
+class GroupsResult(NamedTuple):
+    """`grouped_meta_value_and_grad`'s output: the mean gradient over every adversary with finite gradients, how many
+    that were, and each group's own `MetaResult` (its grads summed over its finite adversaries)."""
+
+    grads: PyTree
+    finite_count: jax.Array
+    groups: tuple[MetaResult, ...]
+
+
+def grouped_meta_value_and_grad(
+    problem: AttackProblem,
+    defended: PyTree,
+    groups: Sequence[AdversaryGroup],
+    batches: Sequence[PyTree],
+    tamper_batch: PyTree,
+    *,
+    key: jax.Array,
+    schedule: TamperSchedule,
+    estimator: Estimator | None = None,
+    chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+    on_nonfinite: str = "zero",
+) -> GroupsResult:
+    """The meta-gradient averaged over adversaries of several optimiser kinds: one vmapped computation per group.
+
+    Args:
+        groups: e.g. `group_adversaries(adversaries)`.
+        batches: one batch pytree per group, leading axes [A_g, K_g].
+        Other arguments: as `vmap_meta_value_and_grad` (the same for every group).
+
+    Example:
+        >>> from jaxtar.attacks import full_parameter_problem
+        >>> prob = full_parameter_problem(lambda w, b: jnp.sum((w - b) ** 2), lambda w, b: jnp.sum(w * b))
+        >>> groups = group_adversaries([Adversary("sgd", lr=0.25, steps=1), Adversary("adam", lr=0.1, steps=1)])
+        >>> res = grouped_meta_value_and_grad(prob, jnp.zeros(2), groups, [jnp.ones((1, 1, 2))] * 2, jnp.ones(2),
+        ...                                   key=jax.random.key(0), schedule=TamperSchedule(), estimator=Estimator())
+        >>> int(res.finite_count), [round(float(g), 3) for g in res.grads]  # SGD gives 0.5, Adam's sign-like step 1
+        (2, [0.75, 0.75])
+    """
+    if len(groups) != len(batches):
+        raise ValueError(f"{len(groups)} groups but {len(batches)} batch pytrees")
+    if not groups:
+        raise ValueError("grouped_meta_value_and_grad needs at least one group")
+    results = tuple(
+        vmap_meta_value_and_grad(
+            problem,
+            defended,
+            group,
+            b,
+            tamper_batch,
+            key=key,
+            schedule=schedule,
+            estimator=estimator,
+            chunk_size=chunk_size,
+            reduce="sum",
+            mesh=mesh,
+            on_nonfinite=on_nonfinite,
+        )  # fmt: skip
+        for group, b in zip(groups, batches)
+    )
+    count = sum(r.aux.is_finite.sum() for r in results).astype(jnp.result_type(float))
+    total = jax.tree.map(lambda *g: sum(g), *(r.grads for r in results))
+    grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0).astype(g.dtype), total)
+    return GroupsResult(grads, count, results)
 
 
 def _reduce(grads: PyTree, finite: jax.Array, reduce: str) -> PyTree:

@@ -9,7 +9,12 @@ import pytest
 
 from jaxtar.attacks.adversary import Adversary, Schedule
 from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
-from jaxtar.meta.vectorize import AdversaryGroup, group_adversaries, vmap_meta_value_and_grad
+from jaxtar.meta.vectorize import (
+    AdversaryGroup,
+    group_adversaries,
+    grouped_meta_value_and_grad,
+    vmap_meta_value_and_grad,
+)
 
 KEY = jax.random.key(5)
 SCHEDULE = TamperSchedule.tar(every=1, rate=0.5)
@@ -97,6 +102,35 @@ def test_per_adversary_and_summed_gradients_equal_loop(hybrid, case, reduce, chu
         expected = np.sum([_flat(r.grads) for r in loop], axis=0)
         np.testing.assert_allclose(_flat(res.grads), expected, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(res.value, [float(r.value) for r in loop], rtol=1e-5)
+
+
+def test_groups_of_different_kinds_average_like_a_loop(hybrid, case, make_hybrid_data):
+    """AdamW and SGD-momentum adversaries: one vmapped computation per group, the mean over all five as a loop."""
+    momentum = (Adversary("sgd_momentum", lr=0.05, steps=3, seed=2), Adversary("sgd_momentum", lr=0.1, steps=3))
+    _, batches_m, _ = make_hybrid_data(3, seed=9, lead=(len(momentum),))
+    groups = group_adversaries(ADVERSARIES + momentum)
+    assert [len(g) for g in groups] == [3, 2]
+    res = jax.jit(
+        lambda p: grouped_meta_value_and_grad(
+            hybrid, p, groups, [case["batches"], batches_m], case["tamper"], key=KEY, schedule=SCHEDULE
+        )
+    )(case["params"])
+    single = jax.jit(
+        lambda p, h, b, k: meta_value_and_grad(
+            hybrid, p, b, case["tamper"], adversary=momentum[0], key=k, schedule=SCHEDULE, hyperparams=h
+        )
+    )
+    loop = [_flat(r.grads) for r in case["loop"]]
+    for i, adv in enumerate(momentum):
+        hp = {k: jnp.float32(v) for k, v in adv.hyperparams().items()}
+        b = jax.tree.map(lambda x, i=i: x[i], batches_m)
+        loop.append(_flat(single(case["params"], hp, b, jax.random.fold_in(KEY, adv.seed)).grads))
+    assert float(res.finite_count) == 5
+    np.testing.assert_allclose(_flat(res.grads), np.mean(loop, axis=0), rtol=2e-5, atol=1e-6)
+    assert abs(np.mean(loop[:3], axis=0) - np.mean(loop, axis=0)).max() > 1e-3  # the second group matters
+    with pytest.raises(ValueError, match="batch pytrees"):
+        grouped_meta_value_and_grad(hybrid, case["params"], groups, [case["batches"]], case["tamper"], key=KEY,
+                                    schedule=SCHEDULE)  # fmt: skip
 
 
 def test_divergent_adversary_is_left_out(case):
