@@ -137,3 +137,37 @@ def test_mixed_recomputes_its_tamper_records():
     assert measured[k] < 1.35 * measured[1], measured
     for records in measured:
         assert 0.5 < predicted[records] / measured[records] < 2.0, (predicted, measured)
+
+
+def test_tar_memory_does_not_grow_with_the_attack_length():
+    """TAR's estimator stores nothing per step (REFERENCE §3: the memory of a plain attack); remat stores each step's
+    inputs. K = 4 -> 16 on a tiny Llama: tar grew by 1 param-size array when measured, remat by ~52."""
+    import jax
+
+    from jaxtar.attacks.adversary import Adversary
+    from jaxtar.attacks.unroll import model_attack_problem
+    from jaxtar.meta import TamperSchedule, meta_value_and_grad
+    from jaxtar.models import LlamaConfig, create_model
+
+    cfg = LlamaConfig.tiny(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                           num_kv_heads=2)  # fmt: skip
+    model, params = create_model(cfg, seed=0)
+    param_bytes = 4 * Workload.for_llama(cfg, batch_size=2, seq_len=16, steps=4).trainable_params
+
+    def ce(p, x, lora):
+        logits = model.apply(p, x, lora=lora).logits[:, :-1]
+        return -jax.numpy.mean(jax.numpy.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], axis=-1))
+
+    measured = {}
+    for k in (4, 16):
+        ids = jax.random.randint(jax.random.key(1), (k, 2, 16), 0, cfg.vocab_size)
+        adv = Adversary("adamw", lr=1e-3, steps=k)
+        problem = model_attack_problem(adv, ce, ce, model=model)
+        for name in ("tar", "remat"):
+            f = lambda p, ids=ids, adv=adv, problem=problem, name=name: meta_value_and_grad(
+                problem, p, ids, ids[0], adversary=adv, key=jax.random.key(0), schedule=TamperSchedule.tar(every=4),
+                estimator=Estimator(name),
+            ).grads  # fmt: skip
+            measured[name, k] = compiled_peak_bytes(jax.jit(f).lower(params).compile())
+    assert measured["tar", 16] - measured["tar", 4] < 2 * param_bytes, measured
+    assert measured["remat", 16] - measured["remat", 4] > 12 * 3 * param_bytes, measured  # 12 more AdamW carries
