@@ -17,7 +17,7 @@ engine every estimator in `jaxtar.meta` shares, `unroll` the plain (red-team) fr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -138,23 +138,29 @@ class Run:
     record: bool
 
 
-def plan_runs(start: int, stop: int, every: int | None) -> tuple[Run, ...]:
-    """Steps start+1..stop grouped into runs; a record follows every step number divisible by `every`.
+def plan_runs(start: int, stop: int, every: int | Sequence[int] | None) -> tuple[Run, ...]:
+    """Steps start+1..stop grouped into runs; a record follows every step number divisible by `every` (or, for a
+    sequence, each listed step number).
 
     Example:
         >>> plan_runs(0, 10, 4)
         (Run(count=2, length=4, record=True), Run(count=1, length=2, record=False))
+        >>> plan_runs(0, 10, (1, 2, 3, 7))
+        (Run(count=3, length=1, record=True), Run(count=1, length=4, record=True), Run(count=1, length=3, record=False))
     """
+    if every is None:
+        points: list[int] = []
+    elif isinstance(every, int):
+        points = list(range((start // every + 1) * every, stop + 1, every))
+    else:
+        points = sorted({int(j) for j in every if start < j <= stop})
     segments: list[tuple[int, bool]] = []
     p = start
-    while p < stop:
-        nxt = (p // every + 1) * every if every else stop + 1
-        if nxt <= stop:
-            segments.append((nxt - p, True))
-            p = nxt
-        else:
-            segments.append((stop - p, False))
-            p = stop
+    for j in points:
+        segments.append((j - p, True))
+        p = j
+    if p < stop:
+        segments.append((stop - p, False))
     runs: list[Run] = []
     for length, record in segments:
         if runs and runs[-1].length == length and runs[-1].record == record:
@@ -314,6 +320,7 @@ def unroll(
     hyperparams: dict[str, jax.Array] | None = None,
     active_steps: jax.Array | None = None,
     record_every: int | None = None,
+    record_at: Sequence[int] | None = None,
     include_initial: bool = False,
     record_fn: Callable[[PyTree, PyTree], PyTree] | None = None,
 ) -> UnrollResult:
@@ -328,6 +335,7 @@ def unroll(
         hyperparams: overrides of `adversary.hyperparams()` (arrays; e.g. traced for a hyper-gradient).
         active_steps: run only this many of the K steps (the rest are no-ops) - for vmapped mixed lengths.
         record_every: call `record_fn(defended, weights)` after every step number divisible by this.
+        record_at: or after each of these step numbers (1..K; e.g. ``lambda d, w: w`` keeps the weights there).
         include_initial: also record before the first step.
         record_fn: metric at the recorded steps (weights are `eval_params` for schedule-free).
 
@@ -346,7 +354,11 @@ def unroll(
     hp = opt.default_hyperparams() if hyperparams is None else dict(hyperparams)
     trainable = problem.attack_init(defended, key)
     carry = Carry(trainable, opt.init(trainable, hp), jnp.zeros((), jnp.int32), None)
-    every = record_every if record_fn is not None else None
+    if record_every is not None and record_at is not None:
+        raise ValueError("unroll takes record_every or record_at, not both")
+    if record_at is not None and not all(1 <= j <= num_steps for j in record_at):
+        raise ValueError(f"record_at steps must be in 1..{num_steps}, got {tuple(record_at)}")
+    every = (record_every if record_at is None else tuple(record_at)) if record_fn is not None else None
     runs = plan_runs(0, num_steps, every)
 
     def record(c: Carry, _):

@@ -32,6 +32,31 @@ def test_plan_runs():
     assert plan_runs(62, 64, 4) == (Run(1, 2, True),)
     assert plan_runs(0, 5, None) == (Run(1, 5, False),)
     assert plan_runs(3, 9, 2) == (Run(1, 1, True), Run(2, 2, True), Run(1, 1, False))
+    assert plan_runs(0, 10, (7, 1, 2, 3, 12)) == (Run(3, 1, True), Run(1, 4, True), Run(1, 3, False))  # chosen steps
+    assert plan_runs(0, 8, (4, 8)) == plan_runs(0, 8, 4)
+
+
+def test_records_at_chosen_steps_are_differentiable(data):
+    """Weights recorded after steps 1 and 4 equal separate 1- and 4-step attacks, and jax.grad through the unroll
+    (momentum SGD, float64) matches central finite differences."""
+    w0, batches = data
+    adv = Adversary("sgd_momentum", lr=0.3, momentum=0.8, steps=5)
+    prob = full_parameter_problem(_loss)
+    run = lambda w, b, **kw: unroll(prob, w, adv, b, key=jax.random.key(0), **kw)
+    res = run(w0, batches, record_at=(4, 1), record_fn=lambda d, w: w)
+    for i, steps in enumerate((1, 4)):
+        np.testing.assert_allclose(res.records[i], run(w0, jax.tree.map(lambda x, s=steps: x[:s], batches)).trainable,
+                                   rtol=1e-6)  # fmt: skip
+    with jax.enable_x64(True):
+        w64, b64 = jnp.asarray(w0, jnp.float64), jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), batches)
+        value = lambda w: jnp.sum(jnp.sin(run(w, b64, record_at=(2, 5), record_fn=lambda d, t: t).records))
+        grad, v, h = jax.grad(value)(w64), jnp.asarray(np.random.default_rng(0).normal(size=w0.shape)), 1e-6
+        fd = (value(w64 + h * v) - value(w64 - h * v)) / (2 * h)
+        np.testing.assert_allclose(float(jnp.sum(grad * v)), float(fd), rtol=1e-7)
+    with pytest.raises(ValueError, match="1..5"):
+        run(w0, batches, record_at=(0, 2), record_fn=lambda d, w: w)
+    with pytest.raises(ValueError, match="not both"):
+        run(w0, batches, record_every=2, record_at=(2,), record_fn=lambda d, w: w)
 
 
 def test_unroll_matches_python_loop_with_records(data):
