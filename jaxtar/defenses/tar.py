@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from jaxtar.attacks import Adversary, model_attack_problem, sample_adversary, tar_train_adversaries
 from jaxtar.config import DefenceConfig, TarConfig
@@ -54,6 +55,7 @@ from jaxtar.objectives import (
     reference_log_probs,
     representation_distance_loss,
 )
+from jaxtar.parallel import param_shardings, with_shardings
 
 PyTree = Any
 
@@ -122,7 +124,7 @@ def _global_norm(tree: PyTree) -> jax.Array:
 
 
 def make_tar_step(
-    model: Any, config: TarConfig, template: Adversary, compute_dtype: str | None = None
+    model: Any, config: TarConfig, template: Adversary, compute_dtype: str | None = None, mesh: Mesh | None = None
 ) -> tuple[Callable, optax.GradientTransformation]:
     """The jitted TAR outer step and its optimiser.
 
@@ -132,6 +134,9 @@ def make_tar_step(
         template: the static structure shared by the suite's adversaries (optimiser kind, schedule, clipping,
             LoRA); their learning rates etc. arrive per step in ``batches["hyperparams"]``.
         compute_dtype: activation dtype.
+        mesh: a `jaxtar.parallel.make_mesh` mesh: the adversaries are split along its "adversary" axis, and the new
+            params and optimiser state keep the FSDP sharding of `jaxtar.parallel.param_shardings` (place the inputs
+            with it; batches follow `jaxtar.parallel.batch_shardings`). None: one device.
 
     Returns:
         ``(step, optimiser)`` with ``step(params, opt_state, batches, key, frozen) -> (params, opt_state, metrics)``
@@ -151,7 +156,7 @@ def make_tar_step(
         meta = vmap_meta_value_and_grad(
             problem, params, group, batches["adversary"], batches["tamper"], key=key, schedule=schedule,
             estimator=estimator, hyperparams=batches["hyperparams"], reduce="mean",
-            chunk_size=config.adversary_chunk_size,
+            chunk_size=config.adversary_chunk_size, mesh=mesh,
         )  # fmt: skip
         (retain, (ce, rep)), g_retain = jax.value_and_grad(losses["retain"], has_aux=True)(
             params, frozen, batches["retain"]
@@ -161,6 +166,9 @@ def make_tar_step(
         )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        if mesh is not None:  # keep params and optimiser state FSDP-sharded across steps
+            params = with_shardings(params, param_shardings(params, mesh))
+            opt_state = with_shardings(opt_state, param_shardings(opt_state, mesh))
         metrics = {
             "loss": config.lambda_tr * jnp.mean(meta.value) + config.lambda_retain * retain,
             "tamper_value": jnp.mean(meta.value),
@@ -317,8 +325,10 @@ def _check_suite(suite: tuple[Adversary, ...]) -> Adversary:
     return suite[0]
 
 
-def build_tar_phases(config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any) -> tuple[list[Phase], TarData]:
-    """The TAR phase (and the SFT phase when ``tar.sft_steps > 0``) of a run."""
+def build_tar_phases(
+    config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any, mesh: Mesh | None = None
+) -> tuple[list[Phase], TarData]:
+    """The TAR phase (and the SFT phase when ``tar.sft_steps > 0``) of a run; `mesh`: see `make_tar_step`."""
     tar = config.tar
     suite = train_suite(tar)
     template = _check_suite(suite)
@@ -326,7 +336,7 @@ def build_tar_phases(config: DefenceConfig, model: Any, params: PyTree, tokenize
     if tar.tamper_loss == "dpo":
         reference_fn = functools.partial(lambda p, ids, m: model.apply(p, ids, m).logits, params)
     data = TarData(config, tokenizer, suite, reference_fn)
-    step, optimizer = _shared(make_tar_step, model, tar, template, config.model.compute_dtype)
+    step, optimizer = _shared(make_tar_step, model, tar, template, config.model.compute_dtype, mesh)
     phases = [
         Phase("tar", tar.outer_steps, step, data.batches, optimizer.init, schedule_free_params, data.tokens_per_step())
     ]

@@ -107,7 +107,9 @@ def _constrain(tree: PyTree, mesh: Mesh | None, lead: int) -> PyTree:
     def one(x):
         if x.ndim <= lead or x.shape[lead] % n:
             return x
-        spec = P(*([None] * lead), "adversary")
+        # every other axis UNCONSTRAINED: a None would force it replicated and undo e.g. the batch's data sharding
+        free = P.UNCONSTRAINED
+        spec = P(*([free] * lead), "adversary", *([free] * (x.ndim - lead - 1)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     return jax.tree.map(one, tree)
