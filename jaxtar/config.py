@@ -140,6 +140,9 @@ class RunConfig:
         tensorboard: also write TensorBoard events when ``tensorboardX`` or ``torch.utils.tensorboard`` is installed.
         resume: continue the run in ``output_dir`` from its latest checkpoint.
         export: write the final model as an HF checkpoint to ``output_dir/model``.
+        mesh_data, mesh_fsdp, mesh_adversary: a (data, fsdp, adversary) device mesh (`jaxtar.parallel.make_mesh`):
+            batches split across data x fsdp, params and optimiser state FSDP-sharded, TAR's adversaries split
+            across adversary. All 1: one device.
     """
 
     output_dir: str | None = None
@@ -151,9 +154,12 @@ class RunConfig:
     tensorboard: bool = True
     resume: bool = False
     export: bool = True
+    mesh_data: int = 1
+    mesh_fsdp: int = 1
+    mesh_adversary: int = 1
 
     def __post_init__(self) -> None:
-        _positive(self, "checkpoint_every", "keep_checkpoints", "log_every")
+        _positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "mesh_data", "mesh_fsdp", "mesh_adversary")
         _non_negative(self, "seed")
 
 

@@ -22,10 +22,12 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from jaxtar.checkpoint import Checkpointer, RunDir, open_run_dir, write_json_atomic
 from jaxtar.config import DefenceConfig, RunConfig, save_config
 from jaxtar.defenses._inputs import InputError, check_tokenizer, load_model
+from jaxtar.parallel import batch_shardings, make_mesh, param_shardings, shard
 
 PyTree = Any
 
@@ -117,6 +119,18 @@ def jit_step(step: Callable) -> Callable:
 
     call.jitted = jitted
     return call
+
+
+def shard_batches(batches: dict[str, PyTree], mesh: Mesh) -> dict[str, PyTree]:
+    """Place a step's batches on a mesh: TAR's ``adversary`` rows [A, K, B, T] along adversary and (data, fsdp),
+    its ``hyperparams`` [A] along adversary, every other role's rows [B, ...] along (data, fsdp); axes that do not
+    divide stay replicated."""
+    axes = {"adversary": (2, 0), "hyperparams": (1, 0)}
+    return {name: shard(b, batch_shardings(b, mesh, *axes.get(name, (0, None)))) for name, b in batches.items()}
+
+
+def _place(tree: PyTree, mesh: Mesh | None) -> PyTree:
+    return tree if mesh is None or tree is None else shard(tree, param_shardings(tree, mesh))
 
 
 def step_key(seed: int, step: int) -> jax.Array:
@@ -217,12 +231,13 @@ def _restore(ckpt: Checkpointer, phases: list[Phase], params0: PyTree) -> tuple[
 
 
 def run_phases(
-    phases: list[Phase], params0: PyTree, frozen: PyTree, run_dir: RunDir, run: RunConfig
+    phases: list[Phase], params0: PyTree, frozen: PyTree, run_dir: RunDir, run: RunConfig, mesh: Mesh | None = None
 ) -> tuple[PyTree, int, bool, dict[str, Any]]:
     """Runs (or resumes) the phases; returns (exported params, completed steps, interrupted, last metrics).
 
     ``params0`` are the starting weights (also the restore target's shapes); ``frozen`` is passed to every step
-    unchanged (TAR: the same ``params0`` arrays, the frozen base model — no second copy).
+    unchanged (TAR: the same ``params0`` arrays, the frozen base model — no second copy). With a ``mesh`` params,
+    optimiser state and ``frozen`` are FSDP-sharded and each step's batches placed by `shard_batches`.
     """
     ckpt = Checkpointer(run_dir.checkpoint_dir, max_to_keep=run.keep_checkpoints)
     index, step = 0, 0
@@ -233,6 +248,7 @@ def run_phases(
     else:
         params = jax.tree.map(lambda x: x.copy(), params0)  # trained separately from the frozen base
         opt_state = phases[0].init_opt_state(params)
+    params, opt_state, frozen = _place(params, mesh), _place(opt_state, mesh), _place(frozen, mesh)
     log = _MetricsLog(run_dir.metrics_path, step, run.tensorboard)
     total = phases[-1].stop
     last: dict[str, Any] = {}
@@ -249,6 +265,8 @@ def run_phases(
                 t_prev = time.perf_counter()
                 while step < phase.stop and signals.received is None:
                     batches = phase.batches_fn(step)
+                    if mesh is not None:
+                        batches = shard_batches(batches, mesh)
                     params, opt_state, metrics = phase.step_fn(
                         params, opt_state, batches, step_key(run.seed, step), frozen
                     )
@@ -274,8 +292,8 @@ def run_phases(
                     interrupted = True
                     break
                 if index + 1 < len(phases):  # hand the exported weights to the next phase, fresh optimiser
-                    params = phase.export_params(params, opt_state)
-                    opt_state = phases[index + 1].init_opt_state(params)
+                    params = _place(phase.export_params(params, opt_state), mesh)
+                    opt_state = _place(phases[index + 1].init_opt_state(params), mesh)
                 index += 1
     finally:
         ckpt.close()
@@ -304,12 +322,19 @@ def run_defence(
         model, params, tokenizer = load_model(config.model)
     else:
         check_tokenizer(model, tokenizer)
-    phases, _ = build(config, model, params, tokenizer)  # all inputs validated before the folder is touched
+    mesh = None
+    sizes = (config.run.mesh_data, config.run.mesh_fsdp, config.run.mesh_adversary)
+    if sizes != (1, 1, 1):
+        try:
+            mesh = make_mesh(*sizes)
+        except ValueError as e:
+            raise InputError(f"run.mesh_*: {e}") from e
+    phases, _ = build(config, model, params, tokenizer, mesh)  # all inputs validated before the folder is touched
     run_dir = open_run_dir(config.run.output_dir, config.identity(method), resume=config.run.resume)
     if not run_dir.resumed:
         save_config(config, run_dir.path / "config.yaml")
     frozen = params if method == "tar" else None  # the base model for the representation loss: held once
-    final, steps, interrupted, metrics = run_phases(phases, params, frozen, run_dir, config.run)
+    final, steps, interrupted, metrics = run_phases(phases, params, frozen, run_dir, config.run, mesh)
     model_dir = None
     if not interrupted and config.run.export:
         model_dir = save_pretrained(model, final, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed)

@@ -84,9 +84,10 @@ def make_random_mapping_step(
 
 
 def build_random_mapping_phases(
-    config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any
+    config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any, mesh: Any = None
 ) -> tuple[list[Phase], None]:
-    """The single random-mapping phase of a run (data tokenised and checked here)."""
+    """The single random-mapping phase of a run (data tokenised and checked here). ``mesh`` needs nothing here: the
+    step follows the shardings `jaxtar.defenses._loop.run_phases` gives its inputs."""
     rm, data, seed = config.random_mapping, config.data, config.run.seed
     for role in ("forget", "retain"):
         if getattr(data, role) is None:
