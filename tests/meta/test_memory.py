@@ -47,40 +47,55 @@ def test_plan_choice():
         choose_plan(work, 10**6)
 
 
-def test_remat_policies_and_two_level_against_compiled_memory():
-    """Two-level remat stores fewer step inputs than per-step remat (K = 16, records every 4 steps: groups of one
-    4-step segment), a dots-saving policy stores more, and the planner follows all three."""
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+
+
+def _meta_bytes(cfg, adversary, ids, tamper, schedule, estimator) -> int:
+    """XLA's allocation for the meta-gradient of a tiny Llama attacked with next-token CE (also the tamper loss)."""
     import jax
 
-    from jaxtar.attacks.adversary import Adversary
     from jaxtar.attacks.unroll import model_attack_problem
-    from jaxtar.meta import TamperSchedule, meta_value_and_grad
-    from jaxtar.models import LlamaConfig, create_model
+    from jaxtar.meta import meta_value_and_grad
+    from jaxtar.models import create_model
 
-    cfg = LlamaConfig.tiny(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                           num_kv_heads=2)  # fmt: skip
     model, params = create_model(cfg, seed=0)
-    k, b, t = 16, 2, 16
-    ids = jax.random.randint(jax.random.key(1), (k, b, t), 0, cfg.vocab_size)
-    tamper = jax.random.randint(jax.random.key(2), (b, t), 0, cfg.vocab_size)
 
     def ce(p, x, lora):
         logits = model.apply(p, x, lora=lora).logits[:, :-1]
         return -jax.numpy.mean(jax.numpy.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], axis=-1))
 
+    problem = model_attack_problem(adversary, ce, ce, model=model)
+    f = lambda p: meta_value_and_grad(problem, p, ids, tamper, adversary=adversary, key=jax.random.key(0),
+                                      schedule=schedule, estimator=estimator).grads  # fmt: skip
+    return compiled_peak_bytes(jax.jit(f).lower(params).compile())
+
+
+def _ids(cfg, k: int, b: int, t: int):
+    import jax
+
+    ids = jax.random.randint(jax.random.key(1), (k, b, t), 0, cfg.vocab_size)
+    return ids, jax.random.randint(jax.random.key(2), (b, t), 0, cfg.vocab_size)
+
+
+def test_remat_policies_and_two_level_against_compiled_memory():
+    """Two-level remat stores fewer step inputs than per-step remat (K = 16, records every 4 steps: groups of one
+    4-step segment), a dots-saving policy stores more, and the planner follows all three."""
+    from jaxtar.attacks.adversary import Adversary
+    from jaxtar.meta import TamperSchedule
+    from jaxtar.models import LlamaConfig
+
+    cfg = LlamaConfig.tiny(**SMALL)
+    k, b, t = 16, 2, 16
+    ids, tamper = _ids(cfg, k, b, t)
     adv = Adversary("sgd", lr=0.1, steps=k)  # SGD: the quickest of these second-order programs to compile
-    problem = model_attack_problem(adv, ce, ce, model=model)
     work = Workload.for_llama(cfg, batch_size=b, seq_len=t, steps=k, records=k // 4, optimizer="sgd")
-    sched, key = TamperSchedule.tar(every=4), jax.random.key(0)
     measured, predicted = {}, {}
     for name, est in {
         "per_step": Estimator("remat"),
         "two_level": Estimator("remat", two_level=True),
         "dots": Estimator("remat", remat_policy="dots_with_no_batch_dims_saveable"),
     }.items():
-        f = lambda p, est=est: meta_value_and_grad(problem, p, ids, tamper, adversary=adv, key=key, schedule=sched,
-                                                   estimator=est).grads  # fmt: skip
-        measured[name] = compiled_peak_bytes(jax.jit(f).lower(params).compile())
+        measured[name] = _meta_bytes(cfg, adv, ids, tamper, TamperSchedule.tar(every=4), est)
         predicted[name] = predict_peak_bytes(work, est).total
     carry = 4 * work.trainable_params  # a step's input: the float32 params (SGD keeps no state)
     assert measured["two_level"] < measured["per_step"] - 4 * carry, measured  # 8 step inputs fewer, at least 4
@@ -107,31 +122,18 @@ def test_dot_sizes_default_to_fractions_of_the_activations():
 def test_mixed_recomputes_its_tamper_records():
     """`mixed` keeps only inputs per step and per record: records every step cost little more than one record
     (measured 1.2x at d=64; 1.9x when the records stored their residuals), as the planner assumes."""
-    import jax
-
     from jaxtar.attacks.adversary import Adversary
-    from jaxtar.attacks.unroll import model_attack_problem
-    from jaxtar.meta import TamperSchedule, meta_value_and_grad
-    from jaxtar.models import LlamaConfig, create_model
+    from jaxtar.meta import TamperSchedule
+    from jaxtar.models import LlamaConfig
 
     cfg = LlamaConfig.tiny()  # d=64, vocab 256
-    model, params = create_model(cfg, seed=0)
     k, b, t = 8, 4, 32
-    ids = jax.random.randint(jax.random.key(1), (k, b, t), 0, cfg.vocab_size)
-    tamper = jax.random.randint(jax.random.key(2), (b, t), 0, cfg.vocab_size)
-
-    def ce(p, x, lora):
-        logits = model.apply(p, x, lora=lora).logits[:, :-1]
-        return -jax.numpy.mean(jax.numpy.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], axis=-1))
-
+    ids, tamper = _ids(cfg, k, b, t)
     adv = Adversary("adamw", lr=1e-3, steps=k)
-    problem = model_attack_problem(adv, ce, ce, model=model)
     measured, predicted = {}, {}
     for records in (1, k):
         sched = TamperSchedule.tar(every=k // records)
-        f = lambda p, sched=sched: meta_value_and_grad(problem, p, ids, tamper, adversary=adv, key=jax.random.key(0),
-                                                       schedule=sched, estimator=Estimator("mixed")).grads  # fmt: skip
-        measured[records] = compiled_peak_bytes(jax.jit(f).lower(params).compile())
+        measured[records] = _meta_bytes(cfg, adv, ids, tamper, sched, Estimator("mixed"))
         work = Workload.for_llama(cfg, batch_size=b, seq_len=t, steps=k, records=records)
         predicted[records] = predict_peak_bytes(work, Estimator("mixed")).total
     assert measured[k] < 1.35 * measured[1], measured
@@ -142,32 +144,17 @@ def test_mixed_recomputes_its_tamper_records():
 def test_tar_memory_does_not_grow_with_the_attack_length():
     """TAR's estimator stores nothing per step (REFERENCE §3: the memory of a plain attack); remat stores each step's
     inputs. K = 4 -> 16 on a tiny Llama: tar grew by 1 param-size array when measured, remat by ~52."""
-    import jax
-
     from jaxtar.attacks.adversary import Adversary
-    from jaxtar.attacks.unroll import model_attack_problem
-    from jaxtar.meta import TamperSchedule, meta_value_and_grad
-    from jaxtar.models import LlamaConfig, create_model
+    from jaxtar.meta import TamperSchedule
+    from jaxtar.models import LlamaConfig
 
-    cfg = LlamaConfig.tiny(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                           num_kv_heads=2)  # fmt: skip
-    model, params = create_model(cfg, seed=0)
+    cfg = LlamaConfig.tiny(**SMALL)
     param_bytes = 4 * Workload.for_llama(cfg, batch_size=2, seq_len=16, steps=4).trainable_params
-
-    def ce(p, x, lora):
-        logits = model.apply(p, x, lora=lora).logits[:, :-1]
-        return -jax.numpy.mean(jax.numpy.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], axis=-1))
-
     measured = {}
     for k in (4, 16):
-        ids = jax.random.randint(jax.random.key(1), (k, 2, 16), 0, cfg.vocab_size)
-        adv = Adversary("adamw", lr=1e-3, steps=k)
-        problem = model_attack_problem(adv, ce, ce, model=model)
+        ids, _ = _ids(cfg, k, 2, 16)
+        adv, sched = Adversary("adamw", lr=1e-3, steps=k), TamperSchedule.tar(every=4)
         for name in ("tar", "remat"):
-            f = lambda p, ids=ids, adv=adv, problem=problem, name=name: meta_value_and_grad(
-                problem, p, ids, ids[0], adversary=adv, key=jax.random.key(0), schedule=TamperSchedule.tar(every=4),
-                estimator=Estimator(name),
-            ).grads  # fmt: skip
-            measured[name, k] = compiled_peak_bytes(jax.jit(f).lower(params).compile())
+            measured[name, k] = _meta_bytes(cfg, adv, ids, ids[0], sched, Estimator(name))
     assert measured["tar", 16] - measured["tar", 4] < 2 * param_bytes, measured
     assert measured["remat", 16] - measured["remat", 4] > 12 * 3 * param_bytes, measured  # 12 more AdamW carries
