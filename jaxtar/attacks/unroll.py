@@ -17,6 +17,7 @@ engine every estimator in `jaxtar.meta` shares, `unroll` the plain (red-team) fr
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -148,12 +149,12 @@ def plan_runs(start: int, stop: int, every: int | Sequence[int] | None) -> tuple
         >>> plan_runs(0, 10, (1, 2, 3, 7))
         (Run(count=3, length=1, record=True), Run(count=1, length=4, record=True), Run(count=1, length=3, record=False))
     """
-    if every is None:
-        points: list[int] = []
-    elif isinstance(every, int):
-        points = list(range((start // every + 1) * every, stop + 1, every))
-    else:
+    points: list[int] = []  # every None or 0: no records
+    if every is not None and not isinstance(every, numbers.Integral):
         points = sorted({int(j) for j in every if start < j <= stop})
+    elif every:
+        every = int(every)
+        points = list(range((start // every + 1) * every, stop + 1, every))
     segments: list[tuple[int, bool]] = []
     p = start
     for j in points:
@@ -335,7 +336,8 @@ def unroll(
         hyperparams: overrides of `adversary.hyperparams()` (arrays; e.g. traced for a hyper-gradient).
         active_steps: run only this many of the K steps (the rest are no-ops) - for vmapped mixed lengths.
         record_every: call `record_fn(defended, weights)` after every step number divisible by this.
-        record_at: or after each of these step numbers (1..K; e.g. ``lambda d, w: w`` keeps the weights there).
+        record_at: or after each of these step numbers (1..K; e.g. ``lambda d, w: w`` keeps the weights there);
+            the records come back in step order, one per distinct step.
         include_initial: also record before the first step.
         record_fn: metric at the recorded steps (weights are `eval_params` for schedule-free).
 

@@ -217,8 +217,11 @@ def _scalars(metrics: PyTree) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in host.items()}
 
 
-def _restore(ckpt: Checkpointer, phases: list[Phase], params0: PyTree) -> tuple[int, int, PyTree, PyTree]:
-    """(phase index, completed steps, params, opt_state) from the newest checkpoint."""
+def _restore(
+    ckpt: Checkpointer, phases: list[Phase], params0: PyTree, mesh: Mesh | None
+) -> tuple[int, int, PyTree, PyTree]:
+    """(phase index, completed steps, params, opt_state) from the newest checkpoint, placed for this run (on
+    ``mesh``, or on the default device: a run may resume on another mesh than it was saved from)."""
     step = ckpt.latest_step()
     meta = ckpt.restore_meta(step)
     names = [p.name for p in phases]
@@ -226,6 +229,9 @@ def _restore(ckpt: Checkpointer, phases: list[Phase], params0: PyTree) -> tuple[
         raise ValueError(f"checkpoint {step} belongs to phase {meta.get('phase')!r}, this run has {names}")
     index = names.index(meta["phase"])
     target = jax.eval_shape(lambda p: {"params": p, "opt_state": phases[index].init_opt_state(p)}, params0)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: one, target) if mesh is None else param_shardings(target, mesh)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
     state, meta = ckpt.restore(step, target)
     return index, int(meta["step"]), state["params"], state["opt_state"]
 
@@ -243,7 +249,7 @@ def run_phases(
     index, step = 0, 0
     params, opt_state = params0, None
     if run_dir.resumed and ckpt.latest_step() is not None:
-        index, step, params, opt_state = _restore(ckpt, phases, params0)
+        index, step, params, opt_state = _restore(ckpt, phases, params0, mesh)
         print(f"resumed from step {step} ({phases[index].name})", file=sys.stderr)
     else:
         params = jax.tree.map(lambda x: x.copy(), params0)  # trained separately from the frozen base
@@ -329,6 +335,7 @@ def run_defence(
             mesh = make_mesh(*sizes)
         except ValueError as e:
             raise InputError(f"run.mesh_*: {e}") from e
+        params = _place(params, mesh)  # the base model is held once, sharded (no full copy left on one device)
     phases, _ = build(config, model, params, tokenizer, mesh)  # all inputs validated before the folder is touched
     run_dir = open_run_dir(config.run.output_dir, config.identity(method), resume=config.run.resume)
     if not run_dir.resumed:
@@ -340,3 +347,21 @@ def run_defence(
         model_dir = save_pretrained(model, final, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed)
         print(f"wrote {model_dir}", file=sys.stderr)
     return RunResult(run_dir.path, model_dir, model, final, tokenizer, steps, interrupted, metrics)
+
+
+def check_divides(mesh: Mesh | None, **sizes: int) -> None:
+    """Refuses (`InputError`) sizes a mesh axis would not split, instead of silently replicating them.
+
+    ``sizes``: ``name=value``; names ending in ``batch_size`` are split across data x fsdp, the others (adversary
+    counts) across adversary.
+
+    Example:
+        >>> check_divides(None, tamper_batch_size=3)  # one device: anything goes
+    """
+    if mesh is None:
+        return
+    for name, value in sizes.items():
+        axes = ("data", "fsdp") if name.endswith("batch_size") else ("adversary",)
+        n = int(np.prod([mesh.shape[a] for a in axes]))
+        if value % n:
+            raise InputError(f"{name} = {value} does not divide across the mesh's {' x '.join(axes)} = {n} devices")

@@ -29,6 +29,7 @@ from jaxtar.defenses._batches import RowStream, tokens_in
 from jaxtar.defenses._loop import (
     Phase,
     RunResult,
+    check_divides,
     jit_step,
     run_defence,
     schedule_free_adamw,
@@ -86,9 +87,12 @@ def make_random_mapping_step(
 def build_random_mapping_phases(
     config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any, mesh: Any = None
 ) -> tuple[list[Phase], None]:
-    """The single random-mapping phase of a run (data tokenised and checked here). ``mesh`` needs nothing here: the
-    step follows the shardings `jaxtar.defenses._loop.run_phases` gives its inputs."""
+    """The single random-mapping phase of a run (data tokenised and checked here). ``mesh``: data x fsdp only (there
+    are no adversaries); the step follows the shardings `jaxtar.defenses._loop.run_phases` gives its inputs."""
     rm, data, seed = config.random_mapping, config.data, config.run.seed
+    if mesh is not None and mesh.shape["adversary"] > 1:
+        raise _inputs.InputError("random mapping has no adversaries to split: run.mesh_adversary must be 1")
+    check_divides(mesh, forget_batch_size=rm.forget_batch_size, retain_batch_size=rm.retain_batch_size)
     for role in ("forget", "retain"):
         if getattr(data, role) is None:
             raise _inputs.InputError(f"random mapping needs data.{role}")

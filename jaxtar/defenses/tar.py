@@ -42,6 +42,7 @@ from jaxtar.defenses._batches import RowStream, tokens_in
 from jaxtar.defenses._loop import (
     Phase,
     RunResult,
+    check_divides,
     jit_step,
     run_defence,
     schedule_free_adamw,
@@ -330,6 +331,11 @@ def build_tar_phases(
 ) -> tuple[list[Phase], TarData]:
     """The TAR phase (and the SFT phase when ``tar.sft_steps > 0``) of a run; `mesh`: see `make_tar_step`."""
     tar = config.tar
+    optional = {"sft_batch_size": tar.sft_batch_size if tar.sft_steps else None,
+                "adversary_chunk_size": tar.adversary_chunk_size}  # fmt: skip
+    check_divides(mesh, adversary_batch_size=tar.adversary_batch_size, tamper_batch_size=tar.tamper_batch_size,
+                  retain_batch_size=tar.retain_batch_size, adversaries_per_step=tar.adversaries_per_step,
+                  **{k: v for k, v in optional.items() if v})  # fmt: skip
     suite = train_suite(tar)
     template = _check_suite(suite)
     reference_fn = None

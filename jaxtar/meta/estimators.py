@@ -13,7 +13,8 @@ defended params (and optionally the adversary's hyper-parameters) under one of s
               ~sqrt(K) steps (memory ~2 sqrt(K) states instead of K);
 * mixed       exact; each step is a custom_vjp that stores only its inputs (+ its gradient) and computes the
               Hessian-vector product of the backward pass forward-over-reverse (`jvp` of `grad`); each tamper
-              record is recomputed from its inputs (`jax.checkpoint`), so memory does not grow with the records;
+              record is recomputed from its input (`jax.checkpoint`), so a record costs one stored state, not its
+              activations;
 * truncated   exact through the last T steps, straight-through (d w_{K-T} / d w_0 = I) before them;
 * first_order straight-through for the whole attack (FO-MAML): truncated with T = 0;
 * tar         TAR's estimator: the same first-order gradient, accumulated inside the scan at each record, so

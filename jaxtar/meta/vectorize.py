@@ -237,6 +237,7 @@ def grouped_meta_value_and_grad(
     key: jax.Array,
     schedule: TamperSchedule,
     estimator: Estimator | None = None,
+    hyperparams: Sequence[dict[str, jax.Array]] | None = None,
     chunk_size: int | None = None,
     mesh: Mesh | None = None,
     on_nonfinite: str = "zero",
@@ -246,6 +247,9 @@ def grouped_meta_value_and_grad(
     Args:
         groups: e.g. `group_adversaries(adversaries)`.
         batches: one batch pytree per group, leading axes [A_g, K_g].
+        tamper_batch: shared by every adversary.
+        hyperparams: one [A_g]-stacked dict per group (default: each group's own); their gradients come back in
+            each group's `hyper_grads`.
         Other arguments: as `vmap_meta_value_and_grad` (the same for every group).
 
     Example:
@@ -257,8 +261,9 @@ def grouped_meta_value_and_grad(
         >>> int(res.finite_count), [round(float(g), 3) for g in res.grads]  # SGD gives 0.5, Adam's sign-like step 1
         (2, [0.75, 0.75])
     """
-    if len(groups) != len(batches):
-        raise ValueError(f"{len(groups)} groups but {len(batches)} batch pytrees")
+    if len(groups) != len(batches) or (hyperparams is not None and len(hyperparams) != len(groups)):
+        raise ValueError(f"{len(groups)} groups but {len(batches)} batch pytrees / hyper-parameter dicts")
+    hyperparams = [None] * len(groups) if hyperparams is None else hyperparams
     if not groups:
         raise ValueError("grouped_meta_value_and_grad needs at least one group")
     results = tuple(
@@ -271,12 +276,13 @@ def grouped_meta_value_and_grad(
             key=key,
             schedule=schedule,
             estimator=estimator,
+            hyperparams=hp,
             chunk_size=chunk_size,
             reduce="sum",
             mesh=mesh,
             on_nonfinite=on_nonfinite,
-        )  # fmt: skip
-        for group, b in zip(groups, batches)
+        )
+        for group, b, hp in zip(groups, batches, hyperparams)
     )
     count = sum(r.aux.is_finite.sum() for r in results).astype(jnp.result_type(float))
     total = jax.tree.map(lambda *g: sum(g), *(r.grads for r in results))

@@ -33,7 +33,8 @@ def test_plan_runs():
     assert plan_runs(0, 5, None) == (Run(1, 5, False),)
     assert plan_runs(3, 9, 2) == (Run(1, 1, True), Run(2, 2, True), Run(1, 1, False))
     assert plan_runs(0, 10, (7, 1, 2, 3, 12)) == (Run(3, 1, True), Run(1, 4, True), Run(1, 3, False))  # chosen steps
-    assert plan_runs(0, 8, (4, 8)) == plan_runs(0, 8, 4)
+    assert plan_runs(0, 8, (4, 8)) == plan_runs(0, 8, 4) == plan_runs(0, 8, np.int64(4))
+    assert plan_runs(0, 5, 0) == plan_runs(0, 5, ()) == plan_runs(0, 5, None)
 
 
 def test_records_at_chosen_steps_are_differentiable(data):

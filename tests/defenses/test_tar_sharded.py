@@ -92,38 +92,55 @@ def test_tar_step_on_eight_devices_equals_one_device(tar_overrides):
 
 _RUN = textwrap.dedent(
     """
-    import json, os, sys
+    import dataclasses, json, os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
     from jaxtar.config import load_config
-    from jaxtar.defenses import run_tar
+    from jaxtar.defenses import InputError, run_tar
 
-    result = run_tar(load_config("toy", json.loads(sys.argv[1])))
-    print(json.dumps({"steps": result.steps, "model_dir": str(result.model_dir)}))
+    overrides = json.loads(sys.argv[1])
+    result = run_tar(load_config("toy", overrides))
+    spec = [str(a) for a in result.params["layers"]["q_proj"]["kernel"].sharding.spec]
+    # resume the finished run for one more step on one device (the checkpoint was saved sharded on the mesh)
+    more = {**overrides, "tar.outer_steps": 3, "run.resume": True, "run.mesh_data": 1, "run.mesh_fsdp": 1,
+            "run.mesh_adversary": 1}
+    resumed = run_tar(load_config("toy", more))
+    try:
+        run_tar(load_config("toy", {**overrides, "tar.tamper_batch_size": 6, "run.output_dir": sys.argv[2]}))
+        refused = ""
+    except InputError as e:
+        refused = str(e)
+    print(json.dumps({"steps": result.steps, "model_dir": str(result.model_dir), "spec": spec,
+                      "resumed_steps": resumed.steps, "refused": refused}))
     """
 )
 
 
 def test_tar_run_on_a_mesh_matches_one_device(tar_overrides, tmp_path):
-    """`run.mesh_*` end to end: a 2-step TAR run on 8 simulated devices logs the one-device run's metrics and
-    exports a model; a mesh larger than the machine is refused before anything is written."""
+    """`run.mesh_*` end to end: a 2-step TAR run on 8 simulated devices (data 2, fsdp 2, adversary 2) logs the
+    one-device run's metrics, exports a model and keeps its params FSDP-sharded; its checkpoint resumes on one device;
+    a batch the mesh cannot split, or a mesh larger than the machine, is refused before anything is written."""
     from jaxtar.config import load_config
     from jaxtar.defenses import InputError, run_tar
 
     overrides = {**tar_overrides, "tar.outer_steps": 2, "run.checkpoint_every": 1}
     single = run_tar(load_config("toy", {**overrides, "run.output_dir": str(tmp_path / "one")}))
-    meshed = {**overrides, "run.output_dir": str(tmp_path / "mesh"), "run.mesh_data": 2, "run.mesh_adversary": 2}
+    meshed = {**overrides, "run.output_dir": str(tmp_path / "mesh"), "run.mesh_data": 2, "run.mesh_fsdp": 2,
+              "run.mesh_adversary": 2}  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-c", _RUN, json.dumps(meshed)], capture_output=True, text=True, env=env,
-                          timeout=900)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _RUN, json.dumps(meshed), str(tmp_path / "odd")], capture_output=True,
+                          text=True, env=env, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["steps"] == single.steps == 2 and (Path(out["model_dir"]) / "config.json").is_file()
+    assert "fsdp" in out["spec"], out
+    assert out["resumed_steps"] == 3
+    assert "tamper_batch_size = 6 does not divide" in out["refused"] and not (tmp_path / "odd").exists()
     read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     # step 1 agrees to float32 reduction order (measured 3e-7); the first schedule-free Adam update is ~lr * sign(g),
     # so gradient entries at the float32 noise floor move differently and step 2 agrees to ~1e-3 (measured 1.3e-2
     # on grad_norm_tamper, 1e-3 on the rest)
-    for a, b, rtol in zip(read(tmp_path / "mesh"), read(tmp_path / "one"), (1e-5, 3e-2), strict=True):
+    for a, b, rtol in zip(read(tmp_path / "mesh")[:2], read(tmp_path / "one"), (1e-5, 3e-2), strict=True):
         for key in ("tamper_value", "retain_ce", "attack_final", "grad_norm_tamper"):
             assert abs(a[key] - b[key]) <= rtol * abs(b[key]), (a["step"], key, a[key], b[key])
     too_big = {**overrides, "run.output_dir": str(tmp_path / "big"), "run.mesh_fsdp": 64}

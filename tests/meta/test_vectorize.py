@@ -126,6 +126,8 @@ def test_groups_of_different_kinds_average_like_a_loop(hybrid, case, make_hybrid
         b = jax.tree.map(lambda x, i=i: x[i], batches_m)
         loop.append(_flat(single(case["params"], hp, b, jax.random.fold_in(KEY, adv.seed)).grads))
     assert float(res.finite_count) == 5
+    np.testing.assert_allclose(res.groups[0].hyper_grads["learning_rate"],  # per adversary, as in one group's vmap
+                               [r.hyper_grads["learning_rate"] for r in case["loop"]], rtol=2e-5)  # fmt: skip
     np.testing.assert_allclose(_flat(res.grads), np.mean(loop, axis=0), rtol=2e-5, atol=1e-6)
     assert abs(np.mean(loop[:3], axis=0) - np.mean(loop, axis=0)).max() > 1e-3  # the second group matters
     with pytest.raises(ValueError, match="batch pytrees"):
