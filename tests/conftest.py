@@ -1,8 +1,33 @@
-"""Shared test set-up: CPU-only, quiet logs, offline Hub."""
+"""Shared test set-up: CPU-only, quiet logs, offline Hub; scripts on simulated devices in a subprocess."""
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_on_devices(script: str, *args: str, timeout: int = 900) -> dict:
+    """Runs ``script`` (which sets its own XLA_FLAGS, e.g. 8 simulated devices, before importing jax) in a fresh
+    interpreter with this checkout importable; returns the JSON object its last stdout line prints."""
+    env = dict(os.environ, PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def run_on_devices():
+    """`_run_on_devices`: a script on simulated devices in a subprocess, its JSON result."""
+    return _run_on_devices

@@ -5,15 +5,10 @@ subprocess)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = textwrap.dedent(
     """
@@ -72,13 +67,8 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def test_tar_step_on_eight_devices_equals_one_device(tar_overrides):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(tar_overrides)], capture_output=True, text=True,
-                          env=env, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_tar_step_on_eight_devices_equals_one_device(tar_overrides, run_on_devices):
+    out = run_on_devices(_SCRIPT, json.dumps(tar_overrides))
     assert out["nu_err"] < 1e-4, out  # Adam's (1 - b2) g^2: the outer gradient agrees
     assert out["clear"] > 0.5 and out["moved"] > 1e-5, out
     assert out["delta_err"] < 1e-3, out
@@ -115,7 +105,7 @@ _RUN = textwrap.dedent(
 )
 
 
-def test_tar_run_on_a_mesh_matches_one_device(tar_overrides, tmp_path):
+def test_tar_run_on_a_mesh_matches_one_device(tar_overrides, tmp_path, run_on_devices):
     """`run.mesh_*` end to end: a 2-step TAR run on 8 simulated devices (data 2, fsdp 2, adversary 2) logs the
     one-device run's metrics, exports a model and keeps its params FSDP-sharded; its checkpoint resumes on one device;
     a batch the mesh cannot split, or a mesh larger than the machine, is refused before anything is written."""
@@ -126,12 +116,7 @@ def test_tar_run_on_a_mesh_matches_one_device(tar_overrides, tmp_path):
     single = run_tar(load_config("toy", {**overrides, "run.output_dir": str(tmp_path / "one")}))
     meshed = {**overrides, "run.output_dir": str(tmp_path / "mesh"), "run.mesh_data": 2, "run.mesh_fsdp": 2,
               "run.mesh_adversary": 2}  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-c", _RUN, json.dumps(meshed), str(tmp_path / "odd")], capture_output=True,
-                          text=True, env=env, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_on_devices(_RUN, json.dumps(meshed), str(tmp_path / "odd"))
     assert out["steps"] == single.steps == 2 and (Path(out["model_dir"]) / "config.json").is_file()
     assert "fsdp" in out["spec"], out
     assert out["resumed_steps"] == 3
