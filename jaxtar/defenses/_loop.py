@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ class Phase:
         init_opt_state: ``params -> opt_state`` (fresh state when the phase starts).
         export_params: ``(params, opt_state) -> params`` to hand on / export (schedule-free: the x average).
         tokens_per_step: token positions processed per step (for throughput).
+        batch_axes: on a mesh, ``role -> (batch axis, adversary axis or None)`` of the batches' roles; a role not
+            listed has its batch axis first and no adversary axis.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Phase:
     init_opt_state: Callable[[PyTree], PyTree]
     export_params: Callable[[PyTree, PyTree], PyTree] = lambda params, opt_state: params
     tokens_per_step: int = 0
+    batch_axes: Mapping[str, tuple[int, int | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,9 @@ def jit_step(step: Callable) -> Callable:
     return call
 
 
-def shard_batches(batches: dict[str, PyTree], mesh: Mesh) -> dict[str, PyTree]:
-    """Place a step's batches on a mesh: TAR's ``adversary`` rows [A, K, B, T] along adversary and (data, fsdp),
-    its ``hyperparams`` [A] along adversary, every other role's rows [B, ...] along (data, fsdp); axes that do not
-    divide stay replicated."""
-    axes = {"adversary": (2, 0), "hyperparams": (1, 0)}
+def shard_batches(batches: dict[str, PyTree], mesh: Mesh, axes: Mapping[str, tuple[int, int | None]]) -> PyTree:
+    """Place a step's batches on a mesh: each role's batch axis across (data, fsdp) and its adversary axis, if any,
+    across adversary (``axes``: `Phase.batch_axes`); axes that do not divide stay replicated."""
     return {name: shard(b, batch_shardings(b, mesh, *axes.get(name, (0, None)))) for name, b in batches.items()}
 
 
@@ -272,7 +273,7 @@ def run_phases(
                 while step < phase.stop and signals.received is None:
                     batches = phase.batches_fn(step)
                     if mesh is not None:
-                        batches = shard_batches(batches, mesh)
+                        batches = shard_batches(batches, mesh, phase.batch_axes)
                     params, opt_state, metrics = phase.step_fn(
                         params, opt_state, batches, step_key(run.seed, step), frozen
                     )
@@ -349,19 +350,19 @@ def run_defence(
     return RunResult(run_dir.path, model_dir, model, final, tokenizer, steps, interrupted, metrics)
 
 
-def check_divides(mesh: Mesh | None, **sizes: int) -> None:
-    """Refuses (`InputError`) sizes a mesh axis would not split, instead of silently replicating them.
-
-    ``sizes``: ``name=value``; names ending in ``batch_size`` are split across data x fsdp, the others (adversary
-    counts) across adversary.
+def check_divides(
+    mesh: Mesh | None, batch_sizes: Mapping[str, int], adversary_counts: Mapping[str, int] | None = None
+) -> None:
+    """Refuses (`InputError`) sizes a mesh axis would not split, instead of silently replicating them: batch sizes
+    across data x fsdp, adversary counts across adversary (``name -> value``; None values are skipped).
 
     Example:
-        >>> check_divides(None, tamper_batch_size=3)  # one device: anything goes
+        >>> check_divides(None, {"tamper_batch_size": 3})  # one device: anything goes
     """
     if mesh is None:
         return
-    for name, value in sizes.items():
-        axes = ("data", "fsdp") if name.endswith("batch_size") else ("adversary",)
+    for sizes, axes in ((batch_sizes, ("data", "fsdp")), (adversary_counts or {}, ("adversary",))):
         n = int(np.prod([mesh.shape[a] for a in axes]))
-        if value % n:
-            raise InputError(f"{name} = {value} does not divide across the mesh's {' x '.join(axes)} = {n} devices")
+        for name, value in sizes.items():
+            if value is not None and value % n:
+                raise InputError(f"{name} = {value} does not divide across the mesh's {' x '.join(axes)} = {n} devices")

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from jaxtar.config import DefenceConfig, RandomMappingConfig
 from jaxtar.defenses import _inputs
@@ -85,14 +86,14 @@ def make_random_mapping_step(
 
 
 def build_random_mapping_phases(
-    config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any, mesh: Any = None
+    config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any, mesh: Mesh | None = None
 ) -> tuple[list[Phase], None]:
     """The single random-mapping phase of a run (data tokenised and checked here). ``mesh``: data x fsdp only (there
     are no adversaries); the step follows the shardings `jaxtar.defenses._loop.run_phases` gives its inputs."""
     rm, data, seed = config.random_mapping, config.data, config.run.seed
     if mesh is not None and mesh.shape["adversary"] > 1:
         raise _inputs.InputError("random mapping has no adversaries to split: run.mesh_adversary must be 1")
-    check_divides(mesh, forget_batch_size=rm.forget_batch_size, retain_batch_size=rm.retain_batch_size)
+    check_divides(mesh, {"forget_batch_size": rm.forget_batch_size, "retain_batch_size": rm.retain_batch_size})
     for role in ("forget", "retain"):
         if getattr(data, role) is None:
             raise _inputs.InputError(f"random mapping needs data.{role}")

@@ -326,16 +326,20 @@ def _check_suite(suite: tuple[Adversary, ...]) -> Adversary:
     return suite[0]
 
 
+# On a mesh (`Phase.batch_axes`): the adversary rows [A, K, B, T] and the hyper-parameters [A] of `TarData.batches`
+TAR_BATCH_AXES = {"adversary": (2, 0), "hyperparams": (1, 0)}
+
+
 def build_tar_phases(
     config: DefenceConfig, model: Any, params: PyTree, tokenizer: Any, mesh: Mesh | None = None
 ) -> tuple[list[Phase], TarData]:
     """The TAR phase (and the SFT phase when ``tar.sft_steps > 0``) of a run; `mesh`: see `make_tar_step`."""
     tar = config.tar
-    optional = {"sft_batch_size": tar.sft_batch_size if tar.sft_steps else None,
-                "adversary_chunk_size": tar.adversary_chunk_size}  # fmt: skip
-    check_divides(mesh, adversary_batch_size=tar.adversary_batch_size, tamper_batch_size=tar.tamper_batch_size,
-                  retain_batch_size=tar.retain_batch_size, adversaries_per_step=tar.adversaries_per_step,
-                  **{k: v for k, v in optional.items() if v})  # fmt: skip
+    batch_sizes = {"adversary_batch_size": tar.adversary_batch_size, "tamper_batch_size": tar.tamper_batch_size,
+                   "retain_batch_size": tar.retain_batch_size,
+                   "sft_batch_size": tar.sft_batch_size if tar.sft_steps else None}  # fmt: skip
+    adversaries = {"adversaries_per_step": tar.adversaries_per_step, "adversary_chunk_size": tar.adversary_chunk_size}
+    check_divides(mesh, batch_sizes, adversaries)
     suite = train_suite(tar)
     template = _check_suite(suite)
     reference_fn = None
@@ -344,7 +348,16 @@ def build_tar_phases(
     data = TarData(config, tokenizer, suite, reference_fn)
     step, optimizer = _shared(make_tar_step, model, tar, template, config.model.compute_dtype, mesh)
     phases = [
-        Phase("tar", tar.outer_steps, step, data.batches, optimizer.init, schedule_free_params, data.tokens_per_step())
+        Phase(
+            "tar",
+            tar.outer_steps,
+            step,
+            data.batches,
+            optimizer.init,
+            schedule_free_params,
+            data.tokens_per_step(),
+            batch_axes=TAR_BATCH_AXES,
+        )
     ]
     if tar.sft_steps:
         sft_step, sft_opt = _shared(make_sft_step, model, tar.sft_lr, config.model.compute_dtype)

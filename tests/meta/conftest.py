@@ -64,6 +64,24 @@ def make_hybrid_data():
     return hybrid_data
 
 
+def _assert_same_meta_result(res, ref, rtol: float) -> None:
+    """`res` is finite, has `ref`'s value (1e-12) and its grads and hyper-gradients to `rtol` (relative to the
+    largest entry)."""
+    import numpy as np
+
+    flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
+    rel = lambda a, b: float(np.max(np.abs(flat(a) - flat(b))) / np.max(np.abs(flat(b))))
+    assert bool(res.aux.is_finite)
+    np.testing.assert_allclose(res.value, ref.value, rtol=1e-12)
+    assert rel(res.grads, ref.grads) < rtol
+    assert rel(res.hyper_grads, ref.hyper_grads) < rtol
+
+
+@pytest.fixture(scope="session")
+def assert_same_meta_result():
+    return _assert_same_meta_result
+
+
 # ----------------------------------------------------------------------------------------------- tiny Llama
 LLAMA_K, LLAMA_B, LLAMA_T = 4, 2, 8
 
