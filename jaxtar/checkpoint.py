@@ -19,7 +19,7 @@ Example:
     >>> state, meta = ckpt.restore(3, {"w": jnp.zeros(2)})
     >>> state["w"].tolist(), meta["phase"]
     ([1.0, 1.0], 'tar')
-    >>> ckpt.close()
+    >>> ckpt.close(); run.close()
 """
 
 from __future__ import annotations
@@ -27,18 +27,17 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from jaxtar.errors import RunDirError
+from jaxtar.runlock import RunLock, claim_output_dir
+
 PyTree = Any
 RUN_FILE = "run.json"
-
-
-class RunDirError(FileExistsError):
-    """The output folder holds another run or foreign files, or its run file is unreadable."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,18 @@ class RunDir:
 
     path: Path
     resumed: bool
+    lock: RunLock | None = field(default=None, compare=False, repr=False)
+
+    def close(self) -> None:
+        """Releases the folder's lock (another process may then resume the run)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -109,7 +120,10 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def open_run_dir(path: str | os.PathLike, identity: dict[str, Any], *, resume: bool = False) -> RunDir:
-    """Creates a run folder or, with ``resume``, re-opens the same run; refuses everything else.
+    """Creates and locks a run folder or, with ``resume``, re-opens the same run; refuses everything else.
+
+    The folder stays locked (`jaxtar.runlock`) until :meth:`RunDir.close`: a second writer of the same folder, even
+    a second ``--resume``, is refused while this one runs.
 
     Args:
         path: the output folder.
@@ -119,37 +133,44 @@ def open_run_dir(path: str | os.PathLike, identity: dict[str, Any], *, resume: b
     Raises:
         RunDirError: the folder holds another run (the differing fields are named), holds this run but
             ``resume`` is off, or is a non-empty folder that is not a run folder. Nothing is written then.
+        RunLockedError: another live process is writing the folder.
     """
     path = Path(path)
-    run_file = path / RUN_FILE
     identity = json.loads(json.dumps(identity))  # normalise (tuples -> lists) for comparison
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"output {str(path)!r} is a file, not a folder")
-    if run_file.is_file():
+    run_file = path / RUN_FILE
+
+    def holds_this_run(folder: Path) -> bool:
+        if not run_file.is_file():
+            raise RunDirError(
+                f"output folder {str(folder)!r} is not empty and holds no jaxtar run ({RUN_FILE} missing); "
+                "refusing to write into it"
+            )
         try:
             stored = json.loads(run_file.read_text())
         except json.JSONDecodeError as err:
-            raise RunDirError(f"{run_file} is not valid JSON ({err}); refusing to touch {str(path)!r}") from err
+            raise RunDirError(f"{run_file} is not valid JSON ({err}); refusing to touch {str(folder)!r}") from err
         diffs = _differences(stored, identity)
         if diffs:
             shown = "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "")
             raise RunDirError(
-                f"output folder {str(path)!r} holds another run ({shown}); choose a new folder (nothing was written)"
+                f"output folder {str(folder)!r} holds another run ({shown}); choose a new folder (nothing was written)"
             )
         if not resume:
             raise RunDirError(
-                f"output folder {str(path)!r} already holds this run; pass --resume to continue it or choose a "
+                f"output folder {str(folder)!r} already holds this run; pass --resume to continue it or choose a "
                 "new folder (nothing was written)"
             )
-        return RunDir(path, resumed=True)
-    if path.is_dir() and any(path.iterdir()):
-        raise RunDirError(
-            f"output folder {str(path)!r} is not empty and holds no jaxtar run ({RUN_FILE} missing); "
-            "refusing to write into it"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_file, identity)
-    return RunDir(path, resumed=False)
+        return True
+
+    lock = claim_output_dir(path, accept=holds_this_run)
+    try:
+        resumed = run_file.is_file()
+        if not resumed:
+            write_json_atomic(run_file, identity)
+    except BaseException:
+        lock.release()
+        raise
+    return RunDir(path, resumed=resumed, lock=lock)
 
 
 def abstract_like(tree: PyTree) -> PyTree:

@@ -26,9 +26,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration could not be loaded: unknown preset / section / field, wrong type or invalid value."""
+from jaxtar.errors import ConfigError
 
 
 def field_types(cls: type) -> dict[str, Any]:

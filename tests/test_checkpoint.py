@@ -63,9 +63,11 @@ def test_run_folder_rules(tmp_path):
     run = open_run_dir(path, identity)
     assert not run.resumed and json.loads((path / "run.json").read_text())["config"]["lrs"] == [1, 2]
     assert run.checkpoint_dir == path / "checkpoints" and run.model_dir == path / "model"
+    run.close()
     with pytest.raises(RunDirError, match="already holds this run; pass --resume"):
         open_run_dir(path, identity)
-    assert open_run_dir(path, identity, resume=True).resumed
+    with open_run_dir(path, identity, resume=True) as again:
+        assert again.resumed
     stored = (path / "run.json").read_bytes()
     with pytest.raises(RunDirError, match=r"holds another run \(config.lr: 0.001 != 0.002\)"):
         open_run_dir(path, {"method": "tar", "config": {"lr": 2e-3, "lrs": (1, 2)}}, resume=True)

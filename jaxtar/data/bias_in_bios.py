@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxtar.errors import DataSourceError
+
 if TYPE_CHECKING:  # heavy imports stay lazy: importing jaxtar.data must not pull in datasets/transformers
     import datasets
     import transformers
@@ -39,7 +41,7 @@ SPLITS: tuple[str, ...] = ("train", "val1", "val2", "test")
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in that order
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(DataSourceError):
     """The Hugging Face dataset could not be loaded (offline, not cached, or a bad revision)."""
 
 

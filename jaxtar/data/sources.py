@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxtar.errors import DataSourceError
+
 KINDS = ("text", "chat", "mcq", "preference")
 MCQ_LETTERS = string.ascii_uppercase
 _LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
@@ -44,10 +46,6 @@ MMLU_BIO_SUBJECTS = (
     "clinical_knowledge",
 )
 MMLU_CYBER_SUBJECTS = ("computer_security",)
-
-
-class DataSourceError(RuntimeError):
-    """A dataset could not be loaded (offline, gated, missing file) or lacks a field we need."""
 
 
 @dataclasses.dataclass(frozen=True)

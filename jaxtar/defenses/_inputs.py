@@ -15,13 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtar.config import DataConfig, ModelConfig
+from jaxtar.errors import InputError
 
 TOY_ROLES = ("forget", "retain", "ood", "forget_alt", "harmful", "preferences")
 TOY_REFUSAL = "that is dangerous ."  # only toy-vocabulary words
-
-
-class InputError(ValueError):
-    """A model, tokenizer or data source that cannot be used as configured."""
 
 
 def _toy_base_model_path() -> Path:

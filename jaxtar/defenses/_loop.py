@@ -338,15 +338,15 @@ def run_defence(
             raise InputError(f"run.mesh_*: {e}") from e
         params = _place(params, mesh)  # the base model is held once, sharded (no full copy left on one device)
     phases, _ = build(config, model, params, tokenizer, mesh)  # all inputs validated before the folder is touched
-    run_dir = open_run_dir(config.run.output_dir, config.identity(method), resume=config.run.resume)
-    if not run_dir.resumed:
-        save_config(config, run_dir.path / "config.yaml")
-    frozen = params if method == "tar" else None  # the base model for the representation loss: held once
-    final, steps, interrupted, metrics = run_phases(phases, params, frozen, run_dir, config.run, mesh)
-    model_dir = None
-    if not interrupted and config.run.export:
-        model_dir = save_pretrained(model, final, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed)
-        print(f"wrote {model_dir}", file=sys.stderr)
+    with open_run_dir(config.run.output_dir, config.identity(method), resume=config.run.resume) as run_dir:
+        if not run_dir.resumed:
+            save_config(config, run_dir.path / "config.yaml")
+        frozen = params if method == "tar" else None  # the base model for the representation loss: held once
+        final, steps, interrupted, metrics = run_phases(phases, params, frozen, run_dir, config.run, mesh)
+        model_dir = None
+        if not interrupted and config.run.export:
+            model_dir = save_pretrained(model, final, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed)
+            print(f"wrote {model_dir}", file=sys.stderr)
     return RunResult(run_dir.path, model_dir, model, final, tokenizer, steps, interrupted, metrics)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import safetensors
 import safetensors.flax
 
+from jaxtar.errors import CheckpointError
 from jaxtar.models.functional import Model, Params, model_for_config
 from jaxtar.models.registry import architecture_for
 from jaxtar.models.rules import Rule, match_keys
@@ -40,10 +41,6 @@ from jaxtar.models.rules import Rule, match_keys
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 ShardingSpec = jax.sharding.Sharding | Callable[[tuple[str, ...], tuple[int, ...]], jax.sharding.Sharding] | None
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked; the message says why and what to do."""
 
 
 def resolve_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:

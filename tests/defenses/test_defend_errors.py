@@ -80,7 +80,7 @@ def test_tokenizer_that_does_not_match_the_model(models, tmp_path, capsys):
 
 def test_output_folder_holding_another_run_or_other_files(models, tmp_path, capsys):
     other = tmp_path / "other"
-    open_run_dir(other, {"method": "tar", "seed": 123})
+    open_run_dir(other, {"method": "tar", "seed": 123}).close()
     (other / "notes.txt").write_text("keep me")
     before = {p.name: p.read_bytes() for p in other.iterdir()}
     code, err = _run(capsys, "random-mapping", "--model.path", str(models["ok"]), "--output", str(other))

@@ -44,9 +44,9 @@ def _phases() -> list[Phase]:
 
 def _run(path, resume=False, phases=None):
     params0 = {"w": jnp.zeros(3)}
-    run_dir = open_run_dir(path, {"method": "synthetic"}, resume=resume)
     config = RunConfig(checkpoint_every=1, keep_checkpoints=50, progress=False, tensorboard=False)
-    return run_phases(phases or _phases(), params0, params0, run_dir, config)
+    with open_run_dir(path, {"method": "synthetic"}, resume=resume) as run_dir:
+        return run_phases(phases or _phases(), params0, params0, run_dir, config)
 
 
 def _values(path):
