@@ -114,11 +114,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from jaxtar.demo import run_demo as demo
 
-    try:
-        demo(args.output, quick=args.quick, seeds=args.seeds, progress=not args.no_progress)
-    except KeyboardInterrupt as err:
-        print(f"jaxtar demo: {err or 'interrupted'}", file=sys.stderr)
-        return 130
+    demo(args.output, quick=args.quick, seeds=args.seeds, progress=not args.no_progress)
     return 0
 
 
@@ -158,17 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in _command_modules():
         importlib.import_module(f"jaxtar.commands.{name}")
-    parser = argparse.ArgumentParser(prog="jaxtar", description="Tamper-resistant open-weight models in JAX.")
+    parser = argparse.ArgumentParser(
+        prog="jaxtar", description="Tamper-resistant open-weight models in JAX.", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, configure, fn) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # allow_abbrev=False: a mistyped flag (--tar.outer_step) is an error, never a prefix of another one
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         configure(p)
         p.set_defaults(run=fn)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxtar`` console script.
+    """Entry point of the ``jaxtar`` console script; returns the exit code.
+
+    Every refused input ends here as one line on stderr, in one place: a `jaxtar.errors.JaxtarError` (bad config,
+    checkpoint, data, output folder), an ``OSError`` (a path that cannot be read or written; its message names
+    it) or a ``ValueError`` exit 2; a diverged defence (`jaxtar.errors.DivergedError`) exits 3; Ctrl-C exits 130.
 
     Run from the shell (``argv`` None), it first re-executes itself with glibc's huge-page tunable where that
     helps XLA's CPU buffers (`jaxtar.hugepages`; ``JAXTAR_HUGEPAGES=0`` turns this off).
@@ -178,13 +181,16 @@ def main(argv: list[str] | None = None) -> int:
 
         reexec_with_hugepages()  # the same command line, interpreter options included
     args = build_parser().parse_args(argv)
-    from jaxtar.models import CheckpointError
+    from jaxtar.errors import exit_code
 
     try:
         return int(args.run(args) or 0)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except KeyboardInterrupt as err:
+        print(f"jaxtar {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
         print(f"jaxtar {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return max(exit_code(err), 2)
 
 
 if __name__ == "__main__":

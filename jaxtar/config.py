@@ -26,10 +26,11 @@ from typing import Any
 
 import yaml
 
-from jaxtar.config_sections import (  # ConfigError and parse_value are also imported from here
+from jaxtar.config_sections import (
     ConfigError,
     add_section_flags,
     build_section,
+    check_values,  # ConfigError and parse_value are also imported from here
     load_yaml,
     merge_overrides,
     parse_value,  # noqa: F401 - re-exported
@@ -82,6 +83,7 @@ class ModelConfig:
     compute_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        check_values(self)
         if not self.path:
             raise ConfigError("ModelConfig.path must be non-empty")
         for name in ("dtype", "compute_dtype"):
@@ -121,6 +123,7 @@ class DataConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        check_values(self)
         _positive(self, "max_length", "limit")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"DataConfig.heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
@@ -143,6 +146,7 @@ class RunConfig:
         mesh_data, mesh_fsdp, mesh_adversary: a (data, fsdp, adversary) device mesh (`jaxtar.parallel.make_mesh`):
             batches split across data x fsdp, params and optimiser state FSDP-sharded, TAR's adversaries split
             across adversary. All 1: one device.
+        force: run even when the memory planner predicts that the run does not fit the devices' memory.
     """
 
     output_dir: str | None = None
@@ -157,8 +161,10 @@ class RunConfig:
     mesh_data: int = 1
     mesh_fsdp: int = 1
     mesh_adversary: int = 1
+    force: bool = False
 
     def __post_init__(self) -> None:
+        check_values(self)
         _positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "mesh_data", "mesh_fsdp", "mesh_adversary")
         _non_negative(self, "seed")
 
@@ -222,6 +228,7 @@ class TarConfig:
     sft_batch_size: int = 32
 
     def __post_init__(self) -> None:
+        check_values(self)
         _positive(self, "outer_steps", "lr", "inner_steps", "tamper_every", "dpo_beta", "adversaries_per_step")
         _positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
         _positive(self, "eps", "max_grad_norm", "adversary_chunk_size")
@@ -276,6 +283,7 @@ class RandomMappingConfig:
     unmasked_losses: bool = False
 
     def __post_init__(self) -> None:
+        check_values(self)
         _positive(self, "steps", "lr", "eps", "forget_batch_size", "retain_batch_size")
         _non_negative(self, "warmup_steps", "weight_decay", "lambda_random_mapping", "lambda_retain", "mapping_seed")
         _unit(self, "b1", "b2")
@@ -309,6 +317,7 @@ class DefenceConfig:
     preset: str = ""
 
     def __post_init__(self) -> None:
+        check_values(self)
         for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"DefenceConfig.{name} must be a {cls.__name__}")

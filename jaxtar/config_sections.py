@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -27,6 +28,37 @@ from typing import Any
 import yaml
 
 from jaxtar.errors import ConfigError
+
+MAX_INT = 2**31 - 1  # step counts, sizes and indices are int32 on the device
+MAX_SEED = 2**32 - 1  # a PRNG seed is 32 bits
+
+
+def check_values(obj: Any) -> None:
+    """Refuses values no run can use, for every field of the dataclass ``obj`` (call it in ``__post_init__``):
+    a float that is inf or NaN (also inside tuples), an integer beyond int32, a ``*seed`` outside [0, 2**32).
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Tar:
+        ...     lr: float = 1e-3
+        ...     def __post_init__(self): check_values(self)
+        >>> Tar(lr=float("inf"))
+        Traceback (most recent call last):
+        ...
+        jaxtar.errors.ConfigError: Tar.lr must be a finite number, got inf
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = f"{type(obj).__name__}.{f.name}"
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where} must be a finite number, got {v!r}")
+            if isinstance(v, int) and not isinstance(v, bool):
+                if f.name.endswith("seed") and not 0 <= v <= MAX_SEED:
+                    raise ConfigError(f"{where} must be in [0, {MAX_SEED}] (a 32-bit seed), got {v}")
+                if not f.name.endswith("seed") and abs(v) > MAX_INT:
+                    raise ConfigError(f"{where} = {v} is out of range (at most {MAX_INT})")
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from jaxtar.config_sections import (
     ConfigError,
     add_section_flags,
     build_section,
+    check_values,
     load_yaml,
     merge_overrides,
     section_overrides,
@@ -77,6 +78,7 @@ class MLACConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_values(self)
         if self.variant not in VARIANTS:
             raise ValueError(f"MLACConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.head not in HEADS:
@@ -160,6 +162,7 @@ class MLACRunSettings:
     fast_compile: bool = False
 
     def __post_init__(self) -> None:
+        check_values(self)
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "num_examples", "max_length",
                      "warmup_batch_size", "val_examples"):  # fmt: skip
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:

@@ -30,6 +30,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--output", "-o", default=None, help="run folder (= --run.output-dir); must be new unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.add_argument(
+        "--force", action="store_true", help="run even when the memory planner predicts it will not fit (= --run.force)"
+    )
     add_config_flags(p)
     add_mlac_flags(p)  # jaxtar defend mlac (jaxtar.commands.mlac)
 
@@ -46,23 +49,18 @@ def run_defend(args: argparse.Namespace) -> int:
         from jaxtar.commands.mlac import defend_mlac
 
         return defend_mlac(args)
-    from jaxtar.checkpoint import RunDirError
-    from jaxtar.config import ConfigError, load_config
-    from jaxtar.data.sources import DataSourceError
-    from jaxtar.defenses import METHODS, InputError
-    from jaxtar.models import CheckpointError
+    from jaxtar.config import load_config
+    from jaxtar.defenses import METHODS
 
     overrides = config_overrides(args)
     if args.output is not None:
         overrides["run.output_dir"] = args.output
     if args.resume:
         overrides["run.resume"] = True
-    try:
-        config = load_config(args.preset, overrides)
-        result = METHODS[args.method](config)
-    except (ConfigError, InputError, RunDirError, DataSourceError, CheckpointError, FileExistsError) as err:
-        print(f"jaxtar defend {args.method}: error: {err}", file=sys.stderr)
-        return 2
+    if args.force:
+        overrides["run.force"] = True
+    config = load_config(args.preset, overrides)
+    result = METHODS[args.method](config)  # bad input: a JaxtarError, exit 2 in jaxtar.cli.main
     if result.interrupted:
         print(
             f"interrupted after {result.steps} steps; a checkpoint is in {result.output_dir}. Continue with the same "
