@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,9 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {_short(a)} != {_short(b)}"]
 
 
-def open_run_dir(path: str | os.PathLike, identity: dict[str, Any], *, resume: bool = False) -> RunDir:
+def open_run_dir(
+    path: str | os.PathLike, identity: dict[str, Any], *, resume: bool = False, optional: tuple[str, ...] = ()
+) -> RunDir:
     """Creates and locks a run folder or, with ``resume``, re-opens the same run; refuses everything else.
 
     The folder stays locked (`jaxtar.runlock`) until :meth:`RunDir.close`: a second writer of the same folder, even
@@ -129,6 +132,8 @@ def open_run_dir(path: str | os.PathLike, identity: dict[str, Any], *, resume: b
         path: the output folder.
         identity: JSON-serialisable description of the run (written to ``run.json``; compared on resume).
         resume: allow a folder that already holds this run.
+        optional: top-level identity keys compared only when the stored run has them (fields added after older
+            run folders were written, so those still resume).
 
     Raises:
         RunDirError: the folder holds another run (the differing fields are named), holds this run but
@@ -149,7 +154,12 @@ def open_run_dir(path: str | os.PathLike, identity: dict[str, Any], *, resume: b
             stored = json.loads(run_file.read_text())
         except json.JSONDecodeError as err:
             raise RunDirError(f"{run_file} is not valid JSON ({err}); refusing to touch {str(folder)!r}") from err
-        diffs = _differences(stored, identity)
+        if not isinstance(stored, dict):
+            raise RunDirError(f"{run_file} is not a run identity (a JSON object); refusing to touch {str(folder)!r}")
+        missing = [k for k in optional if k not in stored]
+        if missing:
+            print(f"note: {run_file} predates {missing}; not compared on resume", file=sys.stderr)
+        diffs = _differences(stored, {k: v for k, v in identity.items() if k not in missing})
         if diffs:
             shown = "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "")
             raise RunDirError(

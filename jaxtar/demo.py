@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxtar.checkpoint import write_json_atomic, write_text_atomic
+from jaxtar.errors import RunDirError
+from jaxtar.runlock import claim_output_dir, foreign_entries
 
 MODELS = ("base", "random-mapping", "tar")
 
@@ -99,8 +101,8 @@ def check_demo_dir(out_dir: str | os.PathLike) -> Path:
         PosixPath('runs/new-folder')
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(
+    if out_dir.exists() and (not out_dir.is_dir() or foreign_entries(out_dir)):
+        raise RunDirError(
             f"{out_dir} already exists and is not empty; the demo never overwrites a run: give a new --output folder "
             "(or none for a fresh runs/demo-<time>)"
         )
@@ -276,61 +278,62 @@ def run_demo(
     rm_cfg = load_config("toy", {**budget.overrides, **run, "run.output_dir": str(out / "random-mapping")})
     t0 = time.time()
     start = _usage()
-    out.mkdir(parents=True, exist_ok=True)
-    stages: dict[str, float] = {}
-    log(f"jaxtar demo{' --quick' if quick else ''}: writing {out}")
+    with claim_output_dir(out, what="demo folder"):  # locked while the demo writes; refused if in use
+        stages: dict[str, float] = {}
+        log(f"jaxtar demo{' --quick' if quick else ''}: writing {out}")
 
-    t = time.time()
-    log("\n== [1/4] base model: the shipped toy-world Llama (knows both domains) ==")
-    base_dir = toy_base_model_path(0, log=log)
-    log(f"   {base_dir}")
-    stages["base"] = time.time() - t
+        t = time.time()
+        log("\n== [1/4] base model: the shipped toy-world Llama (knows both domains) ==")
+        base_dir = toy_base_model_path(0, log=log)
+        log(f"   {base_dir}")
+        stages["base"] = time.time() - t
 
-    t = time.time()
-    rm = rm_cfg.random_mapping
-    log(f"\n== [2/4] random mapping: {rm.steps} steps, batch {rm.forget_batch_size} forget + {rm.retain_batch_size} "
-        "retain ==")  # fmt: skip
-    rm_result = _finished(run_random_mapping(rm_cfg), "random mapping")
-    stages["random_mapping"] = time.time() - t
+        t = time.time()
+        rm = rm_cfg.random_mapping
+        log(f"\n== [2/4] random mapping: {rm.steps} steps, batch {rm.forget_batch_size} forget + "
+            f"{rm.retain_batch_size} retain ==")  # fmt: skip
+        rm_result = _finished(run_random_mapping(rm_cfg), "random mapping")
+        stages["random_mapping"] = time.time() - t
 
-    t = time.time()
-    tar_cfg = load_config("toy", {**budget.overrides, **run, "run.output_dir": str(out / "tar"),
-                                  "model.path": str(rm_result.model_dir)})  # fmt: skip
-    tc = tar_cfg.tar
-    log(f"\n== [3/4] TAR from the random-mapped model: {tc.outer_steps} outer steps, {tc.adversaries_per_step} "
-        f"adversary x {tc.inner_steps} inner steps each (AdamW, lr {', '.join(map(str, tc.adversary_lrs or ()))}; "
-        f"forget SFT or retain->forget) ==")  # fmt: skip
-    tar_result = _finished(run_tar(tar_cfg), "TAR")
-    stages["tar"] = time.time() - t
+        t = time.time()
+        tar_cfg = load_config("toy", {**budget.overrides, **run, "run.output_dir": str(out / "tar"),
+                                      "model.path": str(rm_result.model_dir)})  # fmt: skip
+        tc = tar_cfg.tar
+        log(f"\n== [3/4] TAR from the random-mapped model: {tc.outer_steps} outer steps, {tc.adversaries_per_step} "
+            f"adversary x {tc.inner_steps} inner steps each (AdamW, lr {', '.join(map(str, tc.adversary_lrs or ()))}; "
+            f"forget SFT or retain->forget) ==")  # fmt: skip
+        tar_result = _finished(run_tar(tar_cfg), "TAR")
+        stages["tar"] = time.time() - t
 
-    t = time.time()
-    models = {"base": str(base_dir), "random-mapping": str(rm_result.model_dir), "tar": str(tar_result.model_dir)}
-    log(f"\n== [4/4] red team: {len(models)} models x {len(suite)} held-out adversaries x {len(budget.seeds)} "
-        f"seed(s), {'/'.join(str(s) for s in sorted({a.steps for a in suite}))} attack steps ==")  # fmt: skip
-    data = RedTeamData.toy(0, mcq_limit=budget.mcq_limit)
-    results = red_team(models, suite, data, seeds=budget.seeds, out_dir=out / "redteam", progress=progress)
-    stages["red_team"] = time.time() - t
+        t = time.time()
+        models = {"base": str(base_dir), "random-mapping": str(rm_result.model_dir), "tar": str(tar_result.model_dir)}
+        log(f"\n== [4/4] red team: {len(models)} models x {len(suite)} held-out adversaries x {len(budget.seeds)} "
+            f"seed(s), {'/'.join(str(s) for s in sorted({a.steps for a in suite}))} attack steps ==")  # fmt: skip
+        data = RedTeamData.toy(0, mcq_limit=budget.mcq_limit)
+        results = red_team(models, suite, data, seeds=budget.seeds, out_dir=out / "redteam", progress=progress)
+        stages["red_team"] = time.time() - t
 
-    seconds = time.time() - t0
-    end = _usage()
-    table = demo_table(results)
-    text = explanation(results, budget, quick, out)
-    timing = (
-        f"Wall clock {seconds / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}); "
-        f"{os.cpu_count()} CPU(s), {platform.machine()}, load average {start['load_average'][0]} at start, "
-        f"{end['load_average'][0]} at end; process CPU time {end['cpu_seconds']:.0f} s."
-    )
-    summary = f"{table}\n{text}\n{timing}\n"
-    write_text_atomic(
-        out / "summary.md", f"# jaxtar demo\n\n{summary}\nPer-run details: redteam/results.md; plots: redteam/*.png.\n"
-    )
-    write_json_atomic(out / "demo.json", dict(
-        quick=quick, seconds=round(seconds, 1), stage_seconds={k: round(v, 1) for k, v in stages.items()},
-        start=start, end=end, cpu_count=os.cpu_count(), machine=platform.machine(), models=models,
-        overrides=budget.overrides, adversaries=[a.name for a in suite], seeds=list(budget.seeds),
-        mcq_limit=budget.mcq_limit, verdict=verdict(results),
-    ))  # fmt: skip
-    log("\n" + summary)
-    log(f"Plots: {out / 'redteam' / 'forget_accuracy.png'}, {out / 'redteam' / 'attack_loss.png'}")
-    log(f"Everything: {out}")
-    return DemoResult(out, results, summary, seconds, stages)
+        seconds = time.time() - t0
+        end = _usage()
+        table = demo_table(results)
+        text = explanation(results, budget, quick, out)
+        timing = (
+            f"Wall clock {seconds / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}); "
+            f"{os.cpu_count()} CPU(s), {platform.machine()}, load average {start['load_average'][0]} at start, "
+            f"{end['load_average'][0]} at end; process CPU time {end['cpu_seconds']:.0f} s."
+        )
+        summary = f"{table}\n{text}\n{timing}\n"
+        write_text_atomic(
+            out / "summary.md",
+            f"# jaxtar demo\n\n{summary}\nPer-run details: redteam/results.md; plots: redteam/*.png.\n",
+        )
+        write_json_atomic(out / "demo.json", dict(
+            quick=quick, seconds=round(seconds, 1), stage_seconds={k: round(v, 1) for k, v in stages.items()},
+            start=start, end=end, cpu_count=os.cpu_count(), machine=platform.machine(), models=models,
+            overrides=budget.overrides, adversaries=[a.name for a in suite], seeds=list(budget.seeds),
+            mcq_limit=budget.mcq_limit, verdict=verdict(results),
+        ))  # fmt: skip
+        log("\n" + summary)
+        log(f"Plots: {out / 'redteam' / 'forget_accuracy.png'}, {out / 'redteam' / 'attack_loss.png'}")
+        log(f"Everything: {out}")
+        return DemoResult(out, results, summary, seconds, stages)

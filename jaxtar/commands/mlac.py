@@ -9,13 +9,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from jaxtar.checkpoint import write_json_atomic
 from jaxtar.cli import subcommand
 from jaxtar.commands.redteam import model_args
+from jaxtar.runlock import claim_output_dir, foreign_entries
 
 
 # ------------------------------------------------------------------------------------------- jaxtar defend mlac
@@ -41,14 +42,9 @@ def defend_mlac(args: argparse.Namespace) -> int:
         config = load_mlac_config(preset, mlac_overrides(args))
     except ConfigError as err:
         return fail(str(err))
-    from jaxtar.data.bias_in_bios import DatasetUnavailableError
     from jaxtar.defenses.mlac_run import run_mlac
-    from jaxtar.models import CheckpointError
 
-    try:
-        summary = run_mlac(config, args.output)
-    except (FileExistsError, DatasetUnavailableError, CheckpointError, ValueError, OSError) as err:
-        return fail(str(err))
+    summary = run_mlac(config, args.output)  # bad input: a JaxtarError / OSError, exit 2 in jaxtar.cli.main
     acc = summary["test_desired_accuracy"]
     print(f"mlac: best step {summary['best_step']} (val score {summary['best_val_score']:.4g}); test desired "
           f"accuracy {acc['baseline']:.3f} (start) -> {acc['mlac']:.3f} (mlac)")  # fmt: skip
@@ -181,7 +177,6 @@ def _load_models(paths: dict[str, str], settings: Any, random_init: bool, seed: 
 
 
 def _run_blocking(args: argparse.Namespace) -> int:
-    from jaxtar.eval.blocking import blocking_eval
     from jaxtar.models import CheckpointError
 
     def fail(message: str) -> int:
@@ -200,11 +195,19 @@ def _run_blocking(args: argparse.Namespace) -> int:
             return fail("give at least one MODEL or --run DIR")
         settings, cfg = _data_settings(args), blocking_config(args)
         out = Path(args.output)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if (out.exists() and not out.is_dir()) or foreign_entries(out):
             return fail(f"{out} already exists and is not empty; choose a new --output (never overwritten)")
         models = _load_models(paths, settings, args.random_init, args.seed)
+        lock = claim_output_dir(out, what="results folder")  # locked until written; checked again under the lock
     except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:
         return fail(str(err))
+    with lock:
+        return _blocking_to(out, args, paths, settings, cfg, models)
+
+
+def _blocking_to(out: Path, args: argparse.Namespace, paths: dict, settings: Any, cfg: Any, models: dict) -> int:
+    from jaxtar.eval.blocking import blocking_eval
+
     opts = (
         {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} if args.fast_compile else None
     )
@@ -218,13 +221,8 @@ def _run_blocking(args: argparse.Namespace) -> int:
         result.update(config=res["config"], chance=res["chance"], eval_examples=res["eval_examples"])
         h = res["models"][name]["harmful"]
         print(f"{name}: " + ", ".join(f"n={n}: {v['mean']:.3f}" for n, v in h.items()), flush=True)
-    tmp = out.parent / f".{out.name}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    _write_report(tmp, result)
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    tmp.rename(out)
+    write_json_atomic(out / "results.json", result)
+    _write_report(out, result)
     print(f"wrote {out / 'results.json'}, results.md, blocking.png")
     return 0
 

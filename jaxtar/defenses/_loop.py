@@ -20,13 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxtar.checkpoint import Checkpointer, RunDir, open_run_dir, write_json_atomic
+from jaxtar.checkpoint import Checkpointer, RunDir, open_run_dir, write_json_atomic, write_text_atomic
 from jaxtar.config import DefenceConfig, RunConfig, save_config
-from jaxtar.defenses._inputs import InputError, check_tokenizer, load_model
+from jaxtar.defenses._fit import check_memory, check_positions
+from jaxtar.defenses._inputs import (
+    InputError,
+    check_tokenizer,
+    checkpoint_sha256,
+    data_identity,
+    load_model,
+    model_source,
+    params_sha256,
+)
+from jaxtar.errors import DivergedError, RunDirError
 from jaxtar.parallel import batch_shardings, make_mesh, param_shardings, shard
 
 PyTree = Any
@@ -46,6 +57,7 @@ class Phase:
         tokens_per_step: token positions processed per step (for throughput).
         batch_axes: on a mesh, ``role -> (batch axis, adversary axis or None)`` of the batches' roles; a role not
             listed has its batch axis first and no adversary axis.
+        predicted_bytes: the memory planner's peak for one step (`jaxtar.defenses._fit`; None = no estimate).
     """
 
     name: str
@@ -56,6 +68,7 @@ class Phase:
     export_params: Callable[[PyTree, PyTree], PyTree] = lambda params, opt_state: params
     tokens_per_step: int = 0
     batch_axes: Mapping[str, tuple[int, int | None]] = field(default_factory=dict)
+    predicted_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -178,14 +191,35 @@ def _summary_writer_class():
     return None
 
 
+def read_metrics_lines(path: Path) -> list[str]:
+    """The lines of a ``metrics.jsonl``, without a torn last line (a kill mid-write); any other unreadable line is a
+    `RunDirError` naming the file and line."""
+    lines = path.read_text().splitlines()
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a metrics record with an integer 'step'")
+        except ValueError as err:
+            if number == len(lines):
+                print(f"note: dropping the torn last line of {path} (line {number})", file=sys.stderr)
+                break
+            raise RunDirError(f"{path}, line {number}: {err}; the run's metrics are damaged") from err
+        out.append(line)
+    return out
+
+
 class _MetricsLog:
     """metrics.jsonl (truncated to the resumed step) and TensorBoard when installed."""
 
     def __init__(self, path: Path, start_step: int, tensorboard: bool) -> None:
         self.path = path
-        if path.exists():  # drop lines written after the checkpoint we resume from
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-            path.write_text("".join(line + "\n" for line in kept))
+        if path.exists():  # drop lines written after the checkpoint we resume from (and a torn last line)
+            kept = [line for line in read_metrics_lines(path) if json.loads(line)["step"] <= start_step]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
         self._file = path.open("a")
         self._tb = None
         if tensorboard:
@@ -249,19 +283,40 @@ def run_phases(
     ckpt = Checkpointer(run_dir.checkpoint_dir, max_to_keep=run.keep_checkpoints)
     index, step = 0, 0
     params, opt_state = params0, None
+    total = phases[-1].stop
     if run_dir.resumed and ckpt.latest_step() is not None:
         index, step, params, opt_state = _restore(ckpt, phases, params0, mesh)
+        if step > total:
+            ckpt.close()
+            raise InputError(
+                f"{run_dir.path} has {step} steps done, more than the {total} asked for; resume with at least "
+                f"{step} steps (nothing was changed)"
+            )
         print(f"resumed from step {step} ({phases[index].name})", file=sys.stderr)
     else:
         params = jax.tree.map(lambda x: x.copy(), params0)  # trained separately from the frozen base
         opt_state = phases[0].init_opt_state(params)
     params, opt_state, frozen = _place(params, mesh), _place(opt_state, mesh), _place(frozen, mesh)
     log = _MetricsLog(run_dir.metrics_path, step, run.tensorboard)
-    total = phases[-1].stop
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = _last_record(run_dir.metrics_path) if step >= total else {}
     interrupted = False
+    unchecked: list[tuple[int, jax.Array]] = []  # (step, all-finite flag) not yet read back
+
+    def check_finite() -> None:
+        """Raises `DivergedError` at the first step whose loss, weights or optimiser state were not finite."""
+        flags = jax.device_get([flag for _, flag in unchecked])
+        bad = [s for (s, _), ok in zip(unchecked, flags) if not ok]
+        unchecked.clear()
+        if bad:
+            kept = ckpt.latest_step()
+            raise DivergedError(
+                f"{phases[index].name} diverged: non-finite loss, weights or optimiser state at step {bad[0]}; stopped, nothing "
+                f"exported, last finite checkpoint: {'none' if kept is None else f'step {kept}'} in "
+                f"{run_dir.checkpoint_dir}. Lower the learning rate (or clip gradients) and start a new run folder"
+            )
 
     def save(phase: Phase) -> None:
+        check_finite()
         ckpt.save(step, {"params": params, "opt_state": opt_state}, {"phase": phase.name, "step": step})
 
     try:
@@ -278,6 +333,7 @@ def run_phases(
                         params, opt_state, batches, step_key(run.seed, step), frozen
                     )
                     step += 1
+                    unchecked.append((step, _all_finite((params, opt_state, metrics))))  # read back at logs and saves
                     if step % run.log_every == 0 or step == phase.stop:
                         values = _scalars(metrics)  # waits for the step
                         now = time.perf_counter()
@@ -291,6 +347,7 @@ def run_phases(
                         if phase.tokens_per_step:
                             shown["tok/s"] = f"{phase.tokens_per_step / dt:.3g}"
                         bar.set_postfix(shown, refresh=False)
+                        check_finite()  # after logging, so metrics.jsonl shows the diverged step
                     bar.update(1)
                     if step % run.checkpoint_every == 0 or step == phase.stop:
                         save(phase)
@@ -308,8 +365,29 @@ def run_phases(
     if interrupted:
         return params, step, True, last
     final = phases[-1].export_params(params, opt_state)
-    write_json_atomic(run_dir.path / "result.json", {"complete": True, "steps": step, "metrics": last})
+    result = {"complete": True, "steps": step, "metrics": last}
+    if _read_result(run_dir.path) != result:  # a resumed, finished run is reported unchanged
+        write_json_atomic(run_dir.path / "result.json", result)
     return final, step, False, last
+
+
+@jax.jit
+def _all_finite(tree: PyTree) -> jax.Array:
+    """Whether every float of ``tree`` (weights, optimiser state, metrics) is finite, as a device bool."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+
+
+def _last_record(path: Path) -> dict[str, Any]:
+    lines = read_metrics_lines(path) if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _read_result(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 _SHOWN = ("loss", "tamper_loss", "retain_ce", "representation", "random_mapping", "sft_ce", "attack_final")
@@ -327,8 +405,12 @@ def run_defence(
         raise ValueError("pass model, params and tokenizer together (or none to load config.model)")
     if model is None:
         model, params, tokenizer = load_model(config.model)
+        base_sha256 = checkpoint_sha256(model_source(config.model))
     else:
         check_tokenizer(model, tokenizer)
+        base_sha256 = params_sha256(params)
+    identity = config.identity(method)
+    identity["inputs"] = {"model_sha256": base_sha256, "data": data_identity(config.data)}  # a resume must match
     mesh = None
     sizes = (config.run.mesh_data, config.run.mesh_fsdp, config.run.mesh_adversary)
     if sizes != (1, 1, 1):
@@ -337,14 +419,20 @@ def run_defence(
         except ValueError as e:
             raise InputError(f"run.mesh_*: {e}") from e
         params = _place(params, mesh)  # the base model is held once, sharded (no full copy left on one device)
+    check_positions(model, config.data.max_length)
     phases, _ = build(config, model, params, tokenizer, mesh)  # all inputs validated before the folder is touched
-    with open_run_dir(config.run.output_dir, config.identity(method), resume=config.run.resume) as run_dir:
+    check_memory({p.name: p.predicted_bytes for p in phases}, mesh, config.run.force)
+    with open_run_dir(config.run.output_dir, identity, resume=config.run.resume, optional=("inputs",)) as run_dir:
         if not run_dir.resumed:
             save_config(config, run_dir.path / "config.yaml")
+        finished = _read_result(run_dir.path) or {}
+        already_done = finished.get("steps") == phases[-1].stop and run_dir.model_dir.is_dir()
         frozen = params if method == "tar" else None  # the base model for the representation loss: held once
         final, steps, interrupted, metrics = run_phases(phases, params, frozen, run_dir, config.run, mesh)
-        model_dir = None
-        if not interrupted and config.run.export:
+        model_dir = run_dir.model_dir if already_done else None
+        if already_done:
+            print(f"{run_dir.path} was already complete ({steps} steps); nothing changed", file=sys.stderr)
+        elif not interrupted and config.run.export:
             model_dir = save_pretrained(model, final, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed)
             print(f"wrote {model_dir}", file=sys.stderr)
     return RunResult(run_dir.path, model_dir, model, final, tokenizer, steps, interrupted, metrics)

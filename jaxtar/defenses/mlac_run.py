@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from jaxtar.mlac_config import MLACConfig, MLACRunConfig
+from jaxtar.runlock import claim_output_dir
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 BERT_TINY = "google/bert_uncased_L-2_H-128_A-2"
@@ -84,16 +85,6 @@ def defence_split(train: dict[str, np.ndarray], num_val: int) -> tuple[dict[str,
     return {k: v[num_val:] for k, v in train.items()}, {k: v[:num_val] for k, v in train.items()}
 
 
-def _new_run_dir(path: str | Path) -> Path:
-    out = Path(path)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(
-            f"{out} already exists and is not empty; choose a new --output (runs are never overwritten)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -104,13 +95,19 @@ def run_mlac(config: MLACRunConfig, output_dir: str | Path, *, progress: bool = 
     """Run ``config`` into the new folder ``output_dir`` (module docstring); returns the summary dict.
 
     Raises:
-        FileExistsError: ``output_dir`` exists and is not empty.
+        RunDirError: ``output_dir`` exists and is not empty (a FileExistsError), or another process writes it.
     """
+
+    out = Path(output_dir)
+    with claim_output_dir(out, what="MLAC run folder"):  # locked while the run writes; refused if not new
+        return _run_mlac(config, out, progress)
+
+
+def _run_mlac(config: MLACRunConfig, out: Path, progress: bool) -> dict[str, Any]:
     from jaxtar.defenses.mlac_train import train_mlac
     from jaxtar.eval.blocking import desired_accuracy
     from jaxtar.models import save_pretrained
 
-    out = _new_run_dir(output_dir)
     t0 = time.perf_counter()
     s, cfg = config.run, config.mlac
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

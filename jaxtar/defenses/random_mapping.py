@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from jaxtar.config import DefenceConfig, RandomMappingConfig
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
+from jaxtar.defenses._fit import training_bytes
 from jaxtar.defenses._loop import (
     Phase,
     RunResult,
@@ -106,7 +107,9 @@ def build_random_mapping_phases(
 
     step, optimizer = _shared(make_random_mapping_step, model, rm, config.model.compute_dtype)
     tokens = tokens_in(bf + br, data.max_length)
-    return [Phase("random_mapping", rm.steps, step, batches, optimizer.init, schedule_free_params, tokens)], None
+    memory = training_bytes(model, bf + br, data.max_length)
+    return [Phase("random_mapping", rm.steps, step, batches, optimizer.init, schedule_free_params, tokens,
+                  predicted_bytes=memory)], None  # fmt: skip
 
 
 def run_random_mapping(

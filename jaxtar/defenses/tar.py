@@ -39,6 +39,7 @@ from jaxtar.attacks import Adversary, model_attack_problem, sample_adversary, ta
 from jaxtar.config import DefenceConfig, TarConfig
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
+from jaxtar.defenses._fit import tar_bytes, training_bytes
 from jaxtar.defenses._loop import (
     Phase,
     RunResult,
@@ -357,13 +358,15 @@ def build_tar_phases(
             schedule_free_params,
             data.tokens_per_step(),
             batch_axes=TAR_BATCH_AXES,
+            predicted_bytes=tar_bytes(model, tar, config.data.max_length, template.optimizer),
         )
     ]
     if tar.sft_steps:
         sft_step, sft_opt = _shared(make_sft_step, model, tar.sft_lr, config.model.compute_dtype)
         phases.append(
             Phase("sft", tar.outer_steps + tar.sft_steps, sft_step, data.sft_batches, sft_opt.init,
-                  tokens_per_step=tokens_in(tar.sft_batch_size, config.data.max_length))
+                  tokens_per_step=tokens_in(tar.sft_batch_size, config.data.max_length),
+                  predicted_bytes=training_bytes(model, tar.sft_batch_size, config.data.max_length))
         )  # fmt: skip
     return phases, data
 

@@ -35,7 +35,7 @@ def test_defend_mlac_never_overwrites_a_run(tmp_path, capsys):
     run.mkdir()
     (run / "keep.txt").write_text("old run")
     assert main(["defend", "mlac", "--output", str(run), "--mlac.outer-steps", "1"]) == 2
-    assert "already exists and is not empty" in capsys.readouterr().err
+    assert "is not empty (keep.txt); choose a new folder" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["keep.txt"] and (run / "keep.txt").read_text() == "old run"
 
 
