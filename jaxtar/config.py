@@ -12,7 +12,7 @@ Example:
     >>> load_config("toy", {"tar.outer_step": 3})
     Traceback (most recent call last):
     ...
-    jaxtar.config_sections.ConfigError: unknown field 'tar.outer_step'; did you mean 'tar.outer_steps'?
+    jaxtar.errors.ConfigError: unknown field 'tar.outer_step'; did you mean 'tar.outer_steps'?
 """
 
 from __future__ import annotations

@@ -81,7 +81,9 @@ def test_a_diverging_defence_stops_exports_nothing_and_exits_3(base, tmp_path, c
     out = tmp_path / "run"
     code, err = _defend(capsys, method, "--model.path", str(base), *args, "--output", str(out))
     assert code == 3, err
-    found = re.search(r"diverged: non-finite loss, weights or optimiser state at step (\d+); stopped, nothing exported", err)
+    found = re.search(
+        r"diverged: non-finite loss, weights or optimiser state at step (\d+); stopped, nothing exported", err
+    )
     assert found, err
     assert not (out / "model").exists() and not (out / "result.json").exists()
     assert _all_checkpoints_finite(out)  # never a non-finite checkpoint
@@ -256,3 +258,11 @@ def test_demo_and_mlac_refuse_a_folder_another_process_writes(tmp_path, capsys, 
         holder.release()
     assert code == 2 and "is in use by pid" in capsys.readouterr().err
     assert [p.name for p in folder.iterdir()] == [".jaxtar.lock"]
+
+
+@pytest.mark.parametrize("command", [["demo", "--quick", "--no-progress", "--output"], ["defend", "mlac", "--output"]])
+def test_demo_and_mlac_under_an_unwritable_parent_exit_2(tmp_path, capsys, command):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    assert main([*command, str(blocker / "out")]) == 2
+    assert "cannot create" in capsys.readouterr().err and blocker.read_text() == "not a folder"
