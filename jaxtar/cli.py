@@ -63,6 +63,7 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="HF folder, Hub id or .gguf file")
     p.add_argument("out", help="new folder for the Hugging Face checkpoint (must not exist or be empty)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert weights holding NaN / inf (warns)")
 
 
 @subcommand(
@@ -72,8 +73,10 @@ def run_convert(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from jaxtar.models import from_pretrained, load_tokenizer, save_pretrained
+    from jaxtar.models.hf_checks import check_export_dir
 
-    model, params = from_pretrained(args.source, dtype=getattr(jnp, args.dtype))
+    check_export_dir(args.out)  # a bad OUT fails before a long load
+    model, params = from_pretrained(args.source, dtype=getattr(jnp, args.dtype), allow_nonfinite=args.allow_nonfinite)
     try:
         tokenizer = load_tokenizer(args.source)
     except Exception as err:  # noqa: BLE001 - a checkpoint without a tokenizer still converts

@@ -75,12 +75,14 @@ class ModelConfig:
         tokenizer: tokenizer folder / id; None = the one beside the model (the toy world's for ``toy``).
         dtype: parameter (master-weight) dtype.
         compute_dtype: activation dtype (``bfloat16`` = mixed precision); None = the parameter dtype.
+        allow_nonfinite: load weights that hold NaN / inf (with a warning) instead of refusing them.
     """
 
     path: str = "toy"
     tokenizer: str | None = None
     dtype: str = "float32"
     compute_dtype: str | None = None
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         check_values(self)

@@ -148,7 +148,7 @@ def load_model(config: ModelConfig) -> tuple[Any, Any, Any]:
     dtype = getattr(jnp, config.dtype)
     try:
         source = model_source(config)
-        model, params = from_pretrained(source, dtype=dtype)
+        model, params = from_pretrained(source, dtype=dtype, allow_nonfinite=config.allow_nonfinite)
         tokenizer = load_tokenizer(config.tokenizer if config.tokenizer is not None else source)
     except CheckpointError as err:
         raise InputError(str(err)) from err

@@ -96,8 +96,13 @@ def gguf_config(reader: Any, tensor_names: set[str]) -> LlamaConfig:
     )
 
 
-def load_gguf(path: str | Path, *, dtype: Any = jnp.float32, sharding: Any = None) -> tuple[Model, Params]:
-    """Loads a llama-architecture GGUF file (any quantisation ``gguf`` can dequantise) into the Llama port."""
+def load_gguf(
+    path: str | Path, *, dtype: Any = jnp.float32, sharding: Any = None, allow_nonfinite: bool = False
+) -> tuple[Model, Params]:
+    """Loads a llama-architecture GGUF file (any quantisation ``gguf`` can dequantise) into the Llama port.
+
+    NaN/inf weights are refused unless ``allow_nonfinite`` (see ``hf.stream_params``).
+    """
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -122,5 +127,6 @@ def load_gguf(path: str | Path, *, dtype: Any = jnp.float32, sharding: Any = Non
     params = stream_params(
         model, sorted(tensors), lambda name: tuple(int(d) for d in tensors[name].shape[::-1]), get_tensor,
         gguf_rules(config), [r"^rope_freqs\.weight$"], source=str(path), dtype=dtype, sharding=sharding,
+        allow_nonfinite=allow_nonfinite,
     )  # fmt: skip
     return model, params

@@ -3,7 +3,9 @@
 Loading is strict and streaming: every checkpoint key must match exactly one rule of the family's table (or be
 explicitly ignored), every leaf must be filled, every shape is checked against the header before any tensor is read,
 and tensors are read one at a time, cast and placed with the requested sharding, so a large model never needs two
-full copies in host memory. Only safetensors are read (pickle can execute code); remote code is never run.
+full copies in host memory. Only safetensors are read (pickle can execute code); remote code is never run. What a
+folder may claim (config field types, shard index, header byte ranges, host memory needed) and how an export reaches
+its folder without touching anyone else's files are checked in ``jaxtar.models.hf_checks``.
 
 Example:
     >>> import tempfile
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import shutil
-import uuid
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,14 @@ import safetensors.flax
 
 from jaxtar.errors import CheckpointError
 from jaxtar.models.functional import Model, Params, model_for_config
+from jaxtar.models.hf_checks import (
+    check_host_memory,
+    local_name_error,
+    read_header,
+    read_index,
+    staged_export,
+    validate_config,
+)
 from jaxtar.models.registry import architecture_for
 from jaxtar.models.rules import Rule, match_keys
 
@@ -46,15 +56,19 @@ ShardingSpec = jax.sharding.Sharding | Callable[[tuple[str, ...], tuple[int, ...
 def resolve_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder/file as is; otherwise a Hub repo id from the local cache, else downloaded.
 
+    A missing name that is clearly a local path (see `hf_checks.local_name_error`, e.g. ``runs/tar`` where ``runs/``
+    is a folder here) is an error, never looked up online.
+
     Raises:
-        CheckpointError: when a Hub id can be neither found in the cache nor downloaded (e.g. offline).
+        CheckpointError: a missing local path, or a Hub id neither in the cache nor downloadable (e.g. offline).
     """
     path = Path(path_or_id).expanduser()
     if path.exists():
         return path
     name = str(path_or_id)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise CheckpointError(f"no such checkpoint folder or file: {name}")
+    local = local_name_error(name)
+    if local is not None:
+        raise local
     from huggingface_hub import snapshot_download
 
     try:
@@ -72,14 +86,15 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, revision: str | None = Non
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    """``config.json`` as a dict; refuses configs that ask for remote code."""
+    """``config.json`` as a dict; refuses configs that ask for remote code or have wrongly typed fields."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder} has no config.json: not a Hugging Face model folder")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
+    validate_config(config, config_path)
     if "auto_map" in config:
         raise CheckpointError(
             f"{config_path} asks for custom code (auto_map); jaxtar never runs code from a checkpoint "
@@ -88,20 +103,31 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _weight_files(folder: Path) -> dict[str, Path]:
-    """Maps each tensor name to its safetensors file (single file or sharded with an index)."""
+def _weight_files(folder: Path) -> tuple[Path, dict[str, Path], dict[str, tuple[str, tuple[int, ...]]]]:
+    """The index or single file, each tensor name's safetensors file, and each tensor's ``(dtype, shape)``.
+
+    Every header is checked (`hf_checks.read_header`); with an index, each shard must hold exactly its keys.
+    """
     index = folder / "model.safetensors.index.json"
     single = folder / "model.safetensors"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_index(index)
         files = {k: folder / v for k, v in weight_map.items()}
-        missing = sorted({str(f.name) for f in files.values() if not f.is_file()})
+        missing = sorted({v for v in weight_map.values() if not (folder / v).is_file()})
         if missing:
             raise CheckpointError(f"{index} lists shard files that are missing: {missing}")
-        return files
+        shards = {shard: read_header(shard) for shard in sorted(set(files.values()))}
+        for key, shard in sorted(files.items()):
+            if key not in shards[shard]:
+                raise CheckpointError(f"{index} puts {key} in {shard}, which lacks it")
+        for shard, header in shards.items():
+            extra = sorted(k for k in header if files.get(k) != shard)
+            if extra:
+                raise CheckpointError(f"{shard} holds {extra[:5]}, not in {index} for it")
+        return index, files, {k: v for header in shards.values() for k, v in header.items()}
     if single.is_file():
-        with _open(single) as f:
-            return {k: single for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        header = read_header(single)
+        return single, {k: single for k in header}, header
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(
@@ -184,11 +210,14 @@ def stream_params(
     source: str,
     dtype: Any = jnp.float32,
     sharding: ShardingSpec = None,
+    allow_nonfinite: bool = False,
 ) -> Params:
     """Fills ``model``'s params tree from a keyed tensor source, strictly and one tensor at a time.
 
-    Used for safetensors folders and GGUF files alike: keys are checked against ``rules`` first, then every shape,
-    and only then is any tensor read, transformed, cast to ``dtype`` and placed with ``sharding``.
+    Used for safetensors folders and GGUF files alike: keys are checked against ``rules`` first, then every shape
+    and the host memory the load needs, and only then is any tensor read, transformed, cast to ``dtype`` and placed
+    with ``sharding``. An integer/bool tensor for a float parameter is refused, and so are NaN/inf values unless
+    ``allow_nonfinite`` (then they load with a warning).
     """
     by_leaf, shapes = _plan(model, keys, rules, ignore, source)
     for path, entries in by_leaf.items():  # every shape first, before any data is read
@@ -197,12 +226,32 @@ def stream_params(
             got = tuple(get_shape(key))
             if got != want:
                 raise CheckpointError(f"{source}: {key} has shape {got}, the config implies {want}")
-    params: Params = {}
     np_dtype = np.dtype(dtype)
+    sizes = [math.prod(shapes[path]) * np_dtype.itemsize for path in by_leaf]
+    on_host = isinstance(sharding, jax.sharding.Sharding) and all(d.platform == "cpu" for d in sharding.device_set)
+    if on_host or (not isinstance(sharding, jax.sharding.Sharding) and jax.default_backend() == "cpu"):
+        check_host_memory(sum(sizes), source, f"all parameters as {np_dtype.name}")
+    else:  # parameters go to accelerators; the host stages one leaf at a time
+        check_host_memory(max(sizes, default=0), source, f"the largest parameter as {np_dtype.name}")
+    params: Params = {}
+    nonfinite = []
     for path, entries in sorted(by_leaf.items()):
         buffer = np.empty(shapes[path], np_dtype)  # one leaf in host memory at a time
         for key, rule, layer in entries:
-            value = rule.transform.to_ours(get_tensor(key)).astype(np_dtype)
+            raw = get_tensor(key)
+            if raw.dtype.kind in "biu" and np_dtype.kind not in "biu":
+                raise CheckpointError(
+                    f"{source}: {key} is stored as {raw.dtype}, an integer/bool type, for a float parameter; "
+                    "refusing to cast it"
+                )
+            value = rule.transform.to_ours(raw).astype(np_dtype)
+            del raw
+            if not np.isfinite(value).all():
+                if not allow_nonfinite:
+                    raise CheckpointError(
+                        f"{source}: {key} holds NaN or inf values; pass allow_nonfinite=True to load it anyway"
+                    )
+                nonfinite.append(key)
             if layer is None:
                 buffer[...] = value
             else:
@@ -210,6 +259,8 @@ def stream_params(
             del value
         _set(params, path, jax.device_put(buffer, _sharding_for(sharding, path, shapes[path])))
         del buffer
+    if nonfinite:
+        warnings.warn(f"{source}: loaded NaN or inf values in {len(nonfinite)} tensors: {nonfinite[:5]}", stacklevel=2)
     return params
 
 
@@ -221,14 +272,17 @@ def load_params(
     *,
     dtype: Any = jnp.float32,
     sharding: ShardingSpec = None,
+    allow_nonfinite: bool = False,
 ) -> Params:
     """Streams the safetensors of ``folder`` into ``model``'s params tree (see the module docstring)."""
-    files = _weight_files(folder)
+    weights, files, headers = _weight_files(folder)
     cpu = jax.devices("cpu")[0]
     with contextlib.ExitStack() as stack:
-        handles = {f: stack.enter_context(_open(f)) for f in sorted(set(files.values()))}
+        handles: dict[Path, Any] = {}  # opened (mapped) on first read, after every check
 
         def get_tensor(key: str) -> np.ndarray:
+            if files[key] not in handles:
+                handles[files[key]] = stack.enter_context(_open(files[key]))
             with jax.default_device(cpu):
                 try:
                     return np.asarray(handles[files[key]].get_tensor(key))
@@ -236,8 +290,8 @@ def load_params(
                     raise CheckpointError(f"{folder}: could not read {key} (truncated file?): {err}") from err
 
         return stream_params(
-            model, sorted(files), lambda key: tuple(handles[files[key]].get_slice(key).get_shape()), get_tensor,
-            rules, ignore, source=str(folder), dtype=dtype, sharding=sharding,
+            model, sorted(files), lambda key: headers[key][1], get_tensor, rules, ignore, source=str(weights),
+            dtype=dtype, sharding=sharding, allow_nonfinite=allow_nonfinite,
         )  # fmt: skip
 
 
@@ -247,6 +301,7 @@ def from_pretrained(
     dtype: Any = jnp.float32,
     sharding: ShardingSpec = None,
     revision: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[Model, Params]:
     """Loads a Hugging Face checkpoint (local folder, Hub id, or a ``.gguf`` file) into its jaxtar port.
 
@@ -255,6 +310,7 @@ def from_pretrained(
         dtype: parameter dtype (e.g. ``jnp.bfloat16``).
         sharding: one ``Sharding`` for every leaf, or ``fn(path, shape) -> Sharding``; ``None`` = default device.
         revision: Hub revision (branch, tag or commit) for repo ids.
+        allow_nonfinite: load NaN/inf weights with a warning instead of refusing them.
 
     Example:
         >>> model, params = from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=jnp.bfloat16)  # doctest: +SKIP
@@ -265,38 +321,21 @@ def from_pretrained(
     if folder.is_file() and folder.suffix == ".gguf":
         from jaxtar.models.gguf import load_gguf
 
-        return load_gguf(folder, dtype=dtype, sharding=sharding)
+        return load_gguf(folder, dtype=dtype, sharding=sharding, allow_nonfinite=allow_nonfinite)
     if folder.is_file():
         raise CheckpointError(f"{folder} is a file; pass the model folder (or a .gguf file)")
     config_dict = read_config(folder)
     try:
         arch = architecture_for(config_dict.get("model_type"))
         config = arch.config_from_hf(config_dict)
-    except (ValueError, KeyError) as err:
+    except KeyError as err:
+        raise CheckpointError(f"{folder}/config.json: missing field {err}") from err
+    except (ValueError, TypeError) as err:
         raise CheckpointError(f"{folder}/config.json: {err}") from err
     model = model_for_config(config)
-    params = load_params(model, folder, arch.rules(config), arch.ignore(config), dtype=dtype, sharding=sharding)
+    params = load_params(model, folder, arch.rules(config), arch.ignore(config), dtype=dtype, sharding=sharding,
+                         allow_nonfinite=allow_nonfinite)  # fmt: skip
     return model, params
-
-
-def _new_output_dir(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists and is not empty; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
-
-
-def _commit_dir(tmp: Path, out_dir: Path) -> None:
-    """Moves the finished temporary folder into place (the old one, if overwriting, only goes once it is done)."""
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        tmp.rename(out_dir)
 
 
 def _hf_tensors(model: Model, params: Params) -> list[tuple[str, int, Callable[[], np.ndarray]]]:
@@ -332,8 +371,10 @@ def save_pretrained(
 ) -> Path:
     """Writes ``config.json`` + safetensors (sharded with an index past ``max_shard_bytes``) that transformers loads.
 
-    The folder is written under a temporary name and renamed into place when complete; an existing non-empty
-    ``out_dir`` is refused unless ``overwrite=True``.
+    The folder is written under a temporary name beside ``out_dir`` and renamed into place when complete, and only
+    onto an absent or empty folder (`hf_checks.staged_export`): a non-empty ``out_dir`` is refused
+    (`RunDirError`, also when another writer filled it meanwhile) unless ``overwrite=True`` and it holds a previous
+    export, whose own files are then replaced (others stay). A symlink is written through.
 
     Example:
         >>> import tempfile
@@ -348,8 +389,7 @@ def save_pretrained(
     arch = architecture_for(model.config.model_type)
     out_dir = Path(out_dir)
     config = arch.config_to_hf(model.config)
-    tmp = _new_output_dir(out_dir, overwrite)
-    try:
+    with staged_export(out_dir, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tensors = _hf_tensors(model, params)
         shards: list[list] = [[]]
@@ -378,10 +418,6 @@ def save_pretrained(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -266,3 +266,18 @@ def test_demo_and_mlac_under_an_unwritable_parent_exit_2(tmp_path, capsys, comma
     blocker.write_text("not a folder")
     assert main([*command, str(blocker / "out")]) == 2
     assert "cannot create" in capsys.readouterr().err and blocker.read_text() == "not a folder"
+
+
+def test_non_finite_weights_are_refused_unless_allowed(tmp_path, capsys):
+    base = _tiny(tmp_path / "base")
+    weights = load_file(base / "model.safetensors")
+    key = sorted(weights)[0]
+    weights[key] = np.full_like(weights[key], np.nan)
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    assert main(["convert", str(base), str(tmp_path / "out")]) == 2
+    assert key in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.warns(UserWarning, match=key):
+        assert main(["convert", str(base), str(tmp_path / "out"), "--allow-nonfinite"]) == 0
+    code, err = _defend(capsys, "random-mapping", "--model.path", str(base), *TINY_RM, "--output",
+                        str(tmp_path / "run"))  # fmt: skip
+    assert code == 2 and key in err and not (tmp_path / "run").exists()
