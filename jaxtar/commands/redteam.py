@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from jaxtar.cli import subcommand
+from jaxtar.errors import ConfigError, InputError
 
 
 def model_args(values: list[str]) -> dict[str, str]:
@@ -18,9 +18,9 @@ def model_args(values: list[str]) -> dict[str, str]:
         if not sep:
             name, path = Path(value.rstrip("/")).name or value, value
         if not name or not path:
-            raise ValueError(f"bad model argument {value!r}: use NAME=FOLDER or FOLDER")
+            raise InputError(f"bad model argument {value!r}: use NAME=FOLDER or FOLDER")
         if name in models:
-            raise ValueError(f"model name {name!r} given twice; name them NAME=FOLDER")
+            raise InputError(f"model name {name!r} given twice; name them NAME=FOLDER")
         models[name] = path
     return models
 
@@ -45,32 +45,21 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _data(args: argparse.Namespace):
     from jaxtar.eval.redteam import RedTeamData
 
+    if args.mcq_limit is not None and args.mcq_limit < 1:
+        raise InputError(f"--mcq-limit must be >= 1, got {args.mcq_limit}")
+    if args.eval_batch_size < 1:
+        raise InputError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
     if args.data == "toy":
         if args.local:
-            raise ValueError("--local applies to --data bio/cyber, not the toy world")
+            raise InputError("--local applies to --data bio/cyber, not the toy world")
         return RedTeamData.toy(args.data_seed, mcq_limit=args.mcq_limit)
     local = {}
     for item in args.local:
         role, sep, path = item.partition("=")
         if not sep:
-            raise ValueError(f"bad --local {item!r}: use ROLE=PATH")
+            raise InputError(f"bad --local {item!r}: use ROLE=PATH")
         local[role] = path
     return RedTeamData.from_sources(args.data, local_paths=local, mcq_limit=args.mcq_limit, shots=args.shots)
-
-
-def _guard(fn):
-    """Data errors (offline Hub, missing fields) end as a message and exit code 2, like the CLI's other errors."""
-
-    def run(args: argparse.Namespace) -> int:
-        from jaxtar.data.sources import DataSourceError
-
-        try:
-            return fn(args)
-        except DataSourceError as err:
-            print(f"jaxtar {args.command}: error: {err}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _configure_redteam(p: argparse.ArgumentParser) -> None:
@@ -81,7 +70,8 @@ def _configure_redteam(p: argparse.ArgumentParser) -> None:
         help="adversary suite: toy, redteam-bio, redteam-cyber, qi2024, tar-bio, ... or a .json/.yaml file",
     )
     p.add_argument("--out", required=True, help="new results folder (results.json, results.md, plots)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier results folder (only those its manifest lists)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds per adversary (default: the suite's)")
     p.add_argument("--only", default=None, help="comma-separated substrings: keep adversaries whose name has one")
     p.add_argument("--steps", type=int, default=None, help="rescale every attack to this many steps")
@@ -93,7 +83,6 @@ def _configure_redteam(p: argparse.ArgumentParser) -> None:
 
 @subcommand("redteam", "attack models with an adversary suite; write results.json, a table and plots",
             _configure_redteam)  # fmt: skip
-@_guard
 def run_redteam(args: argparse.Namespace) -> int:
     from jaxtar.eval.redteam import check_models, red_team
     from jaxtar.eval.report import check_output_dir, markdown_table
@@ -101,13 +90,13 @@ def run_redteam(args: argparse.Namespace) -> int:
 
     models = model_args(args.models)
     check_models(models)
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite)  # red_team checks again and locks the folder before any compute
     suite = load_suite(args.suite)
     if args.only:
         keys = [k for k in args.only.split(",") if k]
         suite = tuple(a for a in suite if any(k in a.name for k in keys))
         if not suite:
-            raise ValueError(f"--only {args.only!r} matches no adversary of suite {args.suite!r}")
+            raise ConfigError(f"--only {args.only!r} matches no adversary of suite {args.suite!r}")
     if args.steps is not None or args.batch_size is not None or args.lr_scale != 1.0:
         suite = adapt_suite(suite, steps=args.steps, batch_size=args.batch_size, lr_scale=args.lr_scale)
     results = red_team(models, suite, _data(args), seeds=args.seeds, out_dir=args.out, overwrite=args.overwrite,
@@ -141,7 +130,6 @@ def _eval_table(scores: dict, chance: float) -> str:
 
 
 @subcommand("eval", "multiple-choice accuracy and loss probes of models, without attacks", _configure_eval)
-@_guard
 def run_eval(args: argparse.Namespace) -> int:
     from jaxtar.checkpoint import write_text_atomic
     from jaxtar.eval.redteam import check_models, evaluate_models

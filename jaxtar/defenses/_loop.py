@@ -310,8 +310,8 @@ def run_phases(
         if bad:
             kept = ckpt.latest_step()
             raise DivergedError(
-                f"{phases[index].name} diverged: non-finite loss, weights or optimiser state at step {bad[0]}; stopped, nothing "
-                f"exported, last finite checkpoint: {'none' if kept is None else f'step {kept}'} in "
+                f"{phases[index].name} diverged: non-finite loss, weights or optimiser state at step {bad[0]}; "
+                f"stopped, nothing exported, last finite checkpoint: {'none' if kept is None else f'step {kept}'} in "
                 f"{run_dir.checkpoint_dir}. Lower the learning rate (or clip gradients) and start a new run folder"
             )
 

@@ -35,9 +35,11 @@ from jaxtar.attacks import Adversary, model_attack_problem, sample_switch_step
 from jaxtar.attacks.optimizers import make_optimizer
 from jaxtar.attacks.unroll import Carry, make_step
 from jaxtar.data.batching import BatchIterator, pack_texts, stack_batches, tokenize_texts
+from jaxtar.errors import ConfigError, InputError
 from jaxtar.eval.judge import JudgeTask
 from jaxtar.eval.mcq import EvalSet, Scores, canonical_model, evaluate
-from jaxtar.eval.report import AttackRun, RedTeamResults, check_output_dir, write_report
+from jaxtar.eval.report import RESULT_FILES, AttackRun, RedTeamResults, write_report
+from jaxtar.eval.results_dir import open_results_dir
 from jaxtar.eval.suites import load_suite, name_adversaries
 from jaxtar.meta.vectorize import group_adversaries
 from jaxtar.models import Model, from_pretrained, load_tokenizer, merge_lora
@@ -360,7 +362,9 @@ def red_team(
         suite: a suite name / file (`load_suite`) or adversaries.
         data: attack data and eval set (default: the toy world).
         seeds: run each distinct adversary once per seed (None: the seeds the suite carries).
-        out_dir: write results.json, results.md and plots here (refused if it exists, unless ``overwrite``).
+        out_dir: write results.json, results.md and plots here, locked for the whole run (`jaxtar.eval.results_dir`:
+            a folder holding anything is refused; with ``overwrite``, one of our results folders is accepted and only
+            the files its manifest lists are replaced).
         chunk_steps: steps per compiled chunk.
         eval_batch_size: prompts per scoring batch.
         judge: also generate for these prompts and record the judge's mean score (e.g. refusal rate) before and
@@ -374,16 +378,25 @@ def red_team(
     """
     adversaries = name_adversaries(load_suite(suite) if isinstance(suite, (str, os.PathLike)) else tuple(suite), seeds)
     if not adversaries:
-        raise ValueError("the adversary suite is empty")
+        raise ConfigError("the adversary suite is empty")
     data = RedTeamData.toy() if data is None else data
     missing = sorted({r for a in adversaries for r in a.sources} - set(data.texts))
     if missing:
-        raise ValueError(f"the suite needs data role(s) {missing}; the data {data.name!r} has {sorted(data.texts)}")
-    if chunk_steps < 1:
-        raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+        raise InputError(f"the suite needs data role(s) {missing}; the data {data.name!r} has {sorted(data.texts)}")
+    if seeds is not None and len({int(s) for s in seeds}) != len(seeds):
+        raise InputError(f"seeds must be distinct, got {list(seeds)}")
+    if chunk_steps < 1 or eval_batch_size < 1:
+        raise InputError(f"chunk_steps and eval_batch_size must be >= 1, got {chunk_steps} and {eval_batch_size}")
     check_models(models)
-    if out_dir is not None:
-        check_output_dir(out_dir, overwrite)
+    with open_results_dir(out_dir, overwrite=overwrite, writes=RESULT_FILES) as lock:  # before any compute
+        results = _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch_size, judge, progress)
+        if lock is not None:
+            write_report(results, out_dir, lock=lock)
+    return results
+
+
+def _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch_size, judge, progress):
+    """The compute of `red_team` (its inputs already checked): every model x adversary, scored before and after."""
     groups = group_adversaries(adversaries)
     reference = {a: g.reference for g in groups for a in g.adversaries}
     t0 = time.time()
@@ -421,7 +434,4 @@ def red_team(
         seconds=round(time.time() - t0, 2),
         date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    results = RedTeamResults(before=before, runs=tuple(runs), chance=data.eval_set.chance, metadata=metadata)
-    if out_dir is not None:
-        write_report(results, out_dir, overwrite=overwrite)
-    return results
+    return RedTeamResults(before=before, runs=tuple(runs), chance=data.eval_set.chance, metadata=metadata)

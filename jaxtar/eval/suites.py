@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxtar.attacks import SUITES, Adversary, LoraSpec, Schedule, get_suite
+from jaxtar.errors import ConfigError
 
 
 def toy_suite() -> tuple[Adversary, ...]:
@@ -36,24 +39,104 @@ def toy_suite() -> tuple[Adversary, ...]:
 LOCAL_SUITES = {"toy": toy_suite}
 
 
-def adversary_from_dict(d: Mapping[str, Any]) -> Adversary:
-    """An `Adversary` from a dict (``dataclasses.asdict`` form; ``schedule`` / ``lora`` as nested dicts)."""
-    d = dict(d)
-    known = {f.name for f in dataclasses.fields(Adversary)}
-    if set(d) - known:
-        raise ValueError(f"unknown adversary field(s) {sorted(set(d) - known)}; fields: {sorted(known)}")
-    if isinstance(d.get("schedule"), Mapping):
-        d["schedule"] = Schedule(**d["schedule"])
-    if isinstance(d.get("lora"), Mapping):
-        lora = dict(d["lora"])
-        if "targets" in lora:
-            lora["targets"] = tuple(lora["targets"])
-        d["lora"] = LoraSpec(**lora)
-    return Adversary(**d)
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (parsed JSON / YAML) is of the field type ``hint`` (an int counts as a float)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    return isinstance(value, type(None) if hint is None else hint)
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    """``cls(**d)`` with every field checked against its type; any problem is a `ConfigError` naming ``where``."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {type(d).__name__} {d!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(d) - set(hints), key=str)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {cls.__name__} field(s) {unknown}; fields: {sorted(hints)}")
+    kw = dict(d)
+    for k in ("schedule", "lora"):
+        if isinstance(kw.get(k), Mapping):
+            kw[k] = _build(Schedule if k == "schedule" else LoraSpec, kw[k], f"{where}.{k}")
+    for k, v in kw.items():
+        if isinstance(v, list) and typing.get_origin(hints[k]) is tuple:
+            kw[k] = v = tuple(v)
+        if not _fits(v, hints[k]):
+            yaml_hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(v, str) and _is_number(v) else ""
+            raise ConfigError(f"{where}.{k} must be {_type_name(hints[k])}, got {v!r}{yaml_hint}")
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    names = {float: "a number", int: "an integer", str: "text", type(None): "null"}
+    return names.get(hint, f"a mapping of {getattr(hint, '__name__', hint)} fields")
+
+
+def adversary_from_dict(d: Mapping[str, Any], where: str = "adversary") -> Adversary:
+    """An `Adversary` from a dict (``dataclasses.asdict`` form; ``schedule`` / ``lora`` as nested dicts).
+
+    Raises:
+        ConfigError: not a mapping, an unknown field, a value of the wrong type or out of range (named by ``where``).
+
+    Example:
+        >>> adv = adversary_from_dict({"optimizer": "sgd", "lr": 0.1, "schedule": {"kind": "sgdr", "cycle_steps": 8}})
+        >>> adv.schedule.kind
+        'sgdr'
+        >>> adversary_from_dict({"lr": "1e-3"})
+        Traceback (most recent call last):
+        ...
+        jaxtar.errors.ConfigError: adversary.lr must be a number, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)
+    """
+    return _build(Adversary, d, where)
+
+
+def _read_suite_file(path: Path) -> Any:
+    """The parsed content of a .json / .yaml suite file (YAML: plain data only; tags such as ``!!python/...`` are
+    refused, never run)."""
+    if not path.is_file():
+        raise ConfigError(f"suite file {str(path)!r} does not exist or is not a file")
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            return json.loads(text)
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            why = " ".join(str(err).split())
+            raise ConfigError(f"suite file {str(path)!r} is not plain YAML data ({why[:300]})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"suite file {str(path)!r} cannot be parsed: {err}") from None
 
 
 def load_suite(name_or_path: str | os.PathLike) -> tuple[Adversary, ...]:
     """A named suite (the engine's `SUITES`, or ``toy``) or a .json / .yaml file listing adversary dicts.
+
+    Raises:
+        ConfigError: an unknown name, or a file that is unreadable, not plain data, not a non-empty list of
+            adversaries (or ``{adversaries: [...]}``), or holds an invalid adversary; the message names the file.
 
     Example:
         >>> len(load_suite("toy"))
@@ -66,19 +149,19 @@ def load_suite(name_or_path: str | os.PathLike) -> tuple[Adversary, ...]:
         return LOCAL_SUITES[name]()
     path = Path(name)
     if path.suffix in (".json", ".yaml", ".yml"):
-        if not path.is_file():
-            raise FileNotFoundError(f"suite file {path} does not exist")
-        if path.suffix == ".json":
-            raw = json.loads(path.read_text())
-        else:
-            import yaml
-
-            raw = yaml.safe_load(path.read_text())
-        raw = raw.get("adversaries") if isinstance(raw, dict) else raw
+        raw = _read_suite_file(path)
+        if isinstance(raw, dict):
+            if set(raw) != {"adversaries"}:
+                keys = sorted(map(str, raw))
+                raise ConfigError(f"suite file {str(path)!r}: expected the one key 'adversaries', got {keys}")
+            raw = raw["adversaries"]
         if not isinstance(raw, list) or not raw:
-            raise ValueError(f"suite file {path} must hold a non-empty list of adversaries (or {{adversaries: [...]}})")
-        return tuple(adversary_from_dict(a) for a in raw)
-    raise ValueError(
+            raise ConfigError(
+                f"suite file {str(path)!r} must hold a non-empty list of adversaries (or {{adversaries: [...]}}), "
+                f"got {type(raw).__name__}"
+            )
+        return tuple(adversary_from_dict(a, f"suite file {str(path)!r}: adversary {i + 1}") for i, a in enumerate(raw))
+    raise ConfigError(
         f"unknown adversary suite {name!r}; known: {sorted(SUITES) + sorted(LOCAL_SUITES)}, or a .json/.yaml file"
     )
 

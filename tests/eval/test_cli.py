@@ -47,7 +47,8 @@ def test_eval_and_redteam_commands(tiny_folder, suite_file, tmp_path, capsys):
     np.testing.assert_equal(res.runs[0].after.to_dict(), res.runs[2].after.to_dict())  # same weights and seed
     assert res.summary("a").worst_forget_after >= res.summary("a").mean_forget_after
     assert "| **a** | **worst case** (cli-adamw)" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "attack_loss.png", "forget_accuracy.png"}
+    assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "attack_loss.png", "forget_accuracy.png",
+                                               ".jaxtar-results.json", ".jaxtar.lock"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -72,5 +73,5 @@ def test_redteam_missing_model_and_existing_output(tiny_folder, suite_file, tmp_
     taken.mkdir()
     (taken / "results.json").write_text("{}")
     assert main(["redteam", str(tiny_folder), "--suite", str(suite_file), "--out", str(taken)]) == 2
-    assert "refusing to overwrite" in capsys.readouterr().err
+    assert "holds files jaxtar did not write (results.json)" in capsys.readouterr().err
     assert [p.name for p in taken.iterdir()] == ["results.json"] and (taken / "results.json").read_text() == "{}"

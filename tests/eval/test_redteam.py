@@ -135,7 +135,7 @@ def _check_chunked_attack_equals_engine_unroll(res, models, memo_data):
 
 def _check_report_files_and_overwrite(res, out):
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["results.json", "results.md", "attack_loss.png", "forget_accuracy.png"]
+        ["results.json", "results.md", "attack_loss.png", "forget_accuracy.png", ".jaxtar-results.json", ".jaxtar.lock"]
     )
     for png in ("attack_loss.png", "forget_accuracy.png"):
         data = (out / png).read_bytes()
