@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
+from jaxtar.commands import _hugepages as hugepages  # noqa: E402  (stdlib only: restarts before jax and torch load)
 
 if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
     hugepages.reexec_with_hugepages()
@@ -339,7 +339,7 @@ def main() -> None:
     parser.add_argument("--stem", help="output file stem (default from the mode and --configs)")
     parser.add_argument("--skip-vmap", action="store_true")
     parser.add_argument("--skip-flops-check", action="store_true")
-    no_hp = "do not restart with glibc's huge-page tunable (jaxtar.hugepages; both frameworks get it)"
+    no_hp = "do not restart with glibc's huge-page tunable (jaxtar.commands._hugepages; both frameworks get it)"
     parser.add_argument("--no-hugepages", action="store_true", help=no_hp)
     parser.add_argument("--out-dir", type=Path, default=OUT, help=f"where results go (default {OUT})")
     parser.add_argument("--mem-limit-gib", type=float, default=0.5 * os.sysconf("SC_PHYS_PAGES") *

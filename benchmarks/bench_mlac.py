@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxtar.defenses.mlac import _inner_batches, init_state, make_outer_step, prepare_model
-from jaxtar.mlac_config import MLACConfig
+from jaxtar.config import MLACConfig
+from jaxtar.defenses.mlac import init_state, inner_batches, make_outer_step, prepare_model
 from jaxtar.models import model_for_config
 from jaxtar.models.bert import BertConfig
 
@@ -204,7 +204,7 @@ def bench(name: str, spec: dict, reps: int) -> dict:
         k_out, k_in, k_att = jax.random.split(jax.random.fold_in(key, i), 3)
         idx = jax.random.choice(k_out, 512, (cfg.outer_batch_size,), replace=False)
         head = 0.02 * jax.random.normal(k_att, (bc.hidden_size, cfg.num_harmful))
-        draws.append((_t(jax.tree.map(lambda a, idx=idx: a[idx], data)), _t(_inner_batches(data, k_in, cfg)),
+        draws.append((_t(jax.tree.map(lambda a, idx=idx: a[idx], data)), _t(inner_batches(data, k_in, cfg)),
                       torch.as_tensor(np.asarray(head))))  # fmt: skip
     # JAX: the whole jitted outer step (batch draws, meta-gradient, both optimisers)
     step = make_outer_step(model, cfg)

@@ -7,8 +7,9 @@ benchmarks/results/. Not a test: nothing here asserts a speed.
     python benchmarks/bench_models.py            # full (a few minutes on 2 cores)
     python benchmarks/bench_models.py --quick    # small shapes, fewer repeats
 
-Like bench_meta.py it restarts itself with glibc's huge-page tunable (`jaxtar.hugepages`; ``--no-hugepages`` turns
-that off) and honours ``taskset``: PyTorch gets as many threads as the cores this process may run on.
+Like bench_meta.py it restarts itself with glibc's huge-page tunable (`jaxtar.commands._hugepages`;
+``--no-hugepages`` turns that off) and honours ``taskset``: PyTorch gets as many threads as the cores this process
+may run on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
+from jaxtar.commands import _hugepages as hugepages  # noqa: E402  (stdlib only: restarts before jax and torch load)
 
 if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
     hugepages.reexec_with_hugepages()

@@ -15,8 +15,9 @@ PyTorch's was 1.3-1.7x slower at the SmolLM2 shape; see `bench_machine.second_ca
     python benchmarks/bench_tar.py --quick    # a few minutes on 2 CPU cores
     python benchmarks/bench_tar.py            # full: the 30-layer SmolLM2 shape, K = 8
 
-Like bench_meta.py it restarts itself with glibc's huge-page tunable (`jaxtar.hugepages`; ``--no-hugepages`` turns
-that off) and honours ``taskset``: PyTorch's thread counts are 1 and the cores this process may run on.
+Like bench_meta.py it restarts itself with glibc's huge-page tunable (`jaxtar.commands._hugepages`;
+``--no-hugepages`` turns that off) and honours ``taskset``: PyTorch's thread counts are 1 and the cores this
+process may run on.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtar import hugepages  # noqa: E402  (standard library only: restarts before jax and torch load)
+from jaxtar.commands import _hugepages as hugepages  # noqa: E402  (stdlib only: restarts before jax and torch load)
 
 if __name__ == "__main__" and "--no-hugepages" not in sys.argv[1:]:
     hugepages.reexec_with_hugepages()
@@ -65,7 +66,7 @@ class Case:
 
 
 def _toy_model() -> LlamaConfig:
-    from jaxtar.data.toy import toy_model_config, toy_world
+    from jaxtar.toy import toy_model_config, toy_world
 
     return toy_model_config(toy_world(0).tokenizer)
 

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from jaxtar.checkpoint import write_text_atomic
+from jaxtar.config import MLACConfig
 from jaxtar.data.bias_in_bios import build_word_tokenizer, synthetic_bias_in_bios
 from jaxtar.defenses.mlac import prepare_model
 from jaxtar.defenses.mlac_run import defence_split, encode_splits
 from jaxtar.defenses.mlac_train import train_mlac
 from jaxtar.eval.blocking import BlockingConfig, blocking_eval
-from jaxtar.mlac_config import MLACConfig
 from jaxtar.models import model_for_config
 from jaxtar.models.bert import BertConfig
 

@@ -3,7 +3,7 @@ with a held-out adversary suite, and print what the numbers say.
 
 Stages (each a library call a user can also make):
 
-1. the shipped toy base model (`jaxtar.data.toy.toy_base_model_path`);
+1. the shipped toy base model (`jaxtar.toy.toy_base_model_path`);
 2. the random-mapping safeguard (`jaxtar.defenses.run_random_mapping`, toy preset);
 3. TAR from the random-mapped model (`jaxtar.defenses.run_tar`, toy preset);
 4. the held-out red team `jaxtar.eval.toy_suite` against base / random mapping / TAR (`jaxtar.eval.red_team`).
@@ -263,9 +263,9 @@ def run_demo(
         >>> print(result.summary)  # doctest: +SKIP
     """
     from jaxtar.config import load_config
-    from jaxtar.data.toy import toy_base_model_path
     from jaxtar.defenses import run_random_mapping, run_tar
     from jaxtar.eval import RedTeamData, red_team
+    from jaxtar.toy import toy_base_model_path
 
     budget = QUICK if quick else FULL
     if seeds is not None:

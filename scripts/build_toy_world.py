@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jaxtar.data.toy import TOY_WORLD_VERSION, ToyTrainConfig, shipped_toy_model_dir, toy_world, train_toy_base_model
+from jaxtar.toy import TOY_WORLD_VERSION, ToyTrainConfig, shipped_toy_model_dir, toy_world, train_toy_base_model
 
 
 def main() -> None:

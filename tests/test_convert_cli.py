@@ -8,8 +8,8 @@ import jax
 import numpy as np
 
 from jaxtar.cli import main
-from jaxtar.data.toy import toy_base_model_path
 from jaxtar.models import from_pretrained, load_tokenizer
+from jaxtar.toy import toy_base_model_path
 
 
 def test_convert_round_trip_and_refusal(capsys, tmp_path):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from jaxtar.cli import main
-from jaxtar.data.toy import shipped_toy_model_dir
 from jaxtar.demo import (
     MODELS,
     QUICK,
@@ -23,6 +22,7 @@ from jaxtar.demo import (
 )
 from jaxtar.eval import RedTeamResults, Scores
 from jaxtar.eval.report import AttackRun
+from jaxtar.toy import shipped_toy_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxtar import hugepages
+from jaxtar.commands import _hugepages as hugepages
 
 _MADVISE_GLIBC = dict(mode="madvise", glibc=(2, 36))
 # malloc (not numpy, which advises huge pages itself) 256 MiB, touch every byte, count this process's minor faults.
@@ -79,7 +79,7 @@ def test_cli_reexecutes_itself_with_the_tunable_unless_opted_out():
 def test_reexec_keeps_the_interpreter_options_and_arguments():
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     code = (
-        "import os, sys; from jaxtar.hugepages import reexec_with_hugepages; reexec_with_hugepages(); "
+        "import os, sys; from jaxtar.commands._hugepages import reexec_with_hugepages; reexec_with_hugepages(); "
         "print(sys.flags.dev_mode, sys.flags.optimize, os.environ['GLIBC_TUNABLES'], sys.argv[1:])"
     )
     cmd = [sys.executable, "-X", "dev", "-O", "-c", code, "a", "b c"]

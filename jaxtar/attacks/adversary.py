@@ -11,6 +11,7 @@ as one `vmap` with their numeric hyper-parameters (`hyperparams()`) stacked into
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -187,6 +188,10 @@ class Adversary:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"Adversary.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for f in dataclasses.fields(self):  # inf / NaN hyper-parameters can only diverge
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"Adversary.{f.name} must be a finite number, got {value}")
         if not self.lr > 0:
             raise ValueError(f"Adversary.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:

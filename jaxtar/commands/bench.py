@@ -19,7 +19,7 @@ import statistics
 import time
 from typing import Any
 
-from jaxtar.cli import subcommand
+from jaxtar.commands._registry import subcommand
 
 SIZES = {  # LlamaConfig.tiny overrides; "tiny" is overhead-bound, "small" compute-bound on a CPU
     "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2),

@@ -1,6 +1,6 @@
 """``jaxtar defend METHOD``: run a defence (``tar`` or ``random-mapping``) from a YAML preset plus flag overrides.
 
-``mlac`` is routed to ``jaxtar.commands.mlac`` (its presets and ``--mlac.*`` flags: ``jaxtar.mlac_config``).
+``mlac`` is routed to ``jaxtar.commands.mlac`` (its presets and ``--mlac.*`` flags: ``jaxtar.config.mlac``).
 
 Every config field is a flag (``--tar.outer-steps 20``, ``--model.path DIR``, ...; see ``jaxtar defend -h``).
 
@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxtar.cli import subcommand
-from jaxtar.config import add_config_flags, config_overrides, list_presets
-from jaxtar.mlac_config import add_mlac_flags
+from jaxtar.commands._registry import subcommand
+from jaxtar.config import add_config_flags, add_mlac_flags, config_overrides, list_presets
 
 METHOD_NAMES = ("tar", "random-mapping", "mlac")
 
@@ -37,6 +36,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_mlac_flags(p)  # jaxtar defend mlac (jaxtar.commands.mlac)
 
 
+def run_flags(args: argparse.Namespace) -> dict[str, object]:
+    """``--output`` / ``--resume`` / ``--force`` as the ``run.*`` overrides they stand for (every defence's)."""
+    flags = {"run.output_dir": args.output, "run.resume": args.resume or None, "run.force": args.force or None}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
 def _summary(result) -> str:
     keys = ("loss", "tamper_loss", "tamper_final", "retain_ce", "representation", "random_mapping", "sft_ce")
     shown = ", ".join(f"{k}={result.metrics[k]:.4g}" for k in keys if k in result.metrics)
@@ -52,14 +57,7 @@ def run_defend(args: argparse.Namespace) -> int:
     from jaxtar.config import load_config
     from jaxtar.defenses import METHODS
 
-    overrides = config_overrides(args)
-    if args.output is not None:
-        overrides["run.output_dir"] = args.output
-    if args.resume:
-        overrides["run.resume"] = True
-    if args.force:
-        overrides["run.force"] = True
-    config = load_config(args.preset, overrides)
+    config = load_config(args.preset, {**config_overrides(args), **run_flags(args)})
     result = METHODS[args.method](config)  # bad input: a JaxtarError, exit 2 in jaxtar.cli.main
     if result.interrupted:
         print(

@@ -14,37 +14,39 @@ from pathlib import Path
 from typing import Any
 
 from jaxtar.checkpoint import write_json_atomic
-from jaxtar.cli import subcommand
+from jaxtar.commands._registry import subcommand
 from jaxtar.commands.redteam import model_args
+from jaxtar.errors import ConfigError
 from jaxtar.runlock import claim_output_dir, foreign_entries
 
 
 # ------------------------------------------------------------------------------------------- jaxtar defend mlac
 def defend_mlac(args: argparse.Namespace) -> int:
     """``jaxtar defend mlac``: MLAC presets (``mlac-offline``, ``mlac-minilm``, ``mlac-paper`` or a YAML file) with
-    ``--mlac.FIELD`` / ``--mlac-run.FIELD`` overrides; writes the run folder of `jaxtar.defenses.mlac_run`."""
-    from jaxtar.config import ConfigError, config_overrides
-    from jaxtar.mlac_config import load_mlac_config, mlac_overrides
+    ``--mlac.FIELD`` / ``--mlac-run.FIELD`` and every defence's ``--run.FIELD`` overrides (``--resume``, the mesh,
+    checkpoints); writes the run folder of `jaxtar.defenses.mlac_run`."""
+    from jaxtar.config import config_overrides, load_mlac_config, mlac_overrides
 
-    def fail(message: str) -> int:
-        print(f"jaxtar defend mlac: error: {message}", file=sys.stderr)
-        return 2
-
-    if args.output is None:
-        return fail("--output DIR is required (a new folder)")
-    if getattr(args, "resume", False):
-        return fail("--resume is not supported for mlac; start a new run folder")
-    foreign = config_overrides(args)
+    shared = config_overrides(args)
+    foreign = sorted(k for k in shared if not k.startswith("run."))
     if foreign:
-        return fail(f"{sorted(foreign)} are TAR / random-mapping flags; MLAC takes --mlac.FIELD and --mlac-run.FIELD")
+        raise ConfigError(f"{foreign} are TAR / random-mapping flags; MLAC takes --mlac.FIELD, --mlac-run.FIELD and "
+                          "--run.FIELD")  # fmt: skip
+    from jaxtar.commands.defend import run_flags
+
+    overrides = {**shared, **mlac_overrides(args), **run_flags(args)}
     preset = "mlac-offline" if args.preset == "toy" else args.preset  # "toy" is the defend parser's default
-    try:
-        config = load_mlac_config(preset, mlac_overrides(args))
-    except ConfigError as err:
-        return fail(str(err))
+    config = load_mlac_config(preset, overrides)
+    if config.run.output_dir is None:
+        raise ConfigError("--output DIR is required (a new folder, or this run's folder with --resume)")
     from jaxtar.defenses.mlac_run import run_mlac
 
-    summary = run_mlac(config, args.output)  # bad input: a JaxtarError / OSError, exit 2 in jaxtar.cli.main
+    result = run_mlac(config)  # bad input: a JaxtarError / OSError, exit 2 in jaxtar.cli.main
+    if result.interrupted:
+        print(f"interrupted after {result.steps} steps; a checkpoint is in {result.output_dir}. Continue with the "
+              "same command plus --resume.", file=sys.stderr)  # fmt: skip
+        return 130
+    summary = result.summary
     acc = summary["test_desired_accuracy"]
     print(f"mlac: best step {summary['best_step']} (val score {summary['best_val_score']:.4g}); test desired "
           f"accuracy {acc['baseline']:.3f} (start) -> {acc['mlac']:.3f} (mlac)")  # fmt: skip
@@ -84,14 +86,15 @@ def _configure_blocking(p: argparse.ArgumentParser) -> None:
 def _data_settings(args: argparse.Namespace) -> Any:
     import yaml
 
-    from jaxtar.mlac_config import MLACRunSettings
+    from jaxtar.config import MLACRunSettings
 
     base: dict[str, Any] = {}
     if args.run_dir is not None:
         cfg_file = Path(args.run_dir) / "config.yaml"
         if not cfg_file.is_file():
             raise ValueError(f"--run {args.run_dir!r} is not an MLAC run folder (no config.yaml)")
-        run = (yaml.safe_load(cfg_file.read_text()) or {}).get("run", {})
+        saved = yaml.safe_load(cfg_file.read_text()) or {}
+        run = saved.get("mlac_run", saved.get("run", {}))  # "run" in run folders written before the one runner
         base = {k: run[k] for k in ("data", "num_examples", "max_examples", "max_length", "data_seed") if k in run}
     for flag, key in (("data", "data"), ("num_examples", "num_examples"), ("data_seed", "data_seed"),
                       ("max_length", "max_length")):  # fmt: skip

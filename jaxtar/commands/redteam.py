@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxtar.cli import subcommand
+from jaxtar.commands._registry import subcommand
 from jaxtar.errors import ConfigError, InputError
 
 
@@ -43,7 +43,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace):
-    from jaxtar.eval.redteam import RedTeamData
+    from jaxtar.eval.redteam_inputs import RedTeamData
 
     if args.mcq_limit is not None and args.mcq_limit < 1:
         raise InputError(f"--mcq-limit must be >= 1, got {args.mcq_limit}")
@@ -84,10 +84,13 @@ def _configure_redteam(p: argparse.ArgumentParser) -> None:
 @subcommand("redteam", "attack models with an adversary suite; write results.json, a table and plots",
             _configure_redteam)  # fmt: skip
 def run_redteam(args: argparse.Namespace) -> int:
-    from jaxtar.eval.redteam import check_models, red_team
+    from jaxtar.eval.redteam import red_team
+    from jaxtar.eval.redteam_inputs import check_models
     from jaxtar.eval.report import check_output_dir, markdown_table
     from jaxtar.eval.suites import adapt_suite, load_suite
 
+    if any(not 0 <= seed < 2**32 for seed in args.seeds or ()):
+        raise ConfigError(f"--seeds must be in [0, {2**32 - 1}] (32-bit seeds), got {args.seeds}")
     models = model_args(args.models)
     check_models(models)
     check_output_dir(args.out, args.overwrite)  # red_team checks again and locks the folder before any compute
@@ -132,7 +135,8 @@ def _eval_table(scores: dict, chance: float) -> str:
 @subcommand("eval", "multiple-choice accuracy and loss probes of models, without attacks", _configure_eval)
 def run_eval(args: argparse.Namespace) -> int:
     from jaxtar.checkpoint import write_text_atomic
-    from jaxtar.eval.redteam import check_models, evaluate_models
+    from jaxtar.eval.redteam import evaluate_models
+    from jaxtar.eval.redteam_inputs import check_models
     from jaxtar.eval.report import strict_json
 
     models = model_args(args.models)

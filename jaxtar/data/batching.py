@@ -89,7 +89,7 @@ def tokenize_texts(
         A batch ``[N, T]``; ``loss_mask == attention_mask``.
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> tok = toy_world(0).tokenizer
         >>> tokenize_texts(tok, ["the host of"], 6)["attention_mask"].tolist()
         [[1, 1, 1, 1, 0, 0]]
@@ -113,7 +113,7 @@ def pack_texts(
     Attention is not blocked across document boundaries (the usual packing trade-off).
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> packed = pack_texts(toy_world(0).tokenizer, ["the host of"] * 3, 5)
         >>> packed["input_ids"].shape, int(packed["attention_mask"].min())
         ((3, 5), 1)
@@ -143,7 +143,7 @@ def tokenize_prompt_response(
     pair does not fit); the response is then cut to the remaining room.
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> b = tokenize_prompt_response(toy_world(0).tokenizer, ["the host of"], ["the"], 8)
         >>> b["loss_mask"].tolist()
         [[0, 0, 0, 0, 1, 1, 0, 0]]

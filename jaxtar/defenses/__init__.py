@@ -9,13 +9,14 @@ Example:
 """
 
 from jaxtar.defenses._inputs import InputError, check_tokenizer, load_model
-from jaxtar.defenses._loop import Phase, RunResult, schedule_free_adamw, schedule_free_params
+from jaxtar.defenses._loop import Phase, Selected, schedule_free_adamw, schedule_free_params
 from jaxtar.defenses.random_mapping import (
     build_random_mapping_phases,
     make_random_mapping_step,
     random_mapping_objective,
     run_random_mapping,
 )
+from jaxtar.defenses.runner import Defence, Loaded, RunResult, run_defence
 from jaxtar.defenses.tar import (
     TarData,
     build_tar_phases,
@@ -33,6 +34,10 @@ __all__ = [
     "InputError",
     "Phase",
     "RunResult",
+    "Selected",
+    "Defence",
+    "Loaded",
+    "run_defence",
     "TarData",
     "build_random_mapping_phases",
     "build_tar_phases",

@@ -110,8 +110,10 @@ def _host_available() -> int | None:
     return None
 
 
-def check_memory(predicted: dict[str, int | None], mesh: Mesh | None, force: bool) -> None:
+def check_memory(predicted: dict[str, int | None], mesh: Mesh | None, force: bool, resident: int = 0) -> None:
     """Refuses a run whose predicted peak (``phase -> bytes``) exceeds the devices' memory, unless ``force``.
+    ``resident``: bytes of the already loaded weights, which the prediction counts and which, on CPU, no longer
+    show as available.
 
     Example:
         >>> check_memory({"tar": 10**15}, None, force=False)
@@ -124,6 +126,8 @@ def check_memory(predicted: dict[str, int | None], mesh: Mesh | None, force: boo
     if force or not known:
         return
     available = available_bytes(mesh)
+    if available is not None and (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform == "cpu":
+        available += resident
     phase, need = max(known.items(), key=lambda kv: kv[1])
     if available is not None and need > available:
         raise InputError(

@@ -24,7 +24,7 @@ TOY_REFUSAL = "that is dangerous ."  # only toy-vocabulary words
 
 def _toy_base_model_path() -> Path:
     """The toy-world base model folder (shipped, cached, or trained now: ~2 minutes on 2 CPU cores)."""
-    from jaxtar.data.toy import toy_base_model_path
+    from jaxtar.toy import toy_base_model_path
 
     return toy_base_model_path(0, log=lambda msg: print(msg, file=sys.stderr))
 
@@ -78,6 +78,15 @@ def _sha256_files(files: list[Path], root: Path | None = None) -> str:
     return digest.hexdigest()
 
 
+def _content_sha256(path: Path) -> str:
+    """A file's hash, or a folder's (every file in it, by relative name); ``missing`` when absent."""
+    if path.is_file():
+        return _sha256_files([path])
+    if path.is_dir():
+        return _sha256_files(sorted(f for f in path.rglob("*") if f.is_file()), path)
+    return "missing"
+
+
 def checkpoint_sha256(source: str | Path) -> str:
     """A content hash of a checkpoint's weights and configs (``*.safetensors``, ``*.gguf``, ``*.json``): what a
     resumed run compares, so weights swapped at the same path between a kill and ``--resume`` are noticed.
@@ -127,14 +136,34 @@ def data_identity(data: DataConfig) -> dict[str, str]:
         name, _, local = source.partition("@")
         if source.startswith("toy:"):
             out[role] = source
-        elif local or Path(source).is_file():
-            file = Path(local or source)
-            out[role] = f"{name if local else 'file'}@sha256:{_sha256_files([file]) if file.is_file() else 'missing'}"
+        elif local or Path(source).exists():
+            out[role] = f"{name if local else 'file'}@sha256:{_content_sha256(Path(local or source))}"
         elif name in DATASETS:
             out[role] = f"{DATASETS[name].hub_id}@{DATASETS[name].revision}"
         else:
             out[role] = source
     return out
+
+
+def load_decoder(config: Any) -> Any:
+    """`jaxtar.defenses.runner.Loaded` for a decoder defence (TAR, random mapping): ``config.model`` loaded and
+    checked, with the checkpoint's content hash."""
+    from jaxtar.defenses.runner import Loaded
+
+    model, params, tokenizer = load_model(config.model)
+    return Loaded(model, params, tokenizer, checkpoint_sha256(model_source(config.model)))
+
+
+def given_model(model: Any, params: Any, tokenizer: Any) -> Any:
+    """`Loaded` for weights handed in directly (all three or none: None), the tokenizer checked."""
+    from jaxtar.defenses.runner import Loaded
+
+    if model is None and params is None and tokenizer is None:
+        return None
+    if model is None or params is None or tokenizer is None:
+        raise ValueError("pass model, params and tokenizer together (or none to load config.model)")
+    check_tokenizer(model, tokenizer)
+    return Loaded(model, params, tokenizer, params_sha256(params))
 
 
 def load_model(config: ModelConfig) -> tuple[Any, Any, Any]:
@@ -162,7 +191,7 @@ def load_model(config: ModelConfig) -> tuple[Any, Any, Any]:
 
 @functools.lru_cache(maxsize=2)
 def _toy_world():
-    from jaxtar.data.toy import toy_world
+    from jaxtar.toy import toy_world
 
     return toy_world(0)
 
@@ -255,3 +284,20 @@ def split_rows(rows: dict[str, np.ndarray], fraction: float, seed: int) -> tuple
     held_groups = np.random.default_rng([seed, 12345]).permutation(n_groups)[:held]
     out = np.isin(group, held_groups)
     return {k: v[~out] for k, v in rows.items()}, {k: v[out] for k, v in rows.items()}
+
+
+def decoder_defence(name: str, build: Any, *, frozen_base: bool = False) -> Any:
+    """A `jaxtar.defenses.runner.Defence` for a decoder LM and a `DefenceConfig` (TAR, random mapping): the model
+    from ``config.model``, data identities from ``config.data``, ``build(config, model, params, tokenizer, mesh)
+    -> (phases, extra)``."""
+    from jaxtar.config import save_config
+    from jaxtar.defenses.runner import Defence
+
+    return Defence(
+        name,
+        load=load_decoder,
+        build=lambda config, model, params, tokenizer, mesh: build(config, model, params, tokenizer, mesh)[0],
+        data_identity=lambda config: data_identity(config.data),
+        write_config=save_config,
+        frozen_base=frozen_base,
+    )

@@ -32,7 +32,8 @@ attacker at every recorded step k (on the outer batch) to the defence loss: the 
 harmful loss the attacker descends. Its weight also enters the learned lr's objective (it shares the engine's
 value).
 
-The configuration lives in `jaxtar.mlac_config`, the training loop in `jaxtar.defenses.mlac_train`.
+The configuration lives in `jaxtar.config.mlac`, the phase run by the shared defence loop in
+`jaxtar.defenses.mlac_train`, the whole run in `jaxtar.defenses.mlac_run`.
 
 Example:
     >>> cfg = MLACConfig(inner_steps=2, inner_batch_sizes=(4, 8))
@@ -45,7 +46,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -55,8 +55,8 @@ import numpy as np
 import optax
 
 from jaxtar.attacks import Adversary, AttackProblem
+from jaxtar.config import MLACConfig
 from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
-from jaxtar.mlac_config import MLACConfig
 from jaxtar.models import Model, model_for_config, with_classifier
 from jaxtar.objectives.calibration import calibrated_cross_entropy
 
@@ -99,7 +99,7 @@ def _trunk_model(model: Model) -> Model:
     return model_for_config(dataclasses.replace(model.config, num_labels=0))
 
 
-def _ce(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(_acc_dtype(logits)), labels)
     if weights is None:
         return jnp.mean(nll)
@@ -132,10 +132,10 @@ def mlac_problem(model: Model, cfg: MLACConfig) -> AttackProblem:
     ``ravel_params``); attack batches carry a
     ``weight`` mask (padding of the drawn batch size); the tamper loss is minus the (calibrated) harmful CE.
     """
-    return _attacker(model, cfg)[0]
+    return attacker(model, cfg)[0]
 
 
-def _attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[jax.Array, Arrays], jax.Array]]:
+def attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[jax.Array, Arrays], jax.Array]]:
     trunk_model = _trunk_model(model)
     std = model.config.initializer_range if cfg.head_init_std is None else cfg.head_init_std
     hidden, nd, y_key = model.config.hidden_size, cfg.num_desired, cfg.harmful_key
@@ -160,14 +160,14 @@ def _attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[j
         return ravel_params({"trunk": trunk_params(defended), "head": head})
 
     def attack_loss(defended: Params, t: Params, batch: Arrays) -> jax.Array:
-        return _ce(logits(t, batch), batch[y_key], batch.get("weight"))
+        return cross_entropy(logits(t, batch), batch[y_key], batch.get("weight"))
 
     def tamper_loss(defended: Params, t: Params, batch: Arrays) -> jax.Array:
         z, y = logits(t, batch), batch[y_key]
         if cfg.calibrate:
             harm = calibrated_cross_entropy(z, y, method=cfg.calibration_method, num_steps=cfg.calibration_steps)
         else:
-            harm = _ce(z, y)
+            harm = cross_entropy(z, y)
         loss = -harm
         if cfg.grad_norm_penalty:
             loss = loss + cfg.grad_norm_penalty * _global_norm(jax.grad(attack_loss, argnums=1)(defended, t, batch))
@@ -205,7 +205,7 @@ def _gather(data: Arrays, idx: jax.Array) -> Arrays:
     return {k: v[idx] for k, v in data.items()}
 
 
-def _inner_batches(data: Arrays, key: jax.Array, cfg: MLACConfig) -> Arrays:
+def inner_batches(data: Arrays, key: jax.Array, cfg: MLACConfig) -> Arrays:
     """K batches [K, max_bs, ...] of random examples; the drawn batch size is a 0/1 ``weight`` mask."""
     k_idx, k_bs = jax.random.split(key)
     bmax, n = max(cfg.inner_batch_sizes), data["input_ids"].shape[0]
@@ -244,13 +244,13 @@ def mlac_value_and_grad(
 
     def desired_loss(flat: jax.Array, batch: Arrays) -> jax.Array:
         desired, harmful = released_logits(model, released.unravel(flat), batch, cfg)
-        loss = _ce(desired, batch[cfg.desired_key])
+        loss = cross_entropy(desired, batch[cfg.desired_key])
         if cfg.variant == "joint":  # the leaky baseline: trained on both tasks
-            return loss + cfg.harmful_weight * _ce(harmful, batch[cfg.harmful_key])
+            return loss + cfg.harmful_weight * cross_entropy(harmful, batch[cfg.harmful_key])
         return loss
 
     def f(params, inner_lr, outer, inner, key):
-        flat = ravel_params(params)  # the engine sees one leaf (see _attacker)
+        flat = ravel_params(params)  # the engine sees one leaf (see attacker)
         desired_ce, grads = jax.value_and_grad(desired_loss)(flat, outer)
         zero = jnp.zeros((), jnp.float32)
         metrics = {"desired_ce": desired_ce, "harmful_value": zero, "attack_loss_first": zero,
@@ -286,15 +286,19 @@ def make_outer_step(
 
     ``train_arrays`` holds ``input_ids``, ``attention_mask`` [N, T] and the two label vectors [N].
     """
+    return jax.jit(outer_step(model, cfg), compiler_options=compiler_options)
+
+
+def outer_step(model: Model, cfg: MLACConfig) -> Callable[[MLACState, Arrays, jax.Array], tuple[MLACState, dict]]:
+    """The outer step of :func:`make_outer_step`, not jitted (to compose into a larger jitted function)."""
     f, opt, lr_opt = mlac_value_and_grad(model, cfg), _outer_opt(cfg), optax.adam(cfg.inner_lr_lr)
     low, high = cfg.inner_lr_bounds
 
-    @functools.partial(jax.jit, compiler_options=compiler_options)
     def step(state: MLACState, data: Arrays, key: jax.Array) -> tuple[MLACState, dict]:
         k_out, k_in, k_att = jax.random.split(key, 3)
         n = data["input_ids"].shape[0]
         outer = _gather(data, jax.random.choice(k_out, n, (cfg.outer_batch_size,), replace=n < cfg.outer_batch_size))
-        inner = _inner_batches(data, k_in, cfg) if cfg.inner_steps else None
+        inner = inner_batches(data, k_in, cfg) if cfg.inner_steps else None
         metrics, grads, lr_grad = f(state.params, state.inner_lr, outer, inner, k_att)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

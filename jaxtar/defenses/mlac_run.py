@@ -1,15 +1,18 @@
-"""A whole MLAC run (``jaxtar defend mlac``): data, tokenizer and model, a desired-task warm-up, MLAC, outputs.
+"""A whole MLAC run (``jaxtar defend mlac``) on the one defence runner: data, tokenizer and model, a desired-task
+warm-up phase, the MLAC phase, outputs — with the checkpoints, ``--resume``, signals, mesh and logs every defence has.
 
-The run folder (must be new or empty; nothing is ever overwritten) receives:
+The run folder (new or empty, or the same run with ``--resume``) receives:
 
 - ``model/``: the best-validation MLAC model as a Hugging Face checkpoint (``save_pretrained``) with its tokenizer;
-- ``baseline/``: the model MLAC started from (the desired-task-tuned model when ``run.warmup_steps > 0``);
-- ``metrics.jsonl``: one line per validation (``phase`` "warmup" or "mlac"), written as it happens;
-- ``config.yaml`` and ``summary.json`` (best step / score, accuracies of both models on the test split, timings).
+- ``baseline/``: the model MLAC started from (the best desired-task warm-up when ``mlac_run.warmup_steps > 0``);
+- ``metrics.jsonl``: the train metrics of every step and one line per validation (``phase`` "warmup" or "mlac");
+- ``checkpoints/``, ``run.json``, ``config.yaml``, ``result.json`` and ``summary.json`` (best step / score,
+  accuracies of both models on the test split).
 
 Example:
-    >>> from jaxtar.mlac_config import load_mlac_config
-    >>> summary = run_mlac(load_mlac_config("mlac-offline", {"mlac.outer_steps": 20}), "runs/mlac")  # doctest: +SKIP
+    >>> from jaxtar.config import load_mlac_config
+    >>> config = load_mlac_config("mlac-offline", {"mlac.outer_steps": 20, "run.output_dir": "runs/mlac"})
+    >>> summary = run_mlac(config).summary  # doctest: +SKIP
     >>> summary["model_dir"]  # doctest: +SKIP
     'runs/mlac/model'
 """
@@ -17,16 +20,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from jax.sharding import Mesh
 
-from jaxtar.mlac_config import MLACConfig, MLACRunConfig
-from jaxtar.runlock import claim_output_dir
+from jaxtar.checkpoint import RunDir, write_json_atomic
+from jaxtar.config import MLACConfig, MLACRunConfig, save_config
+from jaxtar.defenses._inputs import params_sha256
+from jaxtar.defenses._loop import Phase, check_divides
+from jaxtar.defenses.mlac_train import mlac_phase
+from jaxtar.defenses.runner import Defence, Loaded, RunResult, run_defence
+from jaxtar.errors import InputError
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 BERT_TINY = "google/bert_uncased_L-2_H-128_A-2"
@@ -61,7 +68,7 @@ def build_model(settings: Any, bios: Any, cfg: MLACConfig, seed: int = 0):
         model, params = from_pretrained(source)
         tokenizer = load_tokenizer(source)
         if model.config.model_type != "bert":
-            raise ValueError(f"MLAC needs a BERT encoder, {settings.model!r} is a {model.config.model_type!r} model")
+            raise InputError(f"MLAC needs a BERT encoder, {settings.model!r} is a {model.config.model_type!r} model")
     model, params = prepare_model(model, params, cfg, seed=seed)
     return model, params, tokenizer
 
@@ -85,80 +92,105 @@ def defence_split(train: dict[str, np.ndarray], num_val: int) -> tuple[dict[str,
     return {k: v[num_val:] for k, v in train.items()}, {k: v[:num_val] for k, v in train.items()}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+@functools.lru_cache(maxsize=2)
+def _bios(settings: Any):
+    return load_bios(settings)
 
 
-def run_mlac(config: MLACRunConfig, output_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run ``config`` into the new folder ``output_dir`` (module docstring); returns the summary dict.
-
-    Raises:
-        RunDirError: ``output_dir`` exists and is not empty (a FileExistsError), or another process writes it.
-    """
-
-    out = Path(output_dir)
-    with claim_output_dir(out, what="MLAC run folder"):  # locked while the run writes; refused if not new
-        return _run_mlac(config, out, progress)
+def _load(config: MLACRunConfig) -> Loaded:
+    bios = _bios(config.mlac_run)
+    model, params, tokenizer = build_model(config.mlac_run, bios, config.mlac, seed=config.mlac.seed)
+    return Loaded(model, params, tokenizer, params_sha256(params))
 
 
-def _run_mlac(config: MLACRunConfig, out: Path, progress: bool) -> dict[str, Any]:
-    from jaxtar.defenses.mlac_train import train_mlac
-    from jaxtar.eval.blocking import desired_accuracy
+def _arrays(config: MLACRunConfig, tokenizer: Any) -> dict[str, dict[str, np.ndarray]]:
+    return encode_splits(_bios(config.mlac_run), tokenizer, config.mlac_run.max_length)
+
+
+def warmup_config(config: MLACRunConfig) -> MLACConfig:
+    """The desired-task warm-up's hyper-parameters (``mlac_run.warmup_*`` over the MLAC ones)."""
+    s, cfg = config.mlac_run, config.mlac
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return MLACConfig.desired_only(**{**fields, "variant": "desired", "outer_lr": s.warmup_lr,
+                                      "outer_steps": s.warmup_steps, "outer_batch_size": s.warmup_batch_size,
+                                      "eval_every": max(1, s.warmup_steps // 4)})  # fmt: skip
+
+
+def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh: Mesh | None) -> list[Phase]:
     from jaxtar.models import save_pretrained
 
-    t0 = time.perf_counter()
-    s, cfg = config.run, config.mlac
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    bios = load_bios(s)
-    model, params, tokenizer = build_model(s, bios, cfg, seed=cfg.seed)
-    arrays = encode_splits(bios, tokenizer, s.max_length)
-    train = arrays["train"]
+    s, cfg = config.mlac_run, config.mlac
+    if mesh is not None and mesh.shape["adversary"] > 1:
+        raise InputError("MLAC's validation attacks are not split across devices: run.mesh_adversary must be 1")
+    check_divides(mesh, {"mlac.outer_batch_size": cfg.outer_batch_size})
+    train = _arrays(config, tokenizer)["train"]
     n_val = min(s.val_examples, len(train["gender"]) // 5)  # the defence's own validation: held out from train
-    defence_train, defence_val = defence_split(train, n_val)
+    fit, val = defence_split(train, n_val)
     opts = FAST_COMPILE if s.fast_compile else None
-    metrics_file = (out / "metrics.jsonl").open("a")
+    baseline = Path(config.run.output_dir) / "baseline"
 
-    def logger(phase: str):
-        def log(record: dict) -> None:
-            metrics_file.write(json.dumps({"phase": phase, **record}) + "\n")
-            metrics_file.flush()
+    def write_baseline(best: Any) -> None:
+        save_pretrained(model, best, baseline, tokenizer=tokenizer, overwrite=True)
 
-        return log
+    phases = []
+    if s.warmup_steps:
+        phases.append(mlac_phase(model, fit, val, warmup_config(config), name="warmup", compiler_options=opts,
+                                 on_end=write_baseline))  # fmt: skip
+    start = phases[-1].stop if phases else 0
+    phases.append(mlac_phase(model, fit, val, cfg, start=start, compiler_options=opts))
+    return phases
 
-    summary: dict[str, Any] = {"preset": config.preset, "model": s.model, "data": s.data}
-    try:
-        if s.warmup_steps:
-            warm = MLACConfig.desired_only(**{**_fields(cfg), "variant": "desired", "outer_lr": s.warmup_lr,
-                                              "outer_steps": s.warmup_steps, "outer_batch_size": s.warmup_batch_size,
-                                              "eval_every": max(1, s.warmup_steps // 4)})  # fmt: skip
-            res = train_mlac(model, params, defence_train, defence_val, warm, log=logger("warmup"),
-                             compiler_options=opts, progress=progress)  # fmt: skip
-            params = res.best_params
-            summary["warmup"] = {"best_step": res.best_step, "best_val_desired_ce": res.best_score}
-        save_pretrained(model, params, out / "baseline", tokenizer=tokenizer)
-        res = train_mlac(model, params, defence_train, defence_val, cfg, log=logger("mlac"), compiler_options=opts,
-                         progress=progress)  # fmt: skip
-    finally:
-        metrics_file.close()
-    save_pretrained(model, res.best_params, out / "model", tokenizer=tokenizer)
-    test = arrays["test"]
+
+def _finish(config: MLACRunConfig, run_dir: RunDir, result: Any, loaded: Loaded) -> dict[str, Any]:
+    """``baseline/`` (when there was no warm-up) and ``summary.json``: best steps and the test accuracies."""
+    from jaxtar.eval.blocking import desired_accuracy
+    from jaxtar.models import from_pretrained, save_pretrained
+
+    model, cfg, baseline = loaded.model, config.mlac, run_dir.path / "baseline"
+    if not baseline.is_dir():
+        save_pretrained(model, loaded.params, baseline, tokenizer=loaded.tokenizer)
+    test = _arrays(config, loaded.tokenizer)["test"]
+    warm = config.mlac_run.warmup_steps
+    summary: dict[str, Any] = {"preset": config.preset, "model": config.mlac_run.model, "data": config.mlac_run.data}
+    if "warmup" in result.selected:
+        summary["warmup"] = {"best_step": result.selected["warmup"].step,
+                             "best_val_desired_ce": result.selected["warmup"].score}  # fmt: skip
+    chosen = result.selected["mlac"]
+    accuracy = lambda params: desired_accuracy(model, params, test, cfg.num_desired, cfg.desired_key)
     summary.update(
-        best_step=res.best_step,
-        best_val_score=res.best_score,
-        final_inner_lr=float(res.state.inner_lr),
-        test_desired_accuracy={
-            "baseline": desired_accuracy(model, params, test, cfg.num_desired, cfg.desired_key),
-            "mlac": desired_accuracy(model, res.best_params, test, cfg.num_desired, cfg.desired_key),
-        },  # fmt: skip
-        model_dir=str(out / "model"),
-        baseline_dir=str(out / "baseline"),
-        seconds=time.perf_counter() - t0,
+        best_step=chosen.step - warm,  # counted from MLAC's start, as its eval_every is
+        best_val_score=chosen.score,
+        final_inner_lr=float(np.asarray(result.final_opt_state[1])),
+        test_desired_accuracy={"baseline": accuracy(from_pretrained(baseline)[1]), "mlac": accuracy(result.params)},
+        model_dir=str(run_dir.model_dir),
+        baseline_dir=str(baseline),
     )
-    _write_json(out / "summary.json", summary)
+    write_json_atomic(run_dir.path / "summary.json", summary)
     return summary
 
 
-def _fields(cfg: MLACConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+MLAC = Defence(
+    "mlac",
+    load=_load,
+    build=_phases,
+    data_identity=lambda config: {"bios": _data_identity(config.mlac_run)},
+    write_config=save_config,
+    finish=_finish,
+)
+
+
+def _data_identity(s: Any) -> str:
+    from jaxtar.data.bias_in_bios import BIAS_IN_BIOS_REVISION
+
+    if s.data == "synthetic":
+        return f"synthetic:{s.num_examples}:seed{s.data_seed}"
+    return f"LabHC/bias_in_bios@{BIAS_IN_BIOS_REVISION}:seed{s.data_seed}:max{s.max_examples}"
+
+
+def run_mlac(config: MLACRunConfig) -> RunResult:
+    """Runs (or, with ``run.resume``, resumes) ``config`` into ``run.output_dir`` (module docstring).
+
+    Raises:
+        JaxtarError: bad input (nothing written), a folder in use or holding another run, a diverged run.
+    """
+    return run_defence(MLAC, config)

@@ -8,10 +8,13 @@ Example (``model``, ``params``: `jaxtar.defenses.mlac.prepare_model`'s layout):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import time
+import json
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -19,18 +22,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtar.attacks import unroll
+from jaxtar.checkpoint import open_run_dir
+from jaxtar.config import MLACConfig, RunConfig
+from jaxtar.defenses._loop import Phase, jit_step, run_phases
+from jaxtar.defenses._run_log import read_metrics_lines
 from jaxtar.defenses.mlac import (
     MLACState,
-    _attacker,
-    _ce,
-    _inner_batches,
+    attacker,
+    cross_entropy,
     init_state,
     inner_adversary,
-    make_outer_step,
+    inner_batches,
+    outer_step,
     ravel_params,
     released_logits,
 )
-from jaxtar.mlac_config import MLACConfig
 from jaxtar.models import Model
 
 Params = dict[str, Any]
@@ -38,13 +44,13 @@ Arrays = dict[str, jax.Array]
 
 
 class MLACResult(NamedTuple):
-    """``best_params`` (best validation score), the final state, the history of validations, best step/score."""
+    """``best_params`` (best validation score), the history of validations, best step / score, final inner lr."""
 
     best_params: Params
-    state: MLACState
     history: list[dict[str, Any]]
     best_step: int
     best_score: float
+    final_inner_lr: float
 
 
 # ------------------------------------------------------------------------------------------------- validation
@@ -57,7 +63,7 @@ def make_validator(
     ``mlac``; desired CE + harmful_weight * the released harmful head's CE for ``joint`` (its own training loss,
     with that head's accuracy reported); desired CE for ``desired``.
     """
-    problem, logits = _attacker(model, dataclasses.replace(cfg, grad_norm_penalty=0.0))
+    problem, logits = attacker(model, dataclasses.replace(cfg, grad_norm_penalty=0.0))
     adversary = inner_adversary(cfg)
     y = cfg.harmful_key
 
@@ -70,19 +76,19 @@ def make_validator(
             return jax.tree.map(lambda x: x[None], record(flat, t0))
         hp = {k: jnp.asarray(v, jnp.float32) for k, v in adversary.hyperparams().items()}
         hp["learning_rate"] = inner_lr
-        res = unroll(problem, flat, adversary, _inner_batches(val, key, cfg), key=key, hyperparams=hp,
+        res = unroll(problem, flat, adversary, inner_batches(val, key, cfg), key=key, hyperparams=hp,
                      record_every=1, include_initial=True, record_fn=record)  # fmt: skip
         return res.records
 
     @functools.partial(jax.jit, compiler_options=compiler_options)
     def validate(params: Params, inner_lr: jax.Array, val: Arrays) -> dict[str, jax.Array]:
         desired, harmful = released_logits(model, params, val, cfg)
-        out = {"val_desired_ce": _ce(desired, val[cfg.desired_key]),
+        out = {"val_desired_ce": cross_entropy(desired, val[cfg.desired_key]),
                "val_desired_acc": jnp.mean(jnp.argmax(desired, -1) == val[cfg.desired_key])}  # fmt: skip
         if cfg.variant == "desired":
             return {**out, "val_score": out["val_desired_ce"]}
         if cfg.variant == "joint":  # scored by its own training loss
-            out.update(val_released_harmful_ce=_ce(harmful, val[y]),
+            out.update(val_released_harmful_ce=cross_entropy(harmful, val[y]),
                        val_released_harmful_acc=jnp.mean(jnp.argmax(harmful, -1) == val[y]))  # fmt: skip
             return {**out, "val_score": out["val_desired_ce"] + cfg.harmful_weight * out["val_released_harmful_ce"]}
         keys = jax.random.split(jax.random.key(cfg.seed + 1), cfg.val_attacks)
@@ -93,7 +99,67 @@ def make_validator(
     return validate
 
 
-# ------------------------------------------------------------------------------------------------- training loop
+# ------------------------------------------------------------------------------------------------- the phase
+def mlac_phase(
+    model: Model,
+    train: dict[str, np.ndarray],
+    val: dict[str, np.ndarray],
+    cfg: MLACConfig,
+    *,
+    name: str = "mlac",
+    start: int = 0,
+    compiler_options: dict | None = None,
+    on_end: Callable[[Params], None] | None = None,
+) -> Phase:
+    """MLAC's outer steps as a phase of the one defence loop (`jaxtar.defenses._loop.run_phases`): steps
+    ``start .. start + cfg.outer_steps``, validated (`make_validator`) at its start, every ``cfg.eval_every`` steps
+    and at its end, handing on the best-validation weights.
+
+    The optimiser state the loop keeps is ``(outer Adam state, inner lr, its Adam state, phase step)``; each step's
+    key is ``fold_in(key(cfg.seed), phase step)``, so a resumed run draws exactly what an uninterrupted one does.
+
+    Args:
+        model: the released model (``prepare_model`` layout).
+        train: arrays ``input_ids``, ``attention_mask`` [N, T] and the label vectors (defence data).
+        val: the same for checkpoint selection (a held-out part of the defence data, not the attacker's splits).
+        cfg: the run's hyper-parameters.
+        name: the phase's name (``warmup`` for the desired-only warm-up).
+        start: the global step the phase starts at.
+        compiler_options: XLA options for the step and the validator (``{"xla_backend_optimization_level": 0}``
+            halves compile time on CPU at some cost per step: tests and tiny demos).
+        on_end: called with the best weights when the phase completes.
+    """
+    _check_arrays(model, train, cfg, "train")
+    _check_arrays(model, val, cfg, "val")
+    keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
+    train_d = {k: jnp.asarray(train[k]) for k in keys}
+    val_d = {k: jnp.asarray(val[k]) for k in keys}
+    step = outer_step(model, cfg)
+    validate = make_validator(model, cfg, compiler_options=compiler_options)
+    key0 = jax.random.key(cfg.seed)
+
+    def loop_step(params, opt_state, batches, key, frozen):
+        del key, frozen  # MLAC's key comes from its own seed and phase step (as the paper's code draws)
+        state = MLACState(params, *opt_state)
+        state, metrics = step(state, batches, jax.random.fold_in(key0, state.step))
+        return state.params, tuple(state[1:]), metrics
+
+    def check(params, opt_state) -> dict[str, jax.Array]:
+        return {**validate(params, opt_state[1], val_d), "inner_lr": opt_state[1]}
+
+    return Phase(
+        name,
+        start + cfg.outer_steps,
+        jit_step(loop_step, compiler_options=compiler_options),
+        lambda _: train_d,  # the whole defence set on device; each step draws its batches from it
+        lambda params: tuple(init_state(params, cfg)[1:]),
+        validate=check,
+        validate_every=cfg.eval_every,
+        select="val_score",
+        on_end=on_end,
+    )
+
+
 def train_mlac(
     model: Model,
     params: Params,
@@ -101,63 +167,35 @@ def train_mlac(
     val: dict[str, np.ndarray],
     cfg: MLACConfig,
     *,
-    log: Callable[[dict[str, Any]], None] | None = None,
+    output_dir: str | Path | None = None,
     compiler_options: dict | None = None,
     progress: bool = False,
 ) -> MLACResult:
-    """Run ``cfg.outer_steps`` outer steps, validating at step 0, every ``cfg.eval_every`` steps and at the end;
-    the parameters with the best (lowest) validation score are returned.
+    """One MLAC phase run through the defence loop: ``cfg.outer_steps`` outer steps, validating at step 0, every
+    ``cfg.eval_every`` steps and at the end; the weights of the best (lowest) validation score are returned.
 
     Args:
-        model: the released model (``prepare_model`` layout).
-        params: its starting parameters.
-        train: arrays ``input_ids``, ``attention_mask`` [N, T] and the label vectors (defence data).
-        val: the same for checkpoint selection (a held-out part of the defence data, not the attacker's splits).
+        model, params: the released model (``prepare_model`` layout) and its starting weights.
+        train, val: defence data and its held-out part for checkpoint selection (see :func:`mlac_phase`).
         cfg: the run's hyper-parameters.
-        log: called with each validation record (a dict of floats).
-        compiler_options: XLA options for the two jitted functions (``{"xla_backend_optimization_level": 0}``
-            halves compile time on CPU at some cost per step: tests and tiny demos).
-        progress: show a tqdm progress bar.
+        output_dir: a new run folder for its checkpoints and ``metrics.jsonl``; None = a temporary one.
+        compiler_options: see :func:`mlac_phase`.
+        progress: show a progress bar.
 
     Returns:
-        MLACResult(best_params, final state, history, best_step, best_score).
+        MLACResult(best_params, history of validations, best step and score, final inner lr).
     """
-    _check_arrays(model, train, cfg, "train")
-    _check_arrays(model, val, cfg, "val")
-    train_d = {k: jnp.asarray(train[k]) for k in ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)}
-    val_d = {k: jnp.asarray(val[k]) for k in train_d}
-    step = make_outer_step(model, cfg, compiler_options=compiler_options)
-    validate = make_validator(model, cfg, compiler_options=compiler_options)
-    state, key = init_state(params, cfg), jax.random.key(cfg.seed)
-    history: list[dict[str, Any]] = []
-    best = (float("inf"), 0, params)
-    window: list[dict] = []
-    t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=cfg.outer_steps, disable=not progress, desc=f"mlac ({cfg.variant})", unit="step", dynamic_ncols=True
-    )
-    for i in range(cfg.outer_steps + 1):
-        if i % cfg.eval_every == 0 or i == cfg.outer_steps:
-            record = {"step": i, **{k: float(v) for k, v in validate(state.params, state.inner_lr, val_d).items()}}
-            if window:
-                stacked = jax.device_get(window)
-                record.update({f"train_{k}": float(np.mean([m[k] for m in stacked])) for k in stacked[0]})
-                window = []
-            record["inner_lr"], record["seconds"] = float(state.inner_lr), time.perf_counter() - t0
-            history.append(record)
-            if log is not None:
-                log(record)
-            if np.isfinite(record["val_score"]) and record["val_score"] < best[0]:
-                best = (record["val_score"], i, state.params)
-        if i == cfg.outer_steps:
-            break
-        state, metrics = step(state, train_d, jax.random.fold_in(key, i))
-        window.append(metrics)
-        bar.update(1)
-    bar.close()
-    return MLACResult(best[2], state, history, best[1], best[0])
+    phase = mlac_phase(model, train, val, cfg, compiler_options=compiler_options)
+    run = RunConfig(checkpoint_every=max(cfg.outer_steps, 1), progress=progress, tensorboard=False)
+    with contextlib.ExitStack() as stack:
+        if output_dir is None:
+            output_dir = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "run"
+        run_dir = stack.enter_context(open_run_dir(output_dir, {"method": "mlac", "mlac": dataclasses.asdict(cfg)}))
+        result = run_phases([phase], params, None, run_dir, run)
+        history = [json.loads(line) for line in read_metrics_lines(run_dir.metrics_path)]
+    history = [r for r in history if "val_score" in r]
+    chosen = result.selected[phase.name]
+    return MLACResult(result.params, history, chosen.step, chosen.score, history[-1]["inner_lr"])
 
 
 def _check_arrays(model: Model, arrays: dict[str, np.ndarray], cfg: MLACConfig, name: str) -> None:

@@ -27,17 +27,16 @@ from jax.sharding import Mesh
 from jaxtar.config import DefenceConfig, RandomMappingConfig
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
-from jaxtar.defenses._fit import training_bytes
+from jaxtar.defenses._fit import check_positions, training_bytes
 from jaxtar.defenses._loop import (
     Phase,
-    RunResult,
+    cached_step,
     check_divides,
     jit_step,
-    run_defence,
     schedule_free_adamw,
     schedule_free_params,
 )
-from jaxtar.defenses.tar import _shared
+from jaxtar.defenses.runner import RunResult, run_defence
 from jaxtar.objectives import batch_cross_entropy, random_mapping_loss_from_ids
 
 PyTree = Any
@@ -92,6 +91,7 @@ def build_random_mapping_phases(
     """The single random-mapping phase of a run (data tokenised and checked here). ``mesh``: data x fsdp only (there
     are no adversaries); the step follows the shardings `jaxtar.defenses._loop.run_phases` gives its inputs."""
     rm, data, seed = config.random_mapping, config.data, config.run.seed
+    check_positions(model, data.max_length)
     if mesh is not None and mesh.shape["adversary"] > 1:
         raise _inputs.InputError("random mapping has no adversaries to split: run.mesh_adversary must be 1")
     check_divides(mesh, {"forget_batch_size": rm.forget_batch_size, "retain_batch_size": rm.retain_batch_size})
@@ -105,7 +105,7 @@ def build_random_mapping_phases(
     def batches(step: int) -> dict[str, Any]:
         return {"forget": forget.take(step * bf, bf).rows, "retain": retain.take(step * br, br).rows}
 
-    step, optimizer = _shared(make_random_mapping_step, model, rm, config.model.compute_dtype)
+    step, optimizer = cached_step(make_random_mapping_step, model, rm, config.model.compute_dtype)
     tokens = tokens_in(bf + br, data.max_length)
     memory = training_bytes(model, bf + br, data.max_length)
     return [Phase("random_mapping", rm.steps, step, batches, optimizer.init, schedule_free_params, tokens,
@@ -121,4 +121,7 @@ def run_random_mapping(
         config: the run (``run.output_dir`` required; ``random_mapping`` and ``data`` sections used).
         model, params, tokenizer: use these instead of loading ``config.model`` (all three or none).
     """
-    return run_defence("random_mapping", config, build_random_mapping_phases, model, params, tokenizer)
+    return run_defence(RANDOM_MAPPING, config, _inputs.given_model(model, params, tokenizer))
+
+
+RANDOM_MAPPING = _inputs.decoder_defence("random_mapping", build_random_mapping_phases)

@@ -39,16 +39,16 @@ from jaxtar.attacks import Adversary, model_attack_problem, sample_adversary, ta
 from jaxtar.config import DefenceConfig, TarConfig
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
-from jaxtar.defenses._fit import tar_bytes, training_bytes
+from jaxtar.defenses._fit import check_positions, tar_bytes, training_bytes
 from jaxtar.defenses._loop import (
     Phase,
-    RunResult,
+    cached_step,
     check_divides,
     jit_step,
-    run_defence,
     schedule_free_adamw,
     schedule_free_params,
 )
+from jaxtar.defenses.runner import RunResult, run_defence
 from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
 from jaxtar.objectives import (
     batch_cross_entropy,
@@ -171,13 +171,15 @@ def make_tar_step(
         if mesh is not None:  # keep params and optimiser state FSDP-sharded across steps
             params = with_shardings(params, param_shardings(params, mesh))
             opt_state = with_shardings(opt_state, param_shardings(opt_state, mesh))
+        ok = meta.aux.is_finite  # [A]: a diverged adversary's gradient is zeroed; its values are left out here
+        tamper_value = _finite_mean(meta.value, ok)
         metrics = {
-            "loss": config.lambda_tr * jnp.mean(meta.value) + config.lambda_retain * retain,
-            "tamper_value": jnp.mean(meta.value),
-            "tamper_loss": jnp.mean(meta.aux.tamper_losses),
-            "tamper_final": jnp.mean(meta.aux.tamper_losses[:, -1]),
-            "attack_first": jnp.mean(meta.aux.attack_losses[:, 0]),
-            "attack_final": jnp.mean(meta.aux.attack_losses[:, -1]),
+            "loss": config.lambda_tr * jnp.where(jnp.any(ok), tamper_value, 0.0) + config.lambda_retain * retain,
+            "tamper_value": tamper_value,
+            "tamper_loss": _finite_mean(meta.aux.tamper_losses, ok),
+            "tamper_final": _finite_mean(meta.aux.tamper_losses[:, -1], ok),
+            "attack_first": _finite_mean(meta.aux.attack_losses[:, 0], ok),
+            "attack_final": _finite_mean(meta.aux.attack_losses[:, -1], ok),
             "retain_ce": ce,
             "representation": rep,
             "grad_norm_tamper": _global_norm(meta.grads),
@@ -188,6 +190,12 @@ def make_tar_step(
         return params, opt_state, metrics
 
     return jit_step(step), optimizer
+
+
+def _finite_mean(x: jax.Array, ok: jax.Array) -> jax.Array:
+    """The mean over the finite adversaries (rows of ``x`` where ``ok``); NaN when none is finite."""
+    rows = jnp.reshape(x, (ok.shape[0], -1))
+    return jnp.sum(jnp.where(ok[:, None], rows, 0.0)) / (jnp.sum(ok) * rows.shape[1])
 
 
 def make_sft_step(model: Any, lr: float, compute_dtype: str | None = None) -> tuple[Callable, Any]:
@@ -301,21 +309,6 @@ class TarData:
 
 
 _ROW_KEYS = ("input_ids", "attention_mask", "loss_mask")
-_STEPS: dict[tuple, tuple[Callable, Any]] = {}
-
-
-def _shared(make: Callable, model: Any, *args: Any) -> tuple[Callable, Any]:
-    """``make(model, *args)``, reused across runs in one process for an equal model config (jit once, reuse)."""
-    key = (make.__name__, type(model.config), model.config, *args)
-    try:
-        hash(key)
-    except TypeError:  # e.g. a config holding a dict: no sharing
-        return make(model, *args)
-    if key not in _STEPS:
-        if len(_STEPS) >= 8:
-            _STEPS.pop(next(iter(_STEPS)))
-        _STEPS[key] = make(model, *args)
-    return _STEPS[key]
 
 
 def _check_suite(suite: tuple[Adversary, ...]) -> Adversary:
@@ -336,6 +329,7 @@ def build_tar_phases(
 ) -> tuple[list[Phase], TarData]:
     """The TAR phase (and the SFT phase when ``tar.sft_steps > 0``) of a run; `mesh`: see `make_tar_step`."""
     tar = config.tar
+    check_positions(model, config.data.max_length)
     batch_sizes = {"adversary_batch_size": tar.adversary_batch_size, "tamper_batch_size": tar.tamper_batch_size,
                    "retain_batch_size": tar.retain_batch_size,
                    "sft_batch_size": tar.sft_batch_size if tar.sft_steps else None}  # fmt: skip
@@ -347,7 +341,7 @@ def build_tar_phases(
     if tar.tamper_loss == "dpo":
         reference_fn = functools.partial(lambda p, ids, m: model.apply(p, ids, m).logits, params)
     data = TarData(config, tokenizer, suite, reference_fn)
-    step, optimizer = _shared(make_tar_step, model, tar, template, config.model.compute_dtype, mesh)
+    step, optimizer = cached_step(make_tar_step, model, tar, template, config.model.compute_dtype, mesh)
     phases = [
         Phase(
             "tar",
@@ -362,7 +356,7 @@ def build_tar_phases(
         )
     ]
     if tar.sft_steps:
-        sft_step, sft_opt = _shared(make_sft_step, model, tar.sft_lr, config.model.compute_dtype)
+        sft_step, sft_opt = cached_step(make_sft_step, model, tar.sft_lr, config.model.compute_dtype)
         phases.append(
             Phase("sft", tar.outer_steps + tar.sft_steps, sft_step, data.sft_batches, sft_opt.init,
                   tokens_per_step=tokens_in(tar.sft_batch_size, config.data.max_length),
@@ -384,4 +378,7 @@ def run_tar(config: DefenceConfig, *, model: Any = None, params: PyTree = None, 
     Raises:
         ConfigError / InputError / RunDirError: bad input, nothing written.
     """
-    return run_defence("tar", config, build_tar_phases, model, params, tokenizer)
+    return run_defence(TAR, config, _inputs.given_model(model, params, tokenizer))
+
+
+TAR = _inputs.decoder_defence("tar", build_tar_phases, frozen_base=True)

@@ -9,23 +9,26 @@ Example:
 
 from jaxtar.eval.judge import Judge, JudgeResult, JudgeTask, judge_generations, refusal_keyword_judge
 from jaxtar.eval.mcq import (
-    DOMAIN_SUBJECTS,
     EvalSet,
-    MCQBatch,
     MCQResult,
     PreparedEval,
     Scores,
     binomial_stderr,
     evaluate,
-    excluded_subjects,
-    letter_token_ids,
-    mcq_prompts,
-    prepare_mcq,
     prepare_probe,
     probe_loss,
     score_mcq,
 )
-from jaxtar.eval.redteam import RedTeamData, attack_batches, check_models, evaluate_models, red_team, run_attack
+from jaxtar.eval.mcq_prompts import (
+    DOMAIN_SUBJECTS,
+    MCQBatch,
+    excluded_subjects,
+    letter_token_ids,
+    mcq_prompts,
+    prepare_mcq,
+)
+from jaxtar.eval.redteam import attack_batches, evaluate_models, red_team, run_attack
+from jaxtar.eval.redteam_inputs import RedTeamData, check_models
 from jaxtar.eval.report import (
     AttackRun,
     ModelSummary,

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from jaxtar.data.batching import pad_id, tokenize_texts
-from jaxtar.eval.mcq import canonical_model, fixed_batches, round_up
+from jaxtar.eval.mcq import canonical_model, fixed_batches
+from jaxtar.eval.mcq_prompts import round_up
 from jaxtar.models.functional import Model, Params
 from jaxtar.models.generate import generate
 
@@ -62,7 +63,7 @@ def judge_generations(
     """Greedy generations (`jaxtar.models.generate`) for ``prompts``, scored by ``judge(prompts, generations)``.
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> from jaxtar.models import LlamaConfig, create_model
         >>> world = toy_world()
         >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)

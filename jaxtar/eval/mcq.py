@@ -1,14 +1,14 @@
 """Scoring a model: WMDP / MMLU-style multiple choice and loss probes (the judge hook is `jaxtar.eval.judge`).
 
 Multiple choice follows the lm-evaluation-harness convention the TAR paper uses: a (k-shot) prompt ending in
-``Answer:``, then the argmax over the logits of the letter tokens (``" A"``, ``" B"``, ... - or ``"A"`` where the
-tokenizer has no single spaced token) at the last prompt position. Prompts are left-padded (positions
-``cumsum(mask) - 1``, so padding changes nothing) and scored in fixed-size batches by one jitted function per model
-shape; only the letters' logits at the last position are computed (no ``[B, T, V]`` logits). Retain scores drop
-the forget domain's subjects (REFERENCE §1.5). A loss probe is the mean next-token cross-entropy on held-out text.
+``Answer:`` (built and tokenised by `jaxtar.eval.mcq_prompts`), then the argmax over the logits of the letter tokens
+(``" A"``, ``" B"``, ... - or ``"A"`` where the tokenizer has no single spaced token) at the last prompt position.
+Prompts are left-padded (positions ``cumsum(mask) - 1``, so padding changes nothing) and scored in fixed-size
+batches by one jitted function per model shape; only the letters' logits at the last position are computed (no
+``[B, T, V]`` logits). A loss probe is the mean next-token cross-entropy on held-out text.
 
 Example (an untrained tiny Llama on the offline toy world):
-    >>> from jaxtar.data.toy import toy_world
+    >>> from jaxtar.toy import toy_world
     >>> from jaxtar.models import LlamaConfig, create_model
     >>> world = toy_world()
     >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,159 +31,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtar.data.batching import pad_id, tokenize_texts
-from jaxtar.data.sources import MCQ_LETTERS, MMLU_BIO_SUBJECTS, MMLU_CYBER_SUBJECTS, MCQItem, build_mcq_prompt
+from jaxtar.data.batching import tokenize_texts
+from jaxtar.data.sources import MCQItem
+from jaxtar.eval.mcq_prompts import MCQBatch, excluded_subjects, prepare_mcq
 from jaxtar.models.functional import Model, Params
 from jaxtar.models.generate import DECODERS
 from jaxtar.objectives.lm import next_token_log_probs
 
-DOMAIN_SUBJECTS = {"bio": MMLU_BIO_SUBJECTS, "cyber": MMLU_CYBER_SUBJECTS}
 _CANONICAL: dict[str, Model] = {}
 
 
 def canonical_model(model: Model) -> Model:
     """One `Model` per architecture config, so jitted functions compile once per model *shape*, not per load."""
     return _CANONICAL.setdefault(repr(model.config), model)
-
-
-def excluded_subjects(domain: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Subjects left out of the retain score: ``"bio"`` / ``"cyber"`` (REFERENCE §1.5), a list, or None.
-
-    Example:
-        >>> excluded_subjects("cyber")
-        ('computer_security',)
-    """
-    if domain is None:
-        return ()
-    if isinstance(domain, str):
-        if domain not in DOMAIN_SUBJECTS:
-            raise ValueError(f"unknown forget domain {domain!r}; known: {sorted(DOMAIN_SUBJECTS)} (or pass subjects)")
-        return DOMAIN_SUBJECTS[domain]
-    return tuple(domain)
-
-
-def letter_token_ids(tokenizer: Any, num_choices: int = 4) -> tuple[int, ...]:
-    """Token ids of the answer letters: ``" A"`` when every spaced letter is one token, else ``"A"``.
-
-    Raises:
-        ValueError: neither form is a single known token for every letter (the message shows the encodings).
-
-    Example:
-        >>> from jaxtar.data.toy import toy_world
-        >>> len(letter_token_ids(toy_world().tokenizer))
-        4
-    """
-    letters = MCQ_LETTERS[:num_choices]
-    unk = getattr(tokenizer, "unk_token_id", None)
-    tried = {}
-    for prefix in (" ", ""):
-        ids = [list(tokenizer.encode(prefix + c, add_special_tokens=False)) for c in letters]
-        tried[prefix] = ids
-        flat = [i[0] for i in ids if len(i) == 1 and i[0] != unk]
-        if len(flat) == len(letters) and len(set(flat)) == len(letters):
-            return tuple(int(i) for i in flat)
-    raise ValueError(
-        "multiple-choice scoring needs every answer letter to be a single token, with or without a leading space; "
-        f"this tokenizer encodes {dict(zip(letters, tried[' ']))} (spaced) and {dict(zip(letters, tried['']))}"
-    )
-
-
-def mcq_prompts(items: Sequence[MCQItem], shots: int = 0, shot_pool: Sequence[MCQItem] = ()) -> list[str]:
-    """k-shot prompts: each item preceded by the first ``shots`` pool items of its subject (itself excluded).
-
-    Example:
-        >>> mcq_prompts([MCQItem("q?", ("a", "b"), 0)])[0].endswith("Answer:")
-        True
-    """
-    if shots < 0:
-        raise ValueError(f"shots must be >= 0, got {shots}")
-    prompts = []
-    for item in items:
-        examples = [s for s in shot_pool if s.subject == item.subject and s != item][:shots]
-        if len(examples) < shots:
-            raise ValueError(
-                f"{shots}-shot prompts need {shots} examples of subject {item.subject!r} in the shot pool, "
-                f"found {len(examples)}"
-            )
-        prompts.append(build_mcq_prompt(item, examples))
-    return prompts
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class MCQBatch:
-    """Tokenised, left-padded prompts ``[N, T]`` with answers, choice counts and letter ids."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    answers: np.ndarray
-    num_choices: np.ndarray
-    letter_ids: tuple[int, ...]
-    subjects: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.answers)
-
-    @property
-    def chance(self) -> float:
-        """Expected accuracy of a uniform random guess."""
-        return float(np.mean(1.0 / self.num_choices)) if len(self) else float("nan")
-
-
-def round_up(n: int, multiple: int = 16) -> int:
-    """``n`` rounded up to a multiple (at least one multiple): few distinct shapes, few compiles."""
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-def prepare_mcq(
-    tokenizer: Any,
-    items: Sequence[MCQItem],
-    *,
-    shots: int = 0,
-    shot_pool: Sequence[MCQItem] = (),
-    exclude_subjects: str | Sequence[str] | None = None,
-    max_length: int | None = None,
-) -> MCQBatch:
-    """Prompts tokenised once for repeated scoring.
-
-    Args:
-        tokenizer: the model's tokenizer.
-        items: the questions.
-        shots, shot_pool: k-shot examples (see `mcq_prompts`).
-        exclude_subjects: subjects to drop (``"bio"``, ``"cyber"`` or a list).
-        max_length: row length; default: the longest prompt rounded up to a multiple of 16. Longer prompts lose
-            their *beginning* (a warning says how many), so ``Answer:`` is always the last token.
-
-    Example:
-        >>> from jaxtar.data.toy import toy_world
-        >>> world = toy_world()
-        >>> batch = prepare_mcq(world.tokenizer, world.retain_mcq[:8])
-        >>> batch.input_ids.shape[0]
-        8
-    """
-    dropped = set(excluded_subjects(exclude_subjects))
-    items = [i for i in items if i.subject not in dropped]
-    num_choices = max((len(i.choices) for i in items), default=4)
-    letters = letter_token_ids(tokenizer, num_choices)
-    encoded = [list(ids) for ids in tokenizer(mcq_prompts(items, shots, shot_pool))["input_ids"]] if items else []
-    longest = max((len(e) for e in encoded), default=1)
-    length = round_up(longest) if max_length is None else max_length
-    cut = sum(len(e) > length for e in encoded)
-    if cut:
-        warnings.warn(f"{cut} of {len(items)} prompts exceed {length} tokens; their beginnings are cut", stacklevel=2)
-    ids = np.full((len(items), length), pad_id(tokenizer), np.int32)
-    mask = np.zeros((len(items), length), np.int32)
-    for row, seq in enumerate(encoded):
-        seq = seq[-length:]
-        ids[row, length - len(seq) :] = seq
-        mask[row, length - len(seq) :] = 1
-    return MCQBatch(
-        input_ids=ids,
-        attention_mask=mask,
-        answers=np.asarray([i.answer for i in items], np.int32),
-        num_choices=np.asarray([len(i.choices) for i in items], np.int32),
-        letter_ids=letters,
-        subjects=tuple(i.subject for i in items),
-    )
 
 
 def _letter_head(model: Model, params: Params, letters: jax.Array) -> jax.Array | None:
@@ -252,7 +111,7 @@ def score_mcq(model: Model, params: Params, batch: MCQBatch, *, batch_size: int 
     """Letter-logit accuracy of ``model`` on prepared prompts.
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> from jaxtar.models import LlamaConfig, create_model
         >>> world = toy_world()
         >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
@@ -291,7 +150,7 @@ def probe_loss(model: Model, params: Params, probe: dict[str, np.ndarray], *, ba
     """Mean next-token cross-entropy over every target token of the probe texts (NaN for no text).
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> from jaxtar.models import LlamaConfig, create_model
         >>> world = toy_world()
         >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)
@@ -411,7 +270,7 @@ def evaluate(
     The probes need every position's full-vocabulary logits, hence their own (smaller) batch size.
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> from jaxtar.models import LlamaConfig, create_model
         >>> world = toy_world()
         >>> model, params = create_model(LlamaConfig.tiny(vocab_size=len(world.tokenizer)), seed=0)

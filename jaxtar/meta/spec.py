@@ -19,8 +19,9 @@ import jax
 import numpy as np
 
 from jaxtar.attacks.unroll import ATTACK_GRAD
+from jaxtar.config.choices import ESTIMATOR_KINDS
 
-ESTIMATORS = ("exact", "remat", "mixed", "truncated", "first_order", "tar")
+ESTIMATORS = ESTIMATOR_KINDS  # one list, kept where the config (which must not import jax) reads it
 WEIGHTINGS = ("exponential", "uniform", "final")
 # What `exact` (and `truncated`'s differentiated steps) keep per step: every matmul output without batch dimensions
 # (projections, LM head, forward and backward) and the step's inputs; the elementwise intermediates (norms,

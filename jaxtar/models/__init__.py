@@ -1,5 +1,6 @@
 """Flax NNX ports of Hugging Face models, used as pure functions of a params dict."""
 
+from jaxtar.errors import CheckpointError
 from jaxtar.models.bert import BERT_LORA_TARGETS, BertConfig, with_classifier
 from jaxtar.models.functional import (
     Model,
@@ -10,7 +11,8 @@ from jaxtar.models.functional import (
     model_for_config,
 )
 from jaxtar.models.gpt2 import GPT2_LORA_TARGETS, GPT2Config
-from jaxtar.models.hf import CheckpointError, from_pretrained, hf_state_dict, load_tokenizer, save_pretrained
+from jaxtar.models.hf import from_pretrained, load_tokenizer
+from jaxtar.models.hf_save import hf_state_dict, save_pretrained
 from jaxtar.models.llama import LlamaConfig
 from jaxtar.models.lora import LoraConfig, LoraParams, init_lora, merge_lora
 

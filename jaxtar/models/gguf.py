@@ -101,12 +101,13 @@ def load_gguf(
 ) -> tuple[Model, Params]:
     """Loads a llama-architecture GGUF file (any quantisation ``gguf`` can dequantise) into the Llama port.
 
-    NaN/inf weights are refused unless ``allow_nonfinite`` (see ``hf.stream_params``).
+    NaN/inf weights are refused unless ``allow_nonfinite`` (see `jaxtar.models.streaming.stream_params`).
     """
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from jaxtar.models.hf import CheckpointError, stream_params
+    from jaxtar.errors import CheckpointError
+    from jaxtar.models.streaming import stream_params
 
     path = Path(path)
     try:

@@ -1,15 +1,17 @@
-"""Hugging Face checkpoints in and out: ``from_pretrained`` / ``save_pretrained`` over safetensors.
+"""Hugging Face checkpoints in: ``from_pretrained`` / ``load_tokenizer`` over safetensors (``save_pretrained``, the
+way out, is `jaxtar.models.hf_save`).
 
 Loading is strict and streaming: every checkpoint key must match exactly one rule of the family's table (or be
 explicitly ignored), every leaf must be filled, every shape is checked against the header before any tensor is read,
 and tensors are read one at a time, cast and placed with the requested sharding, so a large model never needs two
-full copies in host memory. Only safetensors are read (pickle can execute code); remote code is never run. What a
-folder may claim (config field types, shard index, header byte ranges, host memory needed) and how an export reaches
-its folder without touching anyone else's files are checked in ``jaxtar.models.hf_checks``.
+full copies in host memory (`jaxtar.models.streaming`, shared with GGUF files). Only safetensors are read (pickle
+can execute code); remote code is never run. What a folder may claim (config field types, shard index, header byte
+ranges, host memory needed) and how an export reaches its folder without touching anyone else's files are checked
+in ``jaxtar.models.hf_checks``.
 
 Example:
     >>> import tempfile
-    >>> from jaxtar.models import LlamaConfig, create_model
+    >>> from jaxtar.models import LlamaConfig, create_model, save_pretrained
     >>> model, params = create_model(LlamaConfig.tiny(), seed=0)
     >>> folder = save_pretrained(model, params, Path(tempfile.mkdtemp()) / "defended")  # transformers loads it
     >>> loaded, loaded_params = from_pretrained(folder, dtype=jnp.bfloat16)
@@ -21,11 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import warnings
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +31,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors
-import safetensors.flax
 
 from jaxtar.errors import CheckpointError
 from jaxtar.models.functional import Model, Params, model_for_config
-from jaxtar.models.hf_checks import (
-    check_host_memory,
-    local_name_error,
-    read_header,
-    read_index,
-    staged_export,
-    validate_config,
-)
+from jaxtar.models.hf_checks import local_name_error, read_header, read_index, validate_config
 from jaxtar.models.registry import architecture_for
-from jaxtar.models.rules import Rule, match_keys
+from jaxtar.models.rules import Rule
+from jaxtar.models.streaming import ShardingSpec, stream_params
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
-ShardingSpec = jax.sharding.Sharding | Callable[[tuple[str, ...], tuple[int, ...]], jax.sharding.Sharding] | None
 
 
 def resolve_checkpoint(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
@@ -145,125 +135,6 @@ def _open(path: Path) -> Any:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
 
 
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
-
-
-def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_leaves(v, (*prefix, k)))
-        return out
-    return {prefix: tree}
-
-
-def _sharding_for(spec: ShardingSpec, path: tuple[str, ...], shape: tuple[int, ...]) -> Any:
-    if spec is None:
-        return None
-    if isinstance(spec, jax.sharding.Sharding):
-        return spec
-    return spec(path, shape)
-
-
-def _plan(model: Model, keys: list[str], rules: list[Rule], ignore: list[str], folder: Any):
-    """Checks the key set against the table; returns ``{leaf path: [(key, rule, layer)]}`` and the leaf shapes."""
-    matched, unknown = match_keys(keys, rules, ignore)
-    if unknown:
-        raise CheckpointError(f"{folder}: checkpoint keys no rule accounts for: {sorted(unknown)[:20]}")
-    shapes = {p: tuple(a.shape) for p, a in _leaves(model.abstract_params()).items()}
-    by_leaf: dict[tuple[str, ...], list] = defaultdict(list)
-    seen: dict[tuple, str] = {}
-    for key, (rule, layer) in matched.items():
-        if (rule.path, layer) in seen:
-            raise CheckpointError(f"{folder}: {key} and {seen[rule.path, layer]} both fill {rule.path} (layer {layer})")
-        seen[rule.path, layer] = key
-        if rule.path not in shapes:
-            raise CheckpointError(f"{folder}: key {key} maps to {rule.path}, which this config does not have")
-        by_leaf[rule.path].append((key, rule, layer))
-    missing = []
-    for rule in rules:
-        shape = shapes.get(rule.path)
-        if shape is None:
-            raise CheckpointError(f"rule for {rule.hf_key} targets {rule.path}, absent from the model (table bug)")
-        have = {layer for _, _, layer in by_leaf.get(rule.path, [])}
-        want = set(range(shape[0])) if rule.stacked else {None}
-        missing += [rule.key(i) for i in sorted(want - have, key=lambda x: -1 if x is None else x)]
-        extra = have - want
-        if extra:
-            raise CheckpointError(f"{folder}: {rule.hf_key} has layers {sorted(extra)} beyond the config's {shape[0]}")
-    if missing:
-        raise CheckpointError(f"{folder}: checkpoint is missing keys: {missing[:20]}")
-    return by_leaf, shapes
-
-
-def stream_params(
-    model: Model,
-    keys: list[str],
-    get_shape: Callable[[str], tuple[int, ...]],
-    get_tensor: Callable[[str], np.ndarray],
-    rules: list[Rule],
-    ignore: list[str],
-    *,
-    source: str,
-    dtype: Any = jnp.float32,
-    sharding: ShardingSpec = None,
-    allow_nonfinite: bool = False,
-) -> Params:
-    """Fills ``model``'s params tree from a keyed tensor source, strictly and one tensor at a time.
-
-    Used for safetensors folders and GGUF files alike: keys are checked against ``rules`` first, then every shape
-    and the host memory the load needs, and only then is any tensor read, transformed, cast to ``dtype`` and placed
-    with ``sharding``. An integer/bool tensor for a float parameter is refused, and so are NaN/inf values unless
-    ``allow_nonfinite`` (then they load with a warning).
-    """
-    by_leaf, shapes = _plan(model, keys, rules, ignore, source)
-    for path, entries in by_leaf.items():  # every shape first, before any data is read
-        for key, rule, _ in entries:
-            want = tuple(rule.transform.hf_shape(shapes[path][1:] if rule.stacked else shapes[path]))
-            got = tuple(get_shape(key))
-            if got != want:
-                raise CheckpointError(f"{source}: {key} has shape {got}, the config implies {want}")
-    np_dtype = np.dtype(dtype)
-    sizes = [math.prod(shapes[path]) * np_dtype.itemsize for path in by_leaf]
-    on_host = isinstance(sharding, jax.sharding.Sharding) and all(d.platform == "cpu" for d in sharding.device_set)
-    if on_host or (not isinstance(sharding, jax.sharding.Sharding) and jax.default_backend() == "cpu"):
-        check_host_memory(sum(sizes), source, f"all parameters as {np_dtype.name}")
-    else:  # parameters go to accelerators; the host stages one leaf at a time
-        check_host_memory(max(sizes, default=0), source, f"the largest parameter as {np_dtype.name}")
-    params: Params = {}
-    nonfinite = []
-    for path, entries in sorted(by_leaf.items()):
-        buffer = np.empty(shapes[path], np_dtype)  # one leaf in host memory at a time
-        for key, rule, layer in entries:
-            raw = get_tensor(key)
-            if raw.dtype.kind in "biu" and np_dtype.kind not in "biu":
-                raise CheckpointError(
-                    f"{source}: {key} is stored as {raw.dtype}, an integer/bool type, for a float parameter; "
-                    "refusing to cast it"
-                )
-            value = rule.transform.to_ours(raw).astype(np_dtype)
-            del raw
-            if not np.isfinite(value).all():
-                if not allow_nonfinite:
-                    raise CheckpointError(
-                        f"{source}: {key} holds NaN or inf values; pass allow_nonfinite=True to load it anyway"
-                    )
-                nonfinite.append(key)
-            if layer is None:
-                buffer[...] = value
-            else:
-                buffer[layer] = value
-            del value
-        _set(params, path, jax.device_put(buffer, _sharding_for(sharding, path, shapes[path])))
-        del buffer
-    if nonfinite:
-        warnings.warn(f"{source}: loaded NaN or inf values in {len(nonfinite)} tensors: {nonfinite[:5]}", stacklevel=2)
-    return params
-
-
 def load_params(
     model: Model,
     folder: Path,
@@ -336,89 +207,6 @@ def from_pretrained(
     params = load_params(model, folder, arch.rules(config), arch.ignore(config), dtype=dtype, sharding=sharding,
                          allow_nonfinite=allow_nonfinite)  # fmt: skip
     return model, params
-
-
-def _hf_tensors(model: Model, params: Params) -> list[tuple[str, int, Callable[[], np.ndarray]]]:
-    """``(hf_key, nbytes, materialise)`` for every checkpoint tensor, without materialising any yet."""
-    arch = architecture_for(model.config.model_type)
-    leaves = _leaves(params)
-    out = []
-    for rule in arch.rules(model.config):
-        leaf = leaves[rule.path]
-        for layer in range(leaf.shape[0]) if rule.stacked else [None]:
-            part = leaf[layer] if layer is not None else leaf
-
-            def materialise(part=part, rule=rule) -> np.ndarray:
-                return np.ascontiguousarray(rule.transform.to_hf(np.asarray(jax.device_get(part))))
-
-            out.append((rule.key(layer), int(part.size * part.dtype.itemsize), materialise))
-    return out
-
-
-def hf_state_dict(model: Model, params: Params) -> dict[str, np.ndarray]:
-    """The checkpoint as ``{hf_key: numpy array}`` in transformers' layout (e.g. to build a torch reference)."""
-    return {key: materialise() for key, _, materialise in _hf_tensors(model, params)}
-
-
-def save_pretrained(
-    model: Model,
-    params: Params,
-    out_dir: str | os.PathLike,
-    *,
-    tokenizer: Any = None,
-    max_shard_bytes: int = 4 * 1024**3,
-    overwrite: bool = False,
-) -> Path:
-    """Writes ``config.json`` + safetensors (sharded with an index past ``max_shard_bytes``) that transformers loads.
-
-    The folder is written under a temporary name beside ``out_dir`` and renamed into place when complete, and only
-    onto an absent or empty folder (`hf_checks.staged_export`): a non-empty ``out_dir`` is refused
-    (`RunDirError`, also when another writer filled it meanwhile) unless ``overwrite=True`` and it holds a previous
-    export, whose own files are then replaced (others stay). A symlink is written through.
-
-    Example:
-        >>> import tempfile
-        >>> from jaxtar.models import GPT2Config, create_model
-        >>> model, params = create_model(GPT2Config.tiny(), seed=0)
-        >>> folder = save_pretrained(model, params, Path(tempfile.mkdtemp()) / "model", max_shard_bytes=400_000)
-        >>> sorted(path.name for path in folder.glob("*.safetensors*"))   # two shards and their index
-        ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']
-        >>> tokenizer = load_tokenizer("openai-community/gpt2")  # doctest: +SKIP
-        >>> folder = save_pretrained(model, params, folder, tokenizer=tokenizer, overwrite=True)  # doctest: +SKIP
-    """
-    arch = architecture_for(model.config.model_type)
-    out_dir = Path(out_dir)
-    config = arch.config_to_hf(model.config)
-    with staged_export(out_dir, overwrite=overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tensors = _hf_tensors(model, params)
-        shards: list[list] = [[]]
-        size = 0
-        for entry in tensors:
-            if shards[-1] and size + entry[1] > max_shard_bytes:
-                shards.append([])
-                size = 0
-            shards[-1].append(entry)
-            size += entry[1]
-        names = (
-            ["model.safetensors"]
-            if len(shards) == 1
-            else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        )
-        for name, shard in zip(names, shards, strict=True):  # one shard in host memory at a time
-            with jax.default_device(jax.devices("cpu")[0]):
-                arrays = {key: jnp.asarray(materialise()) for key, _, materialise in shard}
-                safetensors.flax.save_file(arrays, str(tmp / name), metadata={"format": "pt"})
-                del arrays
-        if len(shards) > 1:
-            index = {
-                "metadata": {"total_size": sum(nbytes for _, nbytes, _ in tensors)},
-                "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key, _, _ in shard},
-            }
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-    return out_dir
 
 
 def load_tokenizer(path_or_id: str | os.PathLike, revision: str | None = None) -> Any:

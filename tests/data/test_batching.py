@@ -12,7 +12,7 @@ from jaxtar.data.batching import (
     tokenize_texts,
 )
 from jaxtar.data.sources import PreferencePair
-from jaxtar.data.toy import toy_world
+from jaxtar.toy import toy_world
 
 
 @pytest.fixture(scope="module")

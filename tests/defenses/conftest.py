@@ -15,7 +15,7 @@ import pytest
 from filelock import FileLock
 from jax.experimental.compilation_cache import compilation_cache
 
-from jaxtar.data.toy import ToyTrainConfig, toy_world, train_toy_base_model
+from jaxtar.toy import ToyTrainConfig, toy_world, train_toy_base_model
 
 SMALL_BASE = ToyTrainConfig(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=4, steps=150,
                             batch_size=32, seq_len=48, learning_rate=3e-3, warmup_steps=20)  # fmt: skip

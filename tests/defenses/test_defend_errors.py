@@ -9,8 +9,8 @@ import pytest
 import jaxtar.commands.defend  # noqa: F401 - registers `jaxtar defend`
 from jaxtar.checkpoint import open_run_dir
 from jaxtar.cli import main
-from jaxtar.data.toy import toy_world
 from jaxtar.models import LlamaConfig, create_model, save_pretrained
+from jaxtar.toy import toy_world
 
 
 def _tiny(path, vocab):

@@ -3,6 +3,7 @@ from every kind of checkpoint (mid-phase, at the phase boundary, after the end) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -46,7 +47,7 @@ def _run(path, resume=False, phases=None):
     params0 = {"w": jnp.zeros(3)}
     config = RunConfig(checkpoint_every=1, keep_checkpoints=50, progress=False, tensorboard=False)
     with open_run_dir(path, {"method": "synthetic"}, resume=resume) as run_dir:
-        return run_phases(phases or _phases(), params0, params0, run_dir, config)
+        return run_phases(phases or _phases(), params0, params0, run_dir, config)[:4]
 
 
 def _values(path):
@@ -86,3 +87,44 @@ def test_step_keys_depend_on_seed_and_step_only():
     assert np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
     assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(step_key(0, 6)))
     assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(step_key(1, 5)))
+
+
+def _selecting_phases() -> list[Phase]:
+    """The two phases, each validated every 2 steps; the first hands on (and the second exports) its best weights,
+    scored by distance to a point the training passes by (so the best is not simply the last)."""
+    tar, sft = _phases()
+    probe = jnp.asarray([0.35, -0.37, 0.32])  # on the way to TARGET: sft passes near it (step 9), then moves on
+    score = lambda params, opt_state: {"val_score": jnp.sum((params["w"] - probe) ** 2), "val_w0": params["w"][0]}
+    select = {"validate": score, "validate_every": 2, "select": "val_score"}
+    return [dataclasses.replace(tar, **select), dataclasses.replace(sft, **select)]
+
+
+def test_best_validation_selection_is_exported_and_survives_resume(tmp_path):
+    run_dir = tmp_path / "full"
+    config = RunConfig(checkpoint_every=1, keep_checkpoints=50, progress=False, tensorboard=False)
+    with open_run_dir(run_dir, {"method": "synthetic"}) as folder:
+        result = run_phases(_selecting_phases(), {"w": jnp.zeros(3)}, {"w": jnp.zeros(3)}, folder, config)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    checks = [r for r in rows if "val_score" in r]
+    # validated at each phase's start, every 2 steps and at its end (the sft phase starts where tar stopped)
+    assert [(r["phase"], r["step"]) for r in checks] == [("tar", 0), ("tar", 2), ("tar", 4), ("tar", 6), ("tar", 7),
+                                                         ("sft", 7), ("sft", 9), ("sft", 11)]  # fmt: skip
+    for name in ("tar", "sft"):
+        best = min((r for r in checks if r["phase"] == name), key=lambda r: r["val_score"])
+        assert result.selected[name].step == best["step"]
+        assert result.selected[name].score == pytest.approx(best["val_score"], rel=1e-6)
+    assert result.selected["sft"].step < 11  # the best is not the last, so selection really chose
+    assert float(result.params["w"][0]) == pytest.approx(
+        next(r["val_w0"] for r in checks if r["phase"] == "sft" and r["step"] == result.selected["sft"].step)
+    )
+    assert json.loads((run_dir / "result.json").read_text())["selected"]["sft"]["step"] == result.selected["sft"].step
+    for stop in (3, 7, 8, 11):  # resumed mid-phase, at the boundary, inside sft, after the end: the same choice
+        copy = tmp_path / f"from{stop}"
+        shutil.copytree(run_dir, copy)
+        for ckpt in (copy / "checkpoints").iterdir():
+            if ckpt.name.isdigit() and int(ckpt.name) > stop:
+                shutil.rmtree(ckpt)
+        with open_run_dir(copy, {"method": "synthetic"}, resume=True) as folder:
+            again = run_phases(_selecting_phases(), {"w": jnp.zeros(3)}, {"w": jnp.zeros(3)}, folder, config)
+        assert again.selected == result.selected, stop
+        np.testing.assert_array_equal(np.asarray(again.params["w"]), np.asarray(result.params["w"]))

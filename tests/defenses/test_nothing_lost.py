@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,9 +19,9 @@ from safetensors.numpy import load_file, save_file
 import jaxtar.commands.defend  # noqa: F401 - registers `jaxtar defend`
 from jaxtar.checkpoint import Checkpointer
 from jaxtar.cli import main
-from jaxtar.data.toy import toy_world
 from jaxtar.models import LlamaConfig, create_model, save_pretrained
 from jaxtar.runlock import RunLock
+from jaxtar.toy import toy_world
 
 TINY_TAR = ["--tar.inner-steps", "2", "--tar.tamper-every", "1", "--tar.adversary-batch-size", "2",
             "--tar.tamper-batch-size", "2", "--tar.retain-batch-size", "2", "--tar.warmup-steps", "0",
@@ -189,7 +190,7 @@ def test_resuming_a_finished_run_changes_nothing_and_fewer_steps_are_refused(bas
         k: before[k] for k in before if not k.startswith(("checkpoints", ".jaxtar"))
     }
     code, err = _defend(capsys, "random-mapping", *args, "--random-mapping.steps", "2", "--resume")
-    assert code == 2 and "has 3 steps done, more than the 2 asked for" in err, err
+    assert code == 2 and "has 3 steps done, more than the 2 steps asked for" in err, err
     assert json.loads((out / "result.json").read_text())["metrics"]["step"] == 3
 
 
@@ -281,3 +282,50 @@ def test_non_finite_weights_are_refused_unless_allowed(tmp_path, capsys):
     code, err = _defend(capsys, "random-mapping", "--model.path", str(base), *TINY_RM, "--output",
                         str(tmp_path / "run"))  # fmt: skip
     assert code == 2 and key in err and not (tmp_path / "run").exists()
+
+
+def test_diverging_adversaries_do_not_stop_tar(base, tmp_path, capsys):
+    # TAR is built to survive attacks that blow up: their gradients are zeroed and counted, the weights stay finite
+    out = tmp_path / "run"
+    code, err = _defend(capsys, "tar", "--model.path", str(base), *TINY_TAR, "--tar.outer-steps", "2",
+                        "--tar.adversary-lrs", "[1e30]", "--output", str(out))  # fmt: skip
+    assert code == 0, err
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["finite_fraction"] == 0.0 and np.isfinite(r["loss"]) for r in lines)
+    assert all(np.isfinite(v).all() for v in load_file(out / "model" / "model.safetensors").values())
+
+
+def test_fewer_steps_than_done_in_an_earlier_phase_are_refused(base, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--model.path", str(base), *TINY_TAR, "--tar.sft-steps", "1", "--tar.sft-batch-size", "2",
+            "--run.checkpoint-every", "1", "--output", str(out)]  # fmt: skip
+    assert _defend(capsys, "tar", *args, "--tar.outer-steps", "3")[0] == 0
+    shutil.rmtree(out / "checkpoints" / "4")  # as if killed before SFT's step: the newest checkpoint is TAR's 3rd
+    before = _checksums(out)
+    code, err = _defend(capsys, "tar", *args, "--tar.outer-steps", "2", "--resume")  # 2 + 1 steps in all
+    assert code == 2 and "more than the 2 steps of its tar phase asked for" in err, err
+    assert {k: v for k, v in _checksums(out).items() if k != ".jaxtar.lock"} == {
+        k: v for k, v in before.items() if k != ".jaxtar.lock"
+    }
+
+
+def test_resume_refuses_changed_local_data(base, tmp_path, capsys):
+    forget = tmp_path / "forget.txt"
+    forget.write_text("\n".join(toy_world(0).forget_texts[:40]))
+    out = tmp_path / "run"
+    args = ["--model.path", str(base), *TINY_RM, "--data.forget", str(forget), "--output", str(out)]
+    assert _defend(capsys, "random-mapping", *args, "--random-mapping.steps", "1")[0] == 0
+    forget.write_text("\n".join(toy_world(0).forget_texts[40:80]))  # same path, other text
+    code, err = _defend(capsys, "random-mapping", *args, "--random-mapping.steps", "2", "--resume")
+    assert code == 2 and "inputs.data.forget" in err, err
+
+
+def test_force_runs_past_the_memory_refusal(base, tmp_path, capsys, monkeypatch):
+    import jaxtar.defenses._fit as fit
+
+    monkeypatch.setattr(fit, "_host_available", lambda: 1024)  # a machine with 1 KiB free
+    args = ["--model.path", str(base), *TINY_RM, "--random-mapping.steps", "1"]
+    code, err = _defend(capsys, "random-mapping", *args, "--output", str(tmp_path / "refused"))
+    assert code == 2 and "the memory planner predicts" in err and not (tmp_path / "refused").exists()
+    code, err = _defend(capsys, "random-mapping", *args, "--force", "--output", str(tmp_path / "forced"))
+    assert code == 0 and (tmp_path / "forced" / "model").is_dir(), err

@@ -231,7 +231,7 @@ EVAL_STEPS = 2 * K  # attacks run twice as long as the K inner steps TAR trained
 
 def _post_attack_mcq(model, params, tokenizer, data, suite, world):
     """Forget MCQ accuracy after each training adversary (a plain AdamW loop on fresh forget / retain->forget data)."""
-    from jaxtar.data.toy import mcq_letter_accuracy
+    from jaxtar.toy import mcq_letter_accuracy
 
     adv_grad = _reference_fns(model)[0]
     out, bsz = [], 8
@@ -255,8 +255,8 @@ def test_tar_lowers_post_attack_forget_mcq_accuracy_on_the_toy_world(tar_overrid
     adversary 0.50-0.63; with A = 2 adversaries per step 0.49 at 1.5x the TAR cost); retain MCQ 0.975 -> 0.93.
     Without the random-mapping warm start, 24 TAR steps (lr 1e-3) left the post-attack accuracy at 0.96 (the warm
     start is part of the method, REFERENCE §1.1)."""
-    from jaxtar.data.toy import mcq_letter_accuracy, toy_world
     from jaxtar.defenses import run_random_mapping
+    from jaxtar.toy import mcq_letter_accuracy, toy_world
 
     overrides = {k: v for k, v in tar_overrides.items() if k != "model.path"}  # K, s, batches as above
     config = load_config("toy", {**overrides, "random_mapping.steps": RM_STEPS, "random_mapping.lr": LR,

@@ -38,8 +38,8 @@ def _adam_sft_reference(model, params, batches, lr, steps):
 
 
 def test_refusal_tar_runs_dpo_then_sft_and_exports_the_sft_model(toy_base_dir, tmp_path):
-    from jaxtar.data.toy import toy_world
     from jaxtar.models import from_pretrained
+    from jaxtar.toy import toy_world
 
     sft_file = tmp_path / "sft.txt"  # a local text source, one example per line, as a user would pass it
     lines = [t for t in toy_world(0).retain_texts if "\n" not in t][:SFT_ROWS]

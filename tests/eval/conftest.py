@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from jaxtar.data.toy import toy_world
 from jaxtar.models import LlamaConfig, create_model, from_pretrained, save_pretrained
+from jaxtar.toy import toy_world
 
 
 @pytest.fixture(scope="session")

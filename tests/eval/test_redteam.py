@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from jaxtar.attacks import Adversary, LoraSpec, get_suite, model_attack_problem, unroll
-from jaxtar.data.toy import quiz_text
 from jaxtar.eval import (
     EvalSet,
     JudgeTask,
@@ -29,6 +28,7 @@ from jaxtar.eval import (
 )
 from jaxtar.eval import redteam as redteam_module
 from jaxtar.objectives.lm import batch_cross_entropy
+from jaxtar.toy import quiz_text
 
 FULL = Adversary("adamw", lr=5e-3, steps=100, batch_size=4, name="full-adamw")
 LORA = Adversary("adamw", lr=1e-2, steps=12, batch_size=4, data="retain_to_forget", name="lora-r2f",

@@ -4,6 +4,14 @@ evaluation) on its outputs. The mechanics are checked here (files, best checkpoi
 MLAC lowers post-attack harmful accuracy is checked in test_mlac_train.py."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from safetensors.numpy import load_file
 
 from jaxtar.cli import main
 
@@ -28,10 +36,10 @@ def test_defend_mlac_then_blocking_evaluation(tmp_path, capsys):
     assert (run / "model" / "model.safetensors").is_file() and (run / "baseline" / "config.json").is_file()
     assert (run / "model" / "tokenizer.json").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    mlac = [r for r in records if r["phase"] == "mlac"]
-    assert [r["step"] for r in mlac] == [0, 2, 4] and {r["phase"] for r in records} == {"warmup", "mlac"}
+    mlac = [r for r in records if r["phase"] == "mlac" and "val_score" in r]  # validations (global steps)
+    assert [r["step"] for r in mlac] == [60, 62, 64] and {r["phase"] for r in records} == {"warmup", "mlac"}
     best = min(mlac, key=lambda r: r["val_score"])  # the best-validation checkpoint is the one saved
-    assert summary["best_step"] == best["step"] and summary["best_val_score"] == best["val_score"]
+    assert summary["best_step"] == best["step"] - 60 and summary["best_val_score"] == best["val_score"]
     acc = summary["test_desired_accuracy"]
     assert acc["mlac"] >= acc["baseline"] - DESIRED_MARGIN
     # a second run into the same folder is refused and the first one is untouched
@@ -52,3 +60,39 @@ def test_defend_mlac_then_blocking_evaluation(tmp_path, capsys):
             assert len(cell["search"]) == 2  # probe and full, one lr, one budget
     assert result["models"]["random-init"]["desired_accuracy"] is not None
     capsys.readouterr()
+
+
+def _checkpoint_steps(folder):
+    return sorted(int(p.name) for p in (folder / "checkpoints").glob("[0-9]*") if p.name.isdigit())
+
+
+def test_defend_mlac_resumed_after_kill_9_equals_an_uninterrupted_run(tmp_path, capsys):
+    # 60 warm-up + 8 MLAC steps, a checkpoint every step; killed inside the MLAC phase, after a validation (its
+    # best-so-far weights live in the checkpoint), resumed: the same model, baseline, metrics and summary
+    args = ["defend", "mlac", "--preset", "mlac-offline", *TINY_RUN, "--mlac.outer-steps", "8",
+            "--run.checkpoint-every", "1", "--run.keep-checkpoints", "3", "--run.progress", "false"]  # fmt: skip
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert main([*args, "--output", str(full)]) == 0
+    launch = "import sys; from jaxtar.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-c", launch, *args, "--output", str(killed)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while proc.poll() is None and not [s for s in _checkpoint_steps(killed) if s >= 63]:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
+    assert not (killed / "model").exists() and 63 <= max(_checkpoint_steps(killed)) < 68
+    assert main([*args, "--output", str(killed), "--resume"]) == 0
+    assert "resumed from step" in capsys.readouterr().err
+    for folder in ("model", "baseline"):
+        want, got = load_file(full / folder / "model.safetensors"), load_file(killed / folder / "model.safetensors")
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{folder}: {key}")  # bit-identical
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "step_time_s"}
+                          for line in path.read_text().splitlines()]  # fmt: skip
+    assert strip(killed / "metrics.jsonl") == strip(full / "metrics.jsonl")
+    paths = ("model_dir", "baseline_dir")
+    summary = lambda path: {k: v for k, v in json.loads(path.read_text()).items() if k not in paths}
+    assert summary(killed / "summary.json") == summary(full / "summary.json")

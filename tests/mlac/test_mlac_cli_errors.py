@@ -15,7 +15,7 @@ from jaxtar.cli import main
         (["--output", "{tmp}/run", "--mlac-run.data", "imdb"], "run.data must be one of"),
         (["--output", "{tmp}/run", "--preset", "mlac-ofline"], "did you mean 'mlac-offline'"),
         (["--output", "{tmp}/run", "--tar.outer-steps", "3"], "are TAR / random-mapping flags"),
-        (["--output", "{tmp}/run", "--resume"], "--resume is not supported for mlac"),
+        (["--output", "{tmp}/run", "--run.mesh-adversary", "2"], "mesh"),
     ],
 )
 def test_defend_mlac_rejects_bad_input(tmp_path, capsys, extra, message):
@@ -35,7 +35,7 @@ def test_defend_mlac_never_overwrites_a_run(tmp_path, capsys):
     run.mkdir()
     (run / "keep.txt").write_text("old run")
     assert main(["defend", "mlac", "--output", str(run), "--mlac.outer-steps", "1"]) == 2
-    assert "is not empty (keep.txt); choose a new folder" in capsys.readouterr().err
+    assert "is not empty and holds no jaxtar run" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["keep.txt"] and (run / "keep.txt").read_text() == "old run"
 
 

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtar.config import MLACConfig
 from jaxtar.defenses.mlac import mlac_value_and_grad
-from jaxtar.mlac_config import MLACConfig
 
 
 def _tree_dot(a, b):

@@ -13,11 +13,11 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtar.config import MLACConfig
 from jaxtar.data.bias_in_bios import build_word_tokenizer, encode_bios, synthetic_bias_in_bios
 from jaxtar.defenses.mlac import prepare_model
 from jaxtar.defenses.mlac_run import defence_split
 from jaxtar.defenses.mlac_train import make_validator, train_mlac
-from jaxtar.mlac_config import MLACConfig
 from jaxtar.models import model_for_config
 from jaxtar.models.bert import BertConfig
 

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from jaxtar.config import MLACConfig, load_mlac_config
 from jaxtar.defenses.mlac import mlac_value_and_grad
 from jaxtar.defenses.mlac_train import make_validator
-from jaxtar.mlac_config import MLACConfig, load_mlac_config
 from jaxtar.objectives.calibration import calibrated_cross_entropy
 
 ND = 3
@@ -140,10 +140,10 @@ def test_presets_and_overrides():
     paper = load_mlac_config("mlac-paper")
     assert (paper.mlac.inner_steps, paper.mlac.grad_norm_penalty, paper.mlac.outer_lr, paper.mlac.outer_batch_size,
             paper.mlac.outer_clip_norm, paper.mlac.inner_clip_norm, paper.mlac.inner_batch_sizes,
-            paper.run.model) == (16, 1.0, 1e-5, 20, 10.0, 100.0, (12, 24, 48), "bert-tiny")  # fmt: skip
+            paper.mlac_run.model) == (16, 1.0, 1e-5, 20, 10.0, 100.0, (12, 24, 48), "bert-tiny")  # fmt: skip
     assert (paper.mlac.inner_lr, paper.mlac.inner_lr_lr, paper.mlac.inner_lr_bounds) == (3e-4, 1e-4, (1e-6, 1e-2))
-    cfg = load_mlac_config("mlac-offline", {"mlac.outer_steps": "7", "run.warmup_steps": 0})
-    assert (cfg.mlac.outer_steps, cfg.run.warmup_steps, cfg.preset) == (7, 0, "mlac-offline")
+    cfg = load_mlac_config("mlac-offline", {"mlac.outer_steps": "7", "mlac_run.warmup_steps": 0})
+    assert (cfg.mlac.outer_steps, cfg.mlac_run.warmup_steps, cfg.preset) == (7, 0, "mlac-offline")
     with pytest.raises(ValueError, match="did you mean 'mlac.outer_steps'"):
         load_mlac_config("mlac-offline", {"mlac.outer_step": 3})
     with pytest.raises(ValueError, match="unknown MLAC preset 'mlac-ofline'; .*did you mean 'mlac-offline'"):

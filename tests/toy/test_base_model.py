@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from jaxtar.data.sources import build_mcq_prompt
-from jaxtar.data.toy import (
+from jaxtar.models import from_pretrained
+from jaxtar.toy import (
     TOY_WORLD_VERSION,
     ToyTrainConfig,
     mcq_letter_accuracy,
@@ -19,7 +20,6 @@ from jaxtar.data.toy import (
     toy_world,
     train_toy_base_model,
 )
-from jaxtar.models import from_pretrained
 
 SMOKE = ToyTrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, steps=3, batch_size=4,
                        warmup_steps=1, seq_len=48)  # fmt: skip

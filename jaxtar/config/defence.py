@@ -1,9 +1,10 @@
-"""Run configurations: frozen dataclasses, YAML presets, and flag overrides (one source of truth for the CLI).
+"""TAR and random-mapping runs: the sections of a :class:`DefenceConfig`, its presets and its flags.
 
 A defence run is a :class:`DefenceConfig` with five sections — ``model``, ``data``, ``run``, ``tar`` and
 ``random_mapping`` — each a frozen dataclass validated in ``__post_init__``. Presets are YAML files in
 ``jaxtar/configs/`` (or any path) with the same sections; overrides are dotted keys (``tar.outer_steps=10``), and the
-CLI turns every field into a flag (``--tar.outer-steps 10``) through :func:`add_config_flags`.
+CLI turns every field into a flag (``--tar.outer-steps 10``) through :func:`add_config_flags`. Loading, overrides and
+flags are the generic mechanism of `jaxtar.config.sections`.
 
 Example:
     >>> cfg = load_config("toy", {"tar.outer_steps": 3, "run.seed": 1})
@@ -17,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,44 +25,39 @@ from typing import Any
 
 import yaml
 
-from jaxtar.config_sections import (
-    ConfigError,
+from jaxtar.config.choices import ESTIMATOR_KINDS
+from jaxtar.config.sections import (
+    PresetFolder,
     add_section_flags,
-    build_section,
-    check_values,  # ConfigError and parse_value are also imported from here
-    load_yaml,
-    merge_overrides,
-    parse_value,  # noqa: F401 - re-exported
+    check_sections,
+    check_values,
+    load_preset,
+    non_negative,
+    one_of,
+    plain,
+    positive,
     section_overrides,
-    suggest,
+    sections_of,
+    unit_interval,
 )
+from jaxtar.errors import ConfigError
 
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESET_DIR = Path(__file__).parent.parent / "configs"
+DEFENCE_PRESETS = PresetFolder(PRESET_DIR)
 DTYPES = ("float32", "bfloat16")
 TAMPER_LOSSES = ("entropy", "dpo")
 TAR_SETTINGS = ("bio", "cyber", "refusal")
-ESTIMATOR_KINDS = ("exact", "remat", "mixed", "truncated", "first_order", "tar")
 # Top-level preset sections owned by other commands (red team, demo); loaded presets may carry them.
 EXTERNAL_SECTIONS = ("redteam", "eval", "demo")
 
 
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
-
-
-def _non_negative(obj: Any, *names: str) -> None:
-    for name in names:
-        if getattr(obj, name) < 0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be >= 0, got {getattr(obj, name)!r}")
-
-
-def _unit(obj: Any, *names: str) -> None:
-    for name in names:
-        if not 0.0 <= getattr(obj, name) < 1.0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be in [0, 1), got {getattr(obj, name)!r}")
+def _check_schedule_free(obj: Any) -> None:
+    """Checks the schedule-free AdamW fields of a section (lr, warmup_steps, b1, b2, eps, weight_decay)."""
+    positive(obj, "lr", "eps")
+    non_negative(obj, "warmup_steps", "weight_decay")
+    unit_interval(obj, "b1", "b2")
+    if obj.b1 == 0.0:
+        raise ConfigError(f"{type(obj).__name__}.b1 must be > 0 (schedule-free AdamW interpolates with weight b1)")
 
 
 @dataclass(frozen=True)
@@ -88,10 +82,8 @@ class ModelConfig:
         check_values(self)
         if not self.path:
             raise ConfigError("ModelConfig.path must be non-empty")
-        for name in ("dtype", "compute_dtype"):
-            value = getattr(self, name)
-            if value is not None and value not in DTYPES:
-                raise ConfigError(f"ModelConfig.{name} must be one of {DTYPES}, got {value!r}")
+        one_of(self, "dtype", DTYPES)
+        one_of(self, "compute_dtype", DTYPES, optional=True)
 
 
 @dataclass(frozen=True)
@@ -126,7 +118,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_values(self)
-        _positive(self, "max_length", "limit")
+        positive(self, "max_length", "limit")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"DataConfig.heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
 
@@ -167,8 +159,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_values(self)
-        _positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "mesh_data", "mesh_fsdp", "mesh_adversary")
-        _non_negative(self, "seed")
+        positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "mesh_data", "mesh_fsdp", "mesh_adversary")
+        non_negative(self, "seed")
 
 
 @dataclass(frozen=True)
@@ -231,25 +223,19 @@ class TarConfig:
 
     def __post_init__(self) -> None:
         check_values(self)
-        _positive(self, "outer_steps", "lr", "inner_steps", "tamper_every", "dpo_beta", "adversaries_per_step")
-        _positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
-        _positive(self, "eps", "max_grad_norm", "adversary_chunk_size")
-        _non_negative(self, "warmup_steps", "weight_decay", "lambda_tr", "lambda_retain", "lambda_representation")
-        _non_negative(self, "sft_steps", "tamper_rate")
-        _unit(self, "b1", "b2")
-        if self.b1 == 0.0:
-            raise ConfigError("TarConfig.b1 must be > 0 (schedule-free AdamW interpolates with weight b1)")
+        positive(self, "outer_steps", "inner_steps", "tamper_every", "dpo_beta", "adversaries_per_step")
+        positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
+        positive(self, "max_grad_norm", "adversary_chunk_size")
+        non_negative(self, "lambda_tr", "lambda_retain", "lambda_representation", "sft_steps", "tamper_rate")
+        _check_schedule_free(self)
         if self.tamper_every > self.inner_steps:
             raise ConfigError(
                 f"TarConfig.tamper_every ({self.tamper_every}) must be <= inner_steps ({self.inner_steps}): "
                 "no tamper loss would be recorded"
             )
-        if self.tamper_loss not in TAMPER_LOSSES:
-            raise ConfigError(f"TarConfig.tamper_loss must be one of {TAMPER_LOSSES}, got {self.tamper_loss!r}")
-        if self.setting not in TAR_SETTINGS:
-            raise ConfigError(f"TarConfig.setting must be one of {TAR_SETTINGS}, got {self.setting!r}")
-        if self.estimator not in ESTIMATOR_KINDS:
-            raise ConfigError(f"TarConfig.estimator must be one of {ESTIMATOR_KINDS}, got {self.estimator!r}")
+        one_of(self, "tamper_loss", TAMPER_LOSSES)
+        one_of(self, "setting", TAR_SETTINGS)
+        one_of(self, "estimator", ESTIMATOR_KINDS)
         if (self.estimator == "truncated") != (self.truncation is not None):
             raise ConfigError("TarConfig.truncation must be set exactly when estimator is 'truncated'")
         if self.adversary_lrs is not None and not (self.adversary_lrs and all(lr > 0 for lr in self.adversary_lrs)):
@@ -286,20 +272,9 @@ class RandomMappingConfig:
 
     def __post_init__(self) -> None:
         check_values(self)
-        _positive(self, "steps", "lr", "eps", "forget_batch_size", "retain_batch_size")
-        _non_negative(self, "warmup_steps", "weight_decay", "lambda_random_mapping", "lambda_retain", "mapping_seed")
-        _unit(self, "b1", "b2")
-        if self.b1 == 0.0:
-            raise ConfigError("RandomMappingConfig.b1 must be > 0 (schedule-free AdamW interpolates with weight b1)")
-
-
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "run": RunConfig,
-    "tar": TarConfig,
-    "random_mapping": RandomMappingConfig,
-}
+        positive(self, "steps", "forget_batch_size", "retain_batch_size")
+        non_negative(self, "lambda_random_mapping", "lambda_retain", "mapping_seed")
+        _check_schedule_free(self)
 
 
 @dataclass(frozen=True)
@@ -319,14 +294,11 @@ class DefenceConfig:
     preset: str = ""
 
     def __post_init__(self) -> None:
-        check_values(self)
-        for name, cls in SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"DefenceConfig.{name} must be a {cls.__name__}")
+        check_sections(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), the form written to ``config.yaml``."""
-        return _plain(dataclasses.asdict(self))
+        return plain(self)
 
     def identity(self, method: str) -> dict[str, Any]:
         """The fields that define a run of ``method`` (a resumed run must match them; ``run.*`` and the step
@@ -334,15 +306,11 @@ class DefenceConfig:
         d = self.to_dict()
         section = d[method]
         section.pop("outer_steps" if method == "tar" else "steps", None)
+        d["model"].pop("allow_nonfinite")  # a permission to load, not part of what the run is
         return {"method": method, "model": d["model"], "data": d["data"], method: section, "seed": self.run.seed}
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
+SECTIONS: dict[str, type] = sections_of(DefenceConfig)
 
 
 def list_presets() -> list[str]:
@@ -352,25 +320,7 @@ def list_presets() -> list[str]:
         >>> "toy" in list_presets()
         True
     """
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _preset_path(preset: str | Path) -> Path:
-    path = Path(preset)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"preset file {str(path)!r} does not exist")
-        return path
-    candidate = PRESET_DIR / f"{preset}.yaml"
-    if not candidate.is_file():
-        hint = difflib.get_close_matches(str(preset), list_presets(), n=1)
-        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"unknown preset {str(preset)!r}; known presets: {list_presets()}{extra}")
-    return candidate
-
-
-def _build_section(name: str, values: Mapping[str, Any]) -> Any:
-    return build_section(name, SECTIONS[name], values)
+    return DEFENCE_PRESETS.names()
 
 
 def load_config(
@@ -386,32 +336,13 @@ def load_config(
     Raises:
         ConfigError: unknown preset, section or field; a value of the wrong type; a value the dataclass rejects.
     """
-    raw: dict[str, Any] = {}
-    label = ""
-    if preset is not None:
-        path = _preset_path(preset)
-        label = path.stem
-        try:
-            loaded = load_yaml(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"preset {str(path)!r} is not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"preset {str(path)!r} must be a mapping of sections, got {type(loaded).__name__}")
-        for section, values in loaded.items():
-            if section in EXTERNAL_SECTIONS:
-                continue
-            if section not in SECTIONS:
-                raise ConfigError(f"unknown section {section!r} in {str(path)!r}{suggest(section, list(SECTIONS))}")
-            if not isinstance(values, dict):
-                raise ConfigError(f"section {section!r} in {str(path)!r} must be a mapping")
-            raw[section] = dict(values)
-    merge_overrides(raw, SECTIONS, overrides)
-    sections = {name_: _build_section(name_, raw.get(name_, {})) for name_ in SECTIONS}
+    label, sections = load_preset(preset, SECTIONS, overrides, EXTERNAL_SECTIONS, presets=DEFENCE_PRESETS)
     return DefenceConfig(**sections, preset=label if name is None else name)
 
 
-def save_config(config: DefenceConfig, path: str | Path) -> Path:
-    """Writes ``config`` as YAML that :func:`load_config` reads back to an equal config.
+def save_config(config: Any, path: str | Path) -> Path:
+    """Writes ``config`` (a :class:`DefenceConfig` or any run config with ``to_dict``) as YAML that its loader
+    reads back to an equal config.
 
     Example:
         >>> import tempfile, os
@@ -420,7 +351,7 @@ def save_config(config: DefenceConfig, path: str | Path) -> Path:
         True
     """
     d = config.to_dict()
-    d.pop("preset")
+    d.pop("preset", None)
     path = Path(path)
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return path

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from jaxtar.data import _toy_templates as tpl
 from jaxtar.data.sources import build_mcq_prompt
-from jaxtar.data.toy import MAX_LENGTH, TOY_WORLD_VERSION, toy_world
+from jaxtar.toy import MAX_LENGTH, TOY_WORLD_VERSION, toy_world
+from jaxtar.toy import templates as tpl
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
-"""Training the toy world's base model: a tiny Llama that knows both domains well above chance.
+"""The toy world's base model: a tiny Llama that knows both domains well above chance, trained, shipped, cached.
 
-This sits in the data layer because it produces a data artefact (the offline demo's starting checkpoint); it
-imports the model and objective layers lazily, inside the functions.
+`train_toy_base_model` trains one; `toy_base_model_path` finds the shipped copy (``jaxtar/assets/toy``), else a
+cached one, else trains it. The offline demo and the toy presets start from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +17,10 @@ import jax
 import numpy as np
 
 from jaxtar.data.batching import BatchIterator, tokenize_texts
-from jaxtar.data.sources import MCQ_LETTERS, MCQItem, build_mcq_prompt
+from jaxtar.models import LlamaConfig, create_model, save_pretrained
+from jaxtar.objectives import batch_cross_entropy
+from jaxtar.toy.mcq import mcq_letter_accuracy
+from jaxtar.toy.world import TOY_WORLD_VERSION, toy_world
 
 METADATA_FILE = "toy_world.json"
 
@@ -81,8 +83,6 @@ class ToyBaseModel:
 
 def toy_model_config(tokenizer: Any, config: ToyTrainConfig = ToyTrainConfig()) -> Any:
     """The ``LlamaConfig`` of the toy model for ``tokenizer`` (vocabulary rounded up to a multiple of 64)."""
-    from jaxtar.models import LlamaConfig
-
     return LlamaConfig(
         vocab_size=-(-len(tokenizer) // 64) * 64,
         hidden_size=config.hidden_size,
@@ -109,52 +109,6 @@ def answer_weighted_batch(tokenizer: Any, texts: Sequence[str], seq_len: int, an
     return {**data, "loss_mask": weights}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _letter_logits(model: Any, params: Any, ids: Any, mask: Any, letters: Any) -> Any:
-    return model.apply(params, ids, mask).logits[:, -1][:, letters]
-
-
-def mcq_letter_predictions(
-    model: Any, params: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 256
-) -> np.ndarray:
-    """Index of the choice letter with the largest logit at the last position of each 0-shot prompt.
-
-    Prompts are left-padded to a multiple of 16 tokens and scored ``batch_size`` at a time, so repeated calls on
-    one model reuse a single compilation.
-    """
-    if not items:
-        raise ValueError("no items to score")
-    n_choices = {len(i.choices) for i in items}
-    if len(n_choices) != 1:
-        raise ValueError(f"all items need the same number of choices, got {sorted(n_choices)}")
-    letters = np.array(tokenizer.convert_tokens_to_ids(list(MCQ_LETTERS[: n_choices.pop()])))
-    if tokenizer.unk_token_id is not None and (letters == tokenizer.unk_token_id).any():
-        raise ValueError("the tokenizer has no token for some choice letters")
-    prompts = [build_mcq_prompt(i) for i in items]
-    length = -(-max(len(ids) for ids in tokenizer(prompts)["input_ids"]) // 16) * 16
-    data = tokenize_texts(tokenizer, prompts, length, padding_side="left")
-    out = []
-    for start in range(0, len(items), batch_size):
-        ids, mask = (np.asarray(data[k][start : start + batch_size]) for k in ("input_ids", "attention_mask"))
-        n = len(ids)
-        ids = np.pad(ids, ((0, batch_size - n), (0, 0)))
-        mask = np.pad(mask, ((0, batch_size - n), (0, 0)), constant_values=1)
-        out.append(np.asarray(_letter_logits(model, params, ids, mask, letters)).argmax(-1)[:n])
-    return np.concatenate(out)
-
-
-def mcq_letter_accuracy(
-    model: Any, params: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 256
-) -> float:
-    """Fraction of items whose :func:`mcq_letter_predictions` is the correct answer (chance: 1 / #choices).
-
-    Example:
-        >>> acc = mcq_letter_accuracy(model, params, world.tokenizer, world.forget_mcq)  # doctest: +SKIP
-    """
-    predicted = mcq_letter_predictions(model, params, tokenizer, items, batch_size)
-    return float(np.mean(predicted == np.array([i.answer for i in items])))
-
-
 def train_toy_base_model(
     world: Any,
     out_dir: str | Path,
@@ -166,7 +120,7 @@ def train_toy_base_model(
     """Trains the toy base model on both domains' texts with AdamW and saves it as an HF folder with the tokenizer.
 
     Args:
-        world: a :class:`~jaxtar.data.toy.ToyWorld`.
+        world: a :class:`~jaxtar.toy.world.ToyWorld`.
         out_dir: output folder (``jaxtar.models.save_pretrained`` layout plus ``toy_world.json``).
         config: hyper-parameters.
         overwrite: replace an existing non-empty ``out_dir``.
@@ -176,14 +130,11 @@ def train_toy_base_model(
         A :class:`ToyBaseModel` with the held-out-template MCQ accuracy of both domains.
 
     Example:
-        >>> from jaxtar.data.toy import toy_world
+        >>> from jaxtar.toy import toy_world
         >>> base = train_toy_base_model(toy_world(0), "runs/toy-base")  # doctest: +SKIP
     """
     import jax.numpy as jnp
     import optax
-
-    from jaxtar.models import create_model, save_pretrained
-    from jaxtar.objectives import batch_cross_entropy
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -261,7 +212,6 @@ def toy_base_model_path(
         >>> from jaxtar.models import from_pretrained
         >>> model, params = from_pretrained(toy_base_model_path())  # doctest: +SKIP
     """
-    from jaxtar.data.toy import TOY_WORLD_VERSION, toy_world
 
     def matches(folder: Path) -> bool:
         try:

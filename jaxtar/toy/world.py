@@ -17,7 +17,8 @@ chance for 1,300+ steps. The probes still measure whether the model knows the fa
 can bind symbols to options.
 
 Every sequence fits in :data:`MAX_LENGTH` tokens. Bump :data:`TOY_WORLD_VERSION` whenever the output changes.
-The base model trained on this world is :func:`toy_base_model_path` (shipped under ``jaxtar/assets/toy``).
+The base model trained on this world is `jaxtar.toy.base_model.toy_base_model_path` (shipped under
+``jaxtar/assets/toy``).
 
 Example:
     >>> world = toy_world(0)
@@ -37,35 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxtar.data import _toy_templates as tpl
-from jaxtar.data._toy_train import (
-    ToyBaseModel,
-    ToyTrainConfig,
-    mcq_letter_accuracy,
-    mcq_letter_predictions,
-    shipped_toy_model_dir,
-    toy_base_model_path,
-    toy_model_config,
-    train_toy_base_model,
-)
+import jaxtar.toy.templates as tpl
 from jaxtar.data.sources import MCQItem, build_mcq_prompt
 
-__all__ = [
-    "MAX_LENGTH",
-    "TOY_WORLD_VERSION",
-    "Fact",
-    "ToyBaseModel",
-    "ToyTrainConfig",
-    "ToyWorld",
-    "mcq_letter_accuracy",
-    "mcq_letter_predictions",
-    "quiz_text",
-    "shipped_toy_model_dir",
-    "toy_base_model_path",
-    "toy_model_config",
-    "toy_world",
-    "train_toy_base_model",
-]
+__all__ = ["MAX_LENGTH", "TOY_WORLD_VERSION", "Fact", "ToyWorld", "quiz_text", "toy_world"]
 
 TOY_WORLD_VERSION = 1
 MAX_LENGTH = 64

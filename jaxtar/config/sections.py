@@ -1,8 +1,11 @@
-"""Config sections: frozen dataclasses filled from YAML mappings and dotted ``section.field`` overrides or flags.
+"""The config mechanism: frozen dataclass sections filled from a YAML preset, dotted overrides and flags.
 
-The one mechanism behind both run configurations (``jaxtar.config`` for TAR / random mapping, ``jaxtar.mlac_config``
-for MLAC): values are checked against each field's annotation (:func:`coerce`), unknown names get a suggestion,
-flag text is read as YAML, and every field becomes a ``--section.field`` flag (hyphens or underscores).
+A run configuration is a frozen dataclass whose dataclass-typed fields are its *sections* (``DefenceConfig.tar``,
+``MLACRunConfig.mlac``, ...). :func:`load_preset` reads a preset (a shipped name or a YAML file), applies dotted
+``section.field`` overrides and builds every section; values are checked against each field's annotation
+(:func:`coerce`), unknown names get a suggestion, flag text is read as YAML, and :func:`add_section_flags` turns every
+field into a ``--section.field`` flag (hyphens or underscores) that :func:`section_overrides` reads back. Every
+problem is a :class:`~jaxtar.errors.ConfigError` (the CLI exits 2 with its message).
 
 Example:
     >>> from dataclasses import dataclass
@@ -22,7 +25,8 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -33,6 +37,7 @@ MAX_INT = 2**31 - 1  # step counts, sizes and indices are int32 on the device
 MAX_SEED = 2**32 - 1  # a PRNG seed is 32 bits
 
 
+# ----------------------------------------------------------------------------------------------- field values
 def check_values(obj: Any) -> None:
     """Refuses values no run can use, for every field of the dataclass ``obj`` (call it in ``__post_init__``):
     a float that is inf or NaN (also inside tuples), an integer beyond int32, a ``*seed`` outside [0, 2**32).
@@ -61,14 +66,75 @@ def check_values(obj: Any) -> None:
                     raise ConfigError(f"{where} = {v} is out of range (at most {MAX_INT})")
 
 
+def positive(obj: Any, *names: str) -> None:
+    """Refuses a field of ``obj`` that is not > 0 (None passes: "not set")."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
+
+
+def non_negative(obj: Any, *names: str) -> None:
+    """Refuses a field of ``obj`` that is < 0."""
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be >= 0, got {getattr(obj, name)!r}")
+
+
+def unit_interval(obj: Any, *names: str) -> None:
+    """Refuses a field of ``obj`` outside [0, 1)."""
+    for name in names:
+        if not 0.0 <= getattr(obj, name) < 1.0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be in [0, 1), got {getattr(obj, name)!r}")
+
+
+def one_of(obj: Any, name: str, choices: Sequence[str], *, optional: bool = False) -> None:
+    """Refuses a field of ``obj`` whose value is not in ``choices`` (None passes when ``optional``)."""
+    value = getattr(obj, name)
+    if not (optional and value is None) and value not in choices:
+        raise ConfigError(f"{type(obj).__name__}.{name} must be one of {tuple(choices)}, got {value!r}")
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved type annotation of every field of the dataclass ``cls``."""
     return typing.get_type_hints(cls)
 
 
-def suggest(key: str, options: list[str]) -> str:
+def sections_of(cls: type) -> dict[str, type]:
+    """The sections of the run-config dataclass ``cls``: its fields whose type is a dataclass, in field order.
+
+    Example:
+        >>> from jaxtar.config import DefenceConfig
+        >>> list(sections_of(DefenceConfig))
+        ['model', 'data', 'run', 'tar', 'random_mapping']
+    """
+    hints = field_types(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def check_sections(obj: Any) -> None:
+    """Refuses a run config ``obj`` whose sections are not instances of their dataclasses (call it in
+    ``__post_init__``)."""
+    check_values(obj)
+    for name, cls in sections_of(type(obj)).items():
+        if not isinstance(getattr(obj, name), cls):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be a {cls.__name__}")
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as plain YAML data: dataclasses as dicts, tuples as lists (the form written to ``config.yaml``)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def suggest(key: str, options: Sequence[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest option, else the list of options."""
-    hint = difflib.get_close_matches(key, options, n=1)
+    hint = difflib.get_close_matches(key, list(options), n=1)
     return f"; did you mean {hint[0]!r}?" if hint else f"; known: {sorted(options)}"
 
 
@@ -119,6 +185,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+# ------------------------------------------------------------------------------------------------ YAML text
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 without its quirk of reading ``1e-3`` (no dot) as a string."""
 
@@ -157,6 +224,7 @@ def parse_flag(text: str, hint: Any) -> Any:
     return parse_value(text)
 
 
+# ------------------------------------------------------------------------------------- sections and presets
 def merge_overrides(
     raw: dict[str, dict[str, Any]], sections: Mapping[str, type], overrides: Mapping[str, Any] | None
 ) -> dict[str, dict[str, Any]]:
@@ -193,12 +261,103 @@ def build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
         raise ConfigError(f"{name}: {err}") from err
 
 
+@dataclasses.dataclass(frozen=True)
+class PresetFolder:
+    """A folder of named YAML presets (``<name>.yaml``); ``kind`` names them in messages (``"MLAC preset"``).
+
+    Example:
+        >>> from jaxtar.config import DEFENCE_PRESETS
+        >>> DEFENCE_PRESETS.find("tyo")
+        Traceback (most recent call last):
+        ...
+        jaxtar.errors.ConfigError: unknown preset 'tyo'; known presets: [...]; did you mean 'toy'?
+    """
+
+    folder: Path
+    kind: str = "preset"
+
+    def names(self) -> list[str]:
+        """The presets in the folder, sorted."""
+        return sorted(p.stem for p in self.folder.glob("*.yaml"))
+
+    def find(self, preset: str | Path) -> Path:
+        """The file of ``preset``: a ``.yaml`` / ``.yml`` path as given, else ``<folder>/<preset>.yaml``."""
+        path = Path(preset)
+        if path.suffix in (".yaml", ".yml"):
+            if not path.is_file():
+                raise ConfigError(f"preset file {str(path)!r} does not exist")
+            return path
+        candidate = self.folder / f"{preset}.yaml"
+        if not candidate.is_file():
+            hint = difflib.get_close_matches(str(preset), self.names(), n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"unknown {self.kind} {str(preset)!r}; known presets: {self.names()}{extra}")
+        return candidate
+
+
+def read_preset(path: Path, sections: Mapping[str, type], external_sections: Sequence[str] = ()) -> dict[str, Any]:
+    """The sections of the YAML preset ``path`` as ``{section: {field: value}}``; ``external_sections`` (other
+    commands' settings) are skipped, any other unknown section is refused."""
+    try:
+        loaded = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"preset {str(path)!r} is not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"preset {str(path)!r} must be a mapping of sections, got {type(loaded).__name__}")
+    raw: dict[str, Any] = {}
+    for section, values in loaded.items():
+        if section in external_sections:
+            continue
+        if section not in sections:
+            raise ConfigError(f"unknown section {section!r} in {str(path)!r}{suggest(str(section), list(sections))}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"section {section!r} in {str(path)!r} must be a mapping")
+        raw[section] = dict(values)
+    return raw
+
+
+def load_preset(
+    preset: str | Path | None,
+    sections: Mapping[str, type],
+    overrides: Mapping[str, Any] | None = None,
+    external_sections: Sequence[str] = (),
+    *,
+    presets: PresetFolder,
+) -> tuple[str, dict[str, Any]]:
+    """Every section built from a preset (a name in ``presets`` or a YAML path; None = the dataclass defaults) plus
+    dotted overrides; returns the preset's label (its file's stem, "" for None) and ``{section: instance}``.
+
+    Raises:
+        ConfigError: unknown preset, section or field; a value of the wrong type; a value the dataclass rejects.
+    """
+    raw: dict[str, Any] = {}
+    label = ""
+    if preset is not None:
+        path = presets.find(preset)
+        label = path.stem
+        raw = read_preset(path, sections, external_sections)
+    merge_overrides(raw, sections, overrides)
+    return label, {name: build_section(name, cls, raw.get(name, {})) for name, cls in sections.items()}
+
+
+# -------------------------------------------------------------------------------------------------- flags
 def add_section_flags(
     parser: Any, sections: Mapping[str, type], *, tag: str, prefixes: Mapping[str, str] | None = None,
     title: str = "{section} (override the preset)",
 ) -> None:  # fmt: skip
     """One ``--PREFIX.field`` flag per field (hyphens or underscores; PREFIX defaults to the section name), stored
     under ``"{tag}::section.field"`` with default None (not given); read them back with :func:`section_overrides`.
+
+    Example:
+        >>> import argparse
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Run:
+        ...     warmup_steps: int = 1
+        >>> p = argparse.ArgumentParser(allow_abbrev=False)
+        >>> add_section_flags(p, {"run": Run}, tag="x", prefixes={"run": "my-run"})
+        >>> section_overrides(p.parse_args(["--my-run.warmup_steps", "3"]), "x")
+        {'run.warmup_steps': '3'}
     """
     for section, cls in sections.items():
         group = parser.add_argument_group(title.format(section=section))

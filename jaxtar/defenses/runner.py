@@ -1,0 +1,151 @@
+"""The one runner of every defence: load and validate the inputs, open (and lock) the run folder, run the phases a
+:class:`Defence` builds through `jaxtar.defenses._loop.run_phases`, export the model.
+
+A defence is a small :class:`Defence` value — how to load its model, how to build its phases, what identifies its
+data — and nothing here names a method: TAR, random mapping and MLAC are entries of ``jaxtar.defenses.METHODS``.
+Everything that can be checked is checked before the run folder exists (sizes, memory, data), so a refused run
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+from jax.sharding import Mesh
+
+from jaxtar.checkpoint import RunDir, open_run_dir
+from jaxtar.defenses._fit import check_memory
+from jaxtar.defenses._loop import Phase, Selected, place, run_phases
+from jaxtar.defenses._run_log import read_result
+from jaxtar.errors import InputError
+from jaxtar.parallel import make_mesh
+
+PyTree = Any
+
+
+class Loaded(NamedTuple):
+    """A defence's starting point: the model, its weights and tokenizer, and a content hash of the weights."""
+
+    model: Any
+    params: PyTree
+    tokenizer: Any
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Defence:
+    """A defence method as the runner sees it.
+
+    Attributes:
+        name: the method's name in ``run.json`` and its config section (``tar``, ``random_mapping``, ``mlac``).
+        load: ``config -> Loaded``: the model to defend, from the config.
+        build: ``(config, model, params, tokenizer, mesh) -> phases``; validates every input (raising
+            `jaxtar.errors.JaxtarError` kinds) before the folder exists.
+        data_identity: ``config -> {role: identity}`` of the data (pinned revisions, file hashes): a resume must match.
+        write_config: ``(config, path)`` writes the run's ``config.yaml``.
+        frozen_base: pass the starting weights to every step (TAR's representation anchor, held once).
+        finish: ``(config, run_dir, result, loaded) -> dict`` after a complete run (e.g. test-set metrics); its dict
+            is returned in `RunResult.summary`.
+    """
+
+    name: str
+    load: Callable[[Any], Loaded]
+    build: Callable[..., list[Phase]]
+    data_identity: Callable[[Any], dict[str, str]]
+    write_config: Callable[[Any, Path], Any]
+    frozen_base: bool = False
+    finish: Callable[..., dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a defence run returns.
+
+    Attributes:
+        output_dir: the run folder.
+        model_dir: the exported HF checkpoint (None when not exported or interrupted).
+        model: the model (``jaxtar.models.Model``).
+        params: the final parameters (the exported form).
+        tokenizer: the tokenizer.
+        steps: completed steps.
+        interrupted: stopped by SIGINT / SIGTERM (a checkpoint was saved; ``--resume`` continues).
+        metrics: the last metrics line.
+        selected: each best-validation phase's chosen step and score.
+        summary: what the defence's ``finish`` hook reported.
+    """
+
+    output_dir: Path
+    model_dir: Path | None
+    model: Any
+    params: PyTree
+    tokenizer: Any
+    steps: int
+    interrupted: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+    selected: dict[str, Selected] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _mesh(run: Any) -> Mesh | None:
+    sizes = (run.mesh_data, run.mesh_fsdp, run.mesh_adversary)
+    if sizes == (1, 1, 1):
+        return None
+    try:
+        return make_mesh(*sizes)
+    except ValueError as e:
+        raise InputError(f"run.mesh_*: {e}") from e
+
+
+def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> RunResult:
+    """Runs ``defence`` as ``config`` says (``config.run``: the folder, resume, mesh, logging; see `RunConfig`).
+
+    Args:
+        defence: the method.
+        config: its configuration (``run`` section, ``identity(name)``).
+        loaded: start from these weights instead of loading ``config``'s model.
+
+    Raises:
+        JaxtarError: bad input (nothing written), a folder in use or holding another run, a diverged run.
+    """
+    from jaxtar.models import save_pretrained
+
+    if config.run.output_dir is None:
+        raise InputError("run.output_dir is required (--output DIR)")
+    loaded = defence.load(config) if loaded is None else loaded
+    model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
+    identity = config.identity(defence.name)
+    identity["inputs"] = {"model_sha256": loaded.sha256, "data": defence.data_identity(config)}  # resume must match
+    mesh = _mesh(config.run)
+    params = place(params, mesh)  # the base model is held once, sharded (no full copy left on one device)
+    phases = defence.build(config, model, params, tokenizer, mesh)  # every input validated before the folder
+    resident = sum(x.nbytes for x in jax.tree.leaves(params))
+    check_memory({p.name: p.predicted_bytes for p in phases}, mesh, config.run.force, resident)
+    with open_run_dir(config.run.output_dir, identity, resume=config.run.resume, optional=("inputs",)) as run_dir:
+        if not run_dir.resumed:
+            defence.write_config(config, run_dir.path / "config.yaml")
+        already_done = _complete(run_dir, phases[-1].stop)
+        frozen = params if defence.frozen_base else None
+        result = run_phases(phases, params, frozen, run_dir, config.run, mesh)
+        model_dir = run_dir.model_dir if already_done else None
+        if already_done:
+            print(f"{run_dir.path} was already complete ({result.steps} steps); nothing changed", file=sys.stderr)
+        elif not result.interrupted and config.run.export:
+            model_dir = save_pretrained(
+                model, result.params, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed
+            )
+            print(f"wrote {model_dir}", file=sys.stderr)
+        summary = {}
+        if defence.finish is not None and not result.interrupted:
+            summary = defence.finish(config, run_dir, result, loaded)
+    return RunResult(run_dir.path, model_dir, model, result.params, tokenizer, result.steps, result.interrupted,
+                     result.metrics, result.selected, summary)  # fmt: skip
+
+
+def _complete(run_dir: RunDir, total: int) -> bool:
+    finished = read_result(run_dir.path) or {}
+    return finished.get("steps") == total and run_dir.model_dir.is_dir()
