@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import jax
 
 from jaxtar.errors import RunDirError
+from jaxtar.files import write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from jaxtar.runlock import RunLock, claim_output_dir
 
 PyTree = Any
@@ -76,33 +76,6 @@ class RunDir:
     @property
     def model_dir(self) -> Path:
         return self.path / "model"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` to a temporary file in the same folder and renames it into place: a killed writer leaves the
-    previous file (or none), never half of one.
-
-    Example:
-        >>> import tempfile
-        >>> write_text_atomic(tempfile.mkdtemp() + "/a.md", "# hi").read_text()
-        '# hi'
-    """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Writes JSON to a temporary file in the same folder and renames it into place.
-
-    Example:
-        >>> import tempfile
-        >>> write_json_atomic(tempfile.mkdtemp() + "/a.json", {"x": 1}).read_text().strip()
-        '{\\n  "x": 1\\n}'
-    """
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _short(value: Any, limit: int = 60) -> str:

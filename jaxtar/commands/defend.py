@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from jaxtar.commands._registry import subcommand
-from jaxtar.config import add_config_flags, add_mlac_flags, config_overrides, list_presets
+from jaxtar.config import add_config_flags, add_mlac_flags, config_overrides, list_presets, shorthand_overrides
 
 METHOD_NAMES = ("tar", "random-mapping", "mlac")
 
@@ -36,12 +36,6 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_mlac_flags(p)  # jaxtar defend mlac (jaxtar.commands.mlac)
 
 
-def run_flags(args: argparse.Namespace) -> dict[str, object]:
-    """``--output`` / ``--resume`` / ``--force`` as the ``run.*`` overrides they stand for (every defence's)."""
-    flags = {"run.output_dir": args.output, "run.resume": args.resume or None, "run.force": args.force or None}
-    return {key: value for key, value in flags.items() if value is not None}
-
-
 def _summary(result) -> str:
     keys = ("loss", "tamper_loss", "tamper_final", "retain_ce", "representation", "random_mapping", "sft_ce")
     shown = ", ".join(f"{k}={result.metrics[k]:.4g}" for k in keys if k in result.metrics)
@@ -57,7 +51,7 @@ def run_defend(args: argparse.Namespace) -> int:
     from jaxtar.config import load_config
     from jaxtar.defenses import METHODS
 
-    config = load_config(args.preset, {**config_overrides(args), **run_flags(args)})
+    config = load_config(args.preset, {**config_overrides(args), **shorthand_overrides(args)})
     result = METHODS[args.method](config)  # bad input: a JaxtarError, exit 2 in jaxtar.cli.main
     if result.interrupted:
         print(

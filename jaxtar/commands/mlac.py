@@ -25,16 +25,14 @@ def defend_mlac(args: argparse.Namespace) -> int:
     """``jaxtar defend mlac``: MLAC presets (``mlac-offline``, ``mlac-minilm``, ``mlac-paper`` or a YAML file) with
     ``--mlac.FIELD`` / ``--mlac-run.FIELD`` and every defence's ``--run.FIELD`` overrides (``--resume``, the mesh,
     checkpoints); writes the run folder of `jaxtar.defenses.mlac_run`."""
-    from jaxtar.config import config_overrides, load_mlac_config, mlac_overrides
+    from jaxtar.config import config_overrides, load_mlac_config, mlac_overrides, shorthand_overrides
 
     shared = config_overrides(args)
     foreign = sorted(k for k in shared if not k.startswith("run."))
     if foreign:
         raise ConfigError(f"{foreign} are TAR / random-mapping flags; MLAC takes --mlac.FIELD, --mlac-run.FIELD and "
                           "--run.FIELD")  # fmt: skip
-    from jaxtar.commands.defend import run_flags
-
-    overrides = {**shared, **mlac_overrides(args), **run_flags(args)}
+    overrides = {**shared, **mlac_overrides(args), **shorthand_overrides(args)}
     preset = "mlac-offline" if args.preset == "toy" else args.preset  # "toy" is the defend parser's default
     config = load_mlac_config(preset, overrides)
     if config.run.output_dir is None:

@@ -43,6 +43,7 @@ from jaxtar.config.defence import (
     list_presets,
     load_config,
     save_config,
+    shorthand_overrides,
 )
 from jaxtar.config.mlac import (
     MLAC_PRESETS,
@@ -116,6 +117,7 @@ __all__ = [
     "parse_flag",
     "parse_value",
     "save_config",
+    "shorthand_overrides",
     "section_overrides",
     "suggest",
 ]

@@ -41,6 +41,7 @@ from jaxtar.config.sections import (
     unit_interval,
 )
 from jaxtar.errors import ConfigError
+from jaxtar.files import write_text_atomic
 
 PRESET_DIR = Path(__file__).parent.parent / "configs"
 DEFENCE_PRESETS = PresetFolder(PRESET_DIR)
@@ -352,9 +353,7 @@ def save_config(config: Any, path: str | Path) -> Path:
     """
     d = config.to_dict()
     d.pop("preset", None)
-    path = Path(path)
-    path.write_text(yaml.safe_dump(d, sort_keys=False))
-    return path
+    return write_text_atomic(path, yaml.safe_dump(d, sort_keys=False))
 
 
 def add_config_flags(parser: Any, sections: tuple[str, ...] = tuple(SECTIONS)) -> None:
@@ -367,6 +366,18 @@ def add_config_flags(parser: Any, sections: tuple[str, ...] = tuple(SECTIONS)) -
         {'tar.outer_steps': '5', 'random_mapping.lr': '1e-3'}
     """
     add_section_flags(parser, {name: SECTIONS[name] for name in sections}, tag="cfg")
+
+
+def shorthand_overrides(args: Any) -> dict[str, Any]:
+    """``--output`` / ``--resume`` / ``--force`` (every defence's shorthands) as the ``run.*`` overrides they stand for.
+
+    Example:
+        >>> import argparse
+        >>> shorthand_overrides(argparse.Namespace(output="runs/x", resume=True, force=False))
+        {'run.output_dir': 'runs/x', 'run.resume': True}
+    """
+    flags = {"run.output_dir": args.output, "run.resume": args.resume or None, "run.force": args.force or None}
+    return {key: value for key, value in flags.items() if value is not None}
 
 
 def config_overrides(args: Any) -> dict[str, str]:

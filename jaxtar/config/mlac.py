@@ -136,7 +136,7 @@ class MLACRunSettings:
     ``model``: ``small-bert`` (a fresh BERT of the sizes below with a word tokenizer built on the training split),
     ``minilm`` (the offline all-MiniLM-L6-v2 checkpoint), ``bert-tiny`` (``google/bert_uncased_L-2_H-128_A-2``,
     Hub) or an HF folder / Hub id. ``warmup_steps`` of desired-task training (Adam ``warmup_lr``) run first; that
-    model is saved as ``baseline_desired`` (the desired-task-tuned baseline) and MLAC starts from it.
+    model is saved as ``baseline/`` (the desired-task-tuned baseline) and MLAC starts from it.
 
     Example:
         >>> MLACRunSettings(model="minilm").data

@@ -145,27 +145,6 @@ def data_identity(data: DataConfig) -> dict[str, str]:
     return out
 
 
-def load_decoder(config: Any) -> Any:
-    """`jaxtar.defenses.runner.Loaded` for a decoder defence (TAR, random mapping): ``config.model`` loaded and
-    checked, with the checkpoint's content hash."""
-    from jaxtar.defenses.runner import Loaded
-
-    model, params, tokenizer = load_model(config.model)
-    return Loaded(model, params, tokenizer, checkpoint_sha256(model_source(config.model)))
-
-
-def given_model(model: Any, params: Any, tokenizer: Any) -> Any:
-    """`Loaded` for weights handed in directly (all three or none: None), the tokenizer checked."""
-    from jaxtar.defenses.runner import Loaded
-
-    if model is None and params is None and tokenizer is None:
-        return None
-    if model is None or params is None or tokenizer is None:
-        raise ValueError("pass model, params and tokenizer together (or none to load config.model)")
-    check_tokenizer(model, tokenizer)
-    return Loaded(model, params, tokenizer, params_sha256(params))
-
-
 def load_model(config: ModelConfig) -> tuple[Any, Any, Any]:
     """``(model, params, tokenizer)`` for a :class:`ModelConfig`, the tokenizer checked against the model.
 
@@ -284,20 +263,3 @@ def split_rows(rows: dict[str, np.ndarray], fraction: float, seed: int) -> tuple
     held_groups = np.random.default_rng([seed, 12345]).permutation(n_groups)[:held]
     out = np.isin(group, held_groups)
     return {k: v[~out] for k, v in rows.items()}, {k: v[out] for k, v in rows.items()}
-
-
-def decoder_defence(name: str, build: Any, *, frozen_base: bool = False) -> Any:
-    """A `jaxtar.defenses.runner.Defence` for a decoder LM and a `DefenceConfig` (TAR, random mapping): the model
-    from ``config.model``, data identities from ``config.data``, ``build(config, model, params, tokenizer, mesh)
-    -> (phases, extra)``."""
-    from jaxtar.config import save_config
-    from jaxtar.defenses.runner import Defence
-
-    return Defence(
-        name,
-        load=load_decoder,
-        build=lambda config, model, params, tokenizer, mesh: build(config, model, params, tokenizer, mesh)[0],
-        data_identity=lambda config: data_identity(config.data),
-        write_config=save_config,
-        frozen_base=frozen_base,
-    )

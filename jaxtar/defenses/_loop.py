@@ -77,15 +77,25 @@ class Phase:
 
 
 class Selected(NamedTuple):
-    """The best validation of a phase with ``select``: its global step and score."""
+    """The best validation of a phase with ``select``: its global step and score (+inf when none was finite:
+    then the phase's start weights and step)."""
 
     step: int
     score: float
 
+    def to_json(self) -> dict[str, Any]:
+        """Strict JSON: a non-finite score is null."""
+        return {"step": self.step, "score": self.score if math.isfinite(self.score) else None}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Selected:
+        return cls(int(value["step"]), math.inf if value["score"] is None else float(value["score"]))
+
 
 class LoopResult(NamedTuple):
     """What `run_phases` returns: the exported weights, completed steps, whether a signal stopped it, the last
-    metrics line, each selecting phase's best validation, and the last phase's final optimiser state."""
+    metrics line, each selecting phase's best validation, the last phase's final optimiser state, and the wall time
+    this process spent in the loop."""
 
     params: PyTree
     steps: int
@@ -93,6 +103,7 @@ class LoopResult(NamedTuple):
     metrics: dict[str, Any]
     selected: dict[str, Selected]
     final_opt_state: PyTree = None
+    seconds: float = 0.0
 
 
 def schedule_free_adamw(
@@ -178,9 +189,10 @@ def _state(params: PyTree, opt_state: PyTree, best: PyTree | None) -> dict[str, 
     return {"params": params, "opt_state": opt_state, **({"best": best} if best is not None else {})}
 
 
-def _fresh_best(params: PyTree) -> dict[str, PyTree]:
-    """The selection state of a phase before its first validation: its start weights, score +inf, step -1."""
-    return {"params": params, "score": jnp.asarray(jnp.inf, jnp.float32), "step": jnp.asarray(-1, jnp.int32)}
+def _fresh_best(params: PyTree, start: int = 0) -> dict[str, PyTree]:
+    """The selection state of a phase before its first validation: its start weights and step, score +inf (kept
+    when no validation is finite)."""
+    return {"params": params, "score": jnp.asarray(jnp.inf, jnp.float32), "step": jnp.asarray(start, jnp.int32)}
 
 
 def _restore(
@@ -203,7 +215,7 @@ def _restore(
     shardings = jax.tree.map(lambda _: one, target) if mesh is None else param_shardings(target, mesh)
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
     state, meta = ckpt.restore(step, target)
-    selected = {name: Selected(**value) for name, value in meta.get("selected", {}).items()}
+    selected = {name: Selected.from_json(value) for name, value in meta.get("selected", {}).items()}
     return index, int(meta["step"]), state["params"], state["opt_state"], state.get("best"), selected
 
 
@@ -224,6 +236,7 @@ def run_phases(
         DivergedError: a step produced a non-finite loss, weight or optimiser state (nothing of it is saved).
         InputError: the folder's run has more steps done than ``phases`` ask for.
     """
+    t_start = time.perf_counter()
     ckpt = Checkpointer(run_dir.checkpoint_dir, max_to_keep=run.keep_checkpoints)
     index, step, best = 0, 0, None
     selected: dict[str, Selected] = {}
@@ -245,7 +258,7 @@ def run_phases(
         validated_at_start = False
     params, opt_state, frozen = place(params, mesh), place(opt_state, mesh), place(frozen, mesh)
     best = place(best, mesh)
-    log = MetricsLog(run_dir.metrics_path, step, run.tensorboard)
+    log = MetricsLog(run_dir.metrics_path, step, run.tensorboard, phases[index].name if validated_at_start else None)
     last: dict[str, Any] = last_record(run_dir.metrics_path) if step >= total else {}
     interrupted = False
     loss = None  # the last step's "loss" metric (checked with the weights)
@@ -269,17 +282,22 @@ def run_phases(
 
     def save(phase: Phase) -> None:
         check_finite()
-        done = {name: s._asdict() for name, s in selected.items()}  # earlier phases' choices, for a resume
+        done = {name: s.to_json() for name, s in selected.items()}  # earlier phases' choices, for a resume
         ckpt.save(step, _state(params, opt_state, best), {"phase": phase.name, "step": step, "selected": done})
 
     def validate(phase: Phase) -> None:
         nonlocal best
         values = _scalars(phase.validate(params, opt_state))
-        log.write({"step": step, "phase": phase.name, **values})
+        log.write({"step": step, "phase": phase.name, "validation": True, **values})
         if phase.select is not None:
             score = values[phase.select]
             if math.isfinite(score) and score < float(best["score"]):
-                best = {"params": params, "score": jnp.asarray(score, jnp.float32), "step": jnp.asarray(step)}
+                chosen = {
+                    "params": params,
+                    "score": jnp.asarray(score, jnp.float32),
+                    "step": jnp.asarray(step, jnp.int32),
+                }
+                best = place(chosen, mesh)
 
     try:
         with Signals() as signals, progress_bar(total, step, run.progress, phases[index].name) as bar:
@@ -288,7 +306,7 @@ def run_phases(
                 start = phases[index - 1].stop if index else 0
                 bar.set_description(phase.name)
                 if phase.select is not None and best is None:
-                    best = place(_fresh_best(params), mesh)
+                    best = place(_fresh_best(params, start), mesh)
                 if phase.validate is not None and step == start and not validated_at_start:
                     validate(phase)
                 validated_at_start = False
@@ -342,13 +360,13 @@ def run_phases(
         ckpt.close()
         log.close()
     if interrupted:
-        return LoopResult(params, step, True, last, selected, opt_state)
+        return LoopResult(params, step, True, last, selected, opt_state, time.perf_counter() - t_start)
     final = _handed_on(phases[-1], params, opt_state, best)
     result = {"complete": True, "steps": step, "metrics": last}
     if selected:
-        result["selected"] = {name: s._asdict() for name, s in selected.items()}
+        result["selected"] = {name: s.to_json() for name, s in selected.items()}
     write_result(run_dir.path, result)  # a resumed, finished run is reported unchanged
-    return LoopResult(final, step, False, last, selected, opt_state)
+    return LoopResult(final, step, False, last, selected, opt_state, time.perf_counter() - t_start)
 
 
 @jax.jit

@@ -86,12 +86,18 @@ def read_metrics_lines(path: Path) -> list[str]:
 
 
 class MetricsLog:
-    """metrics.jsonl (truncated to the resumed step) and TensorBoard when installed."""
+    """metrics.jsonl and TensorBoard when installed. On a resume from the checkpoint of ``phase`` at ``start_step``
+    (None: no checkpoint) the lines the resumed run will write again are dropped first: those after the
+    checkpoint, and those at its step from a later phase (a next phase's start validation)."""
 
-    def __init__(self, path: Path, start_step: int, tensorboard: bool) -> None:
+    def __init__(self, path: Path, start_step: int, tensorboard: bool, phase: str | None = None) -> None:
         self.path = path
-        if path.exists():  # drop lines written after the checkpoint we resume from (and a torn last line)
-            kept = "".join(line + "\n" for line in read_metrics_lines(path) if json.loads(line)["step"] <= start_step)
+
+        def kept_line(record: dict[str, Any]) -> bool:
+            return record["step"] < start_step or (record["step"] == start_step and record.get("phase") == phase)
+
+        if path.exists():  # (and a torn last line)
+            kept = "".join(line + "\n" for line in read_metrics_lines(path) if kept_line(json.loads(line)))
             if kept != path.read_text():
                 write_text_atomic(path, kept)
         self._file = None
@@ -125,8 +131,10 @@ def progress_bar(total: int, initial: int, enabled: bool, desc: str):
 
 
 def last_record(path: Path) -> dict[str, Any]:
-    lines = read_metrics_lines(path) if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
+    """The last training-metrics line of ``metrics.jsonl`` (validation lines, marked ``"validation": true``,
+    skipped), or {}."""
+    records = [json.loads(line) for line in read_metrics_lines(path)] if path.exists() else []
+    return next((r for r in reversed(records) if not r.get("validation")), {})
 
 
 def read_result(folder: Path) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxtar.checkpoint import RunDir, write_json_atomic
+from jaxtar.checkpoint import RunDir
 from jaxtar.config import MLACConfig, MLACRunConfig, save_config
 from jaxtar.defenses._inputs import params_sha256
 from jaxtar.defenses._loop import Phase, check_divides
@@ -142,7 +142,7 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
 
 
 def _finish(config: MLACRunConfig, run_dir: RunDir, result: Any, loaded: Loaded) -> dict[str, Any]:
-    """``baseline/`` (when there was no warm-up) and ``summary.json``: best steps and the test accuracies."""
+    """``baseline/`` (when there was no warm-up) and the summary: best steps and the test accuracies."""
     from jaxtar.eval.blocking import desired_accuracy
     from jaxtar.models import from_pretrained, save_pretrained
 
@@ -154,18 +154,18 @@ def _finish(config: MLACRunConfig, run_dir: RunDir, result: Any, loaded: Loaded)
     summary: dict[str, Any] = {"preset": config.preset, "model": config.mlac_run.model, "data": config.mlac_run.data}
     if "warmup" in result.selected:
         summary["warmup"] = {"best_step": result.selected["warmup"].step,
-                             "best_val_desired_ce": result.selected["warmup"].score}  # fmt: skip
+                             "best_val_desired_ce": result.selected["warmup"].to_json()["score"]}  # fmt: skip
     chosen = result.selected["mlac"]
     accuracy = lambda params: desired_accuracy(model, params, test, cfg.num_desired, cfg.desired_key)
     summary.update(
         best_step=chosen.step - warm,  # counted from MLAC's start, as its eval_every is
-        best_val_score=chosen.score,
+        best_val_score=chosen.to_json()["score"],
         final_inner_lr=float(np.asarray(result.final_opt_state[1])),
         test_desired_accuracy={"baseline": accuracy(from_pretrained(baseline)[1]), "mlac": accuracy(result.params)},
         model_dir=str(run_dir.model_dir),
         baseline_dir=str(baseline),
+        seconds=result.seconds,  # this process's time in the loop (a resumed run's second part only)
     )
-    write_json_atomic(run_dir.path / "summary.json", summary)
     return summary
 
 

@@ -192,6 +192,8 @@ def train_mlac(
             output_dir = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "run"
         run_dir = stack.enter_context(open_run_dir(output_dir, {"method": "mlac", "mlac": dataclasses.asdict(cfg)}))
         result = run_phases([phase], params, None, run_dir, run)
+        if result.interrupted:  # Ctrl-C: nothing to return (a temporary folder's checkpoint goes with it)
+            raise KeyboardInterrupt(f"train_mlac interrupted after {result.steps} steps")
         history = [json.loads(line) for line in read_metrics_lines(run_dir.metrics_path)]
     history = [r for r in history if "val_score" in r]
     chosen = result.selected[phase.name]

@@ -36,6 +36,7 @@ from jaxtar.defenses._loop import (
     schedule_free_adamw,
     schedule_free_params,
 )
+from jaxtar.defenses.decoder import decoder_defence, given_model
 from jaxtar.defenses.runner import RunResult, run_defence
 from jaxtar.objectives import batch_cross_entropy, random_mapping_loss_from_ids
 
@@ -121,7 +122,7 @@ def run_random_mapping(
         config: the run (``run.output_dir`` required; ``random_mapping`` and ``data`` sections used).
         model, params, tokenizer: use these instead of loading ``config.model`` (all three or none).
     """
-    return run_defence(RANDOM_MAPPING, config, _inputs.given_model(model, params, tokenizer))
+    return run_defence(RANDOM_MAPPING, config, given_model(model, params, tokenizer))
 
 
-RANDOM_MAPPING = _inputs.decoder_defence("random_mapping", build_random_mapping_phases)
+RANDOM_MAPPING = decoder_defence("random_mapping", build_random_mapping_phases)

@@ -2,13 +2,15 @@
 :class:`Defence` builds through `jaxtar.defenses._loop.run_phases`, export the model.
 
 A defence is a small :class:`Defence` value — how to load its model, how to build its phases, what identifies its
-data — and nothing here names a method: TAR, random mapping and MLAC are entries of ``jaxtar.defenses.METHODS``.
+data — and nothing here names a method: TAR and random mapping (``jaxtar.defenses.tar.TAR``, ``...RANDOM_MAPPING``)
+and MLAC (``jaxtar.defenses.mlac_run.MLAC``) are such values.
 Everything that can be checked is checked before the run folder exists (sizes, memory, data), so a refused run
 writes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.sharding import Mesh
 
-from jaxtar.checkpoint import RunDir, open_run_dir
+from jaxtar.checkpoint import RunDir, open_run_dir, write_json_atomic
 from jaxtar.defenses._fit import check_memory
 from jaxtar.defenses._loop import Phase, Selected, place, run_phases
 from jaxtar.defenses._run_log import read_result
@@ -49,8 +51,9 @@ class Defence:
         data_identity: ``config -> {role: identity}`` of the data (pinned revisions, file hashes): a resume must match.
         write_config: ``(config, path)`` writes the run's ``config.yaml``.
         frozen_base: pass the starting weights to every step (TAR's representation anchor, held once).
-        finish: ``(config, run_dir, result, loaded) -> dict`` after a complete run (e.g. test-set metrics); its dict
-            is returned in `RunResult.summary`.
+        finish: ``(config, run_dir, result, loaded) -> dict`` after a complete run (e.g. test-set metrics,
+            ``result`` a `jaxtar.defenses._loop.LoopResult`); the runner writes it to ``summary.json`` and returns
+            it in `RunResult.summary` (a finished run resumed reads it back instead).
     """
 
     name: str
@@ -139,9 +142,13 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
                 model, result.params, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed
             )
             print(f"wrote {model_dir}", file=sys.stderr)
-        summary = {}
+        summary, summary_path = {}, run_dir.path / "summary.json"
         if defence.finish is not None and not result.interrupted:
-            summary = defence.finish(config, run_dir, result, loaded)
+            if already_done and summary_path.is_file():  # a finished run resumed: reported, not redone
+                summary = json.loads(summary_path.read_text())
+            else:
+                summary = defence.finish(config, run_dir, result, loaded)
+                write_json_atomic(summary_path, summary)
     return RunResult(run_dir.path, model_dir, model, result.params, tokenizer, result.steps, result.interrupted,
                      result.metrics, result.selected, summary)  # fmt: skip
 

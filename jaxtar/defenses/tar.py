@@ -48,6 +48,7 @@ from jaxtar.defenses._loop import (
     schedule_free_adamw,
     schedule_free_params,
 )
+from jaxtar.defenses.decoder import decoder_defence, given_model
 from jaxtar.defenses.runner import RunResult, run_defence
 from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
 from jaxtar.objectives import (
@@ -378,7 +379,7 @@ def run_tar(config: DefenceConfig, *, model: Any = None, params: PyTree = None, 
     Raises:
         ConfigError / InputError / RunDirError: bad input, nothing written.
     """
-    return run_defence(TAR, config, _inputs.given_model(model, params, tokenizer))
+    return run_defence(TAR, config, given_model(model, params, tokenizer))
 
 
-TAR = _inputs.decoder_defence("tar", build_tar_phases, frozen_base=True)
+TAR = decoder_defence("tar", build_tar_phases, frozen_base=True)

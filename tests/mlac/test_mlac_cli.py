@@ -93,6 +93,11 @@ def test_defend_mlac_resumed_after_kill_9_equals_an_uninterrupted_run(tmp_path, 
     strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "step_time_s"}
                           for line in path.read_text().splitlines()]  # fmt: skip
     assert strip(killed / "metrics.jsonl") == strip(full / "metrics.jsonl")
-    paths = ("model_dir", "baseline_dir")
+    paths = ("model_dir", "baseline_dir", "seconds")  # where and how long differ
     summary = lambda path: {k: v for k, v in json.loads(path.read_text()).items() if k not in paths}
     assert summary(killed / "summary.json") == summary(full / "summary.json")
+    # resumed once more when finished: reported, nothing rewritten (summary.json included)
+    before = {p.name: p.read_bytes() for p in killed.iterdir() if p.is_file() and p.name != ".jaxtar.lock"}
+    assert main([*args, "--output", str(killed), "--resume"]) == 0
+    assert "was already complete" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in killed.iterdir() if p.is_file() and p.name != ".jaxtar.lock"} == before
