@@ -105,8 +105,8 @@ def check_results_dir(path: str | os.PathLike, overwrite: bool = False, *, write
             names = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise RunDirError(
                 f"results folder {shown} holds files jaxtar did not write ({names}) and no {MANIFEST}; refusing to "
-                f"write into it{' even with --overwrite' if overwrite else ''}; choose a new folder "
-                "(nothing was written)"
+                f"write into it{' even with --overwrite' if overwrite else ''}; choose a new folder, or move this "
+                "one away if it is an older jaxtar results folder (written before the manifest; nothing was written)"
             )
         return path
     if not overwrite:
