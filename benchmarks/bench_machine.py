@@ -22,7 +22,7 @@ def second_call_seconds(fn: Callable[[], object]) -> float:
 
     With glibc's huge-page tunable on (``jaxtar.commands._hugepages``), a jitted program's first call after other
     work (another program, the other framework's call) was 1.2-1.6x slower here than its second, so interleaved
-    side-by-side timings time the second call of each (README: TAR outer step).
+    side-by-side timings time the second call of each (docs/benchmarks.md: TAR outer step).
 
     Example:
         >>> second_call_seconds(lambda: sum(range(10))) >= 0.0

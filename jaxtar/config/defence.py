@@ -183,7 +183,7 @@ class TarConfig:
         adversaries_per_step: A adversaries drawn per outer step, vmapped (their meta-gradients are averaged).
         adversary_chunk_size: run the A adversaries in chunks of this many, one chunk after another: bounds memory to
             a chunk's, same result up to float rounding. None = all A as one vmap (on a 2-core CPU one vmap was
-            0.93-1.27x the speed of one at a time: README, TAR outer step).
+            0.93-1.27x the speed of one at a time: docs/benchmarks.md, TAR outer step).
         adversary_batch_size, tamper_batch_size, retain_batch_size: sequences per batch.
         estimator: meta-gradient estimator (``tar`` = the paper's first order; ``exact``/``remat`` = second order).
         truncation: T for ``estimator: truncated``.

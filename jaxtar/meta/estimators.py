@@ -8,7 +8,7 @@ defended params (and optionally the adversary's hyper-parameters) under one of s
 
 * exact       reverse mode through the whole unroll; each step stores its matmul outputs and recomputes its
               elementwise work in the backward pass (`EXACT_POLICY`: less memory and less time than storing
-              everything, README "Meta-gradient benchmark");
+              everything, docs/benchmarks.md "Meta-gradients");
 * remat       exact, each step under `jax.checkpoint(policy=...)`; `two_level=True` also checkpoints groups of
               ~sqrt(K) steps (memory ~2 sqrt(K) states instead of K);
 * mixed       exact; each step is a custom_vjp that stores only its inputs (+ its gradient) and computes the

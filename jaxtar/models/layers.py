@@ -59,7 +59,7 @@ def matmul(x: jax.Array, w: jax.Array, **dot_kwargs: Any) -> jax.Array:
 
     The same contraction as ``jnp.dot(x, w)`` (equal up to float rounding order); the rank-2 form is faster under
     second-order autodiff on XLA's CPU backend, whose reverse-over-reverse code then needs fewer transposed copies
-    (exact meta-gradient of the d=256 benchmark Llama: 0.65-0.75x the time at K=4 and 16, README).
+    (exact meta-gradient of the d=256 benchmark Llama: 0.65-0.75x the time at K=4 and 16, docs/benchmarks.md).
 
     Example:
         >>> matmul(jnp.ones((2, 3, 4)), jnp.ones((4, 5))).shape

@@ -32,7 +32,7 @@ def test_matmul_keeps_dot_options():
 
 
 def test_llama_emits_only_rank2_dots_for_its_projections():
-    """The speed-up of second-order autodiff on XLA's CPU backend depends on it (README, meta-gradient benchmarks)."""
+    """The speed-up of second-order autodiff on XLA's CPU backend depends on it (docs/benchmarks.md, meta-gradients)."""
     model, params = create_model(LlamaConfig.tiny(), seed=0)
     ids = jnp.zeros((2, 8), jnp.int32)
     jaxpr = jax.make_jaxpr(lambda p: model.apply(p, ids).logits)(params)
