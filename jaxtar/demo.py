@@ -31,7 +31,7 @@ from typing import Any
 
 from jaxtar.checkpoint import write_json_atomic, write_text_atomic
 from jaxtar.errors import RunDirError
-from jaxtar.runlock import claim_output_dir, foreign_entries
+from jaxtar.runlock import claim_output_dir, is_new_or_empty
 
 MODELS = ("base", "random-mapping", "tar")
 
@@ -101,7 +101,7 @@ def check_demo_dir(out_dir: str | os.PathLike) -> Path:
         PosixPath('runs/new-folder')
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or foreign_entries(out_dir)):
+    if not is_new_or_empty(out_dir):
         raise RunDirError(
             f"{out_dir} already exists and is not empty; the demo never overwrites a run: give a new --output folder "
             "(or none for a fresh runs/demo-<time>)"

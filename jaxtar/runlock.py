@@ -121,6 +121,18 @@ def foreign_entries(folder: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not is_lock_file(p))
 
 
+def is_new_or_empty(folder: str | os.PathLike) -> bool:
+    """Whether an output may go to ``folder`` without touching anything: absent, or a folder holding at most a lock.
+
+    Example:
+        >>> import tempfile
+        >>> is_new_or_empty(tempfile.mkdtemp()), is_new_or_empty(__file__)
+        (True, False)
+    """
+    folder = Path(folder)
+    return not folder.exists() or (folder.is_dir() and not foreign_entries(folder))
+
+
 def claim_output_dir(
     path: str | os.PathLike, *, accept: Callable[[Path], bool] | None = None, what: str = "output folder"
 ) -> RunLock:

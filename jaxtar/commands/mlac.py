@@ -17,7 +17,7 @@ from jaxtar.checkpoint import write_json_atomic
 from jaxtar.commands._registry import subcommand
 from jaxtar.commands.redteam import model_args
 from jaxtar.errors import ConfigError
-from jaxtar.runlock import claim_output_dir, foreign_entries
+from jaxtar.runlock import claim_output_dir, is_new_or_empty
 
 
 # ------------------------------------------------------------------------------------------- jaxtar defend mlac
@@ -196,7 +196,7 @@ def _run_blocking(args: argparse.Namespace) -> int:
             return fail("give at least one MODEL or --run DIR")
         settings, cfg = _data_settings(args), blocking_config(args)
         out = Path(args.output)
-        if (out.exists() and not out.is_dir()) or foreign_entries(out):
+        if not is_new_or_empty(out):
             return fail(f"{out} already exists and is not empty; choose a new --output (never overwritten)")
         models = _load_models(paths, settings, args.random_init, args.seed)
         lock = claim_output_dir(out, what="results folder")  # locked until written; checked again under the lock
