@@ -8,6 +8,7 @@ this module finds them by scanning that package, builds the parser, and maps ref
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -35,11 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxtar", description="Tamper-resistant open-weight models in JAX.", allow_abbrev=False
     )
+    from jaxtar import __version__
+
+    parser.add_argument("--version", action="version", version=f"jaxtar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, configure, fn) in SUBCOMMANDS.items():
         # allow_abbrev=False: a mistyped flag (--tar.outer_step) is an error, never a prefix of another one
-        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False, add_help=False)
         configure(p)
+        with contextlib.suppress(argparse.ArgumentError):  # a command with presets adds its own -h (it shows the
+            p.add_argument("-h", "--help", action="help", help="show this help and exit")  # preset's values)
         p.set_defaults(run=fn)
     return parser
 

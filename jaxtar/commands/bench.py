@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -25,51 +26,44 @@ SIZES = {  # LlamaConfig.tiny overrides; "tiny" is overhead-bound, "small" compu
     "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2),
     "small": dict(vocab_size=2048, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=4),
 }
-ESTIMATOR_NAMES = ("exact", "remat", "mixed", "truncated", "first_order", "tar")
+
+
+def _sections_of(preset):
+    from jaxtar.config.sections import load_preset
+    from jaxtar.config.tools import BENCH_PRESETS, BenchConfig
+
+    label, sections = load_preset(preset, {"bench": BenchConfig}, presets=BENCH_PRESETS)
+    return label or "default", sections
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--estimators", nargs="+", choices=ESTIMATOR_NAMES, default=list(ESTIMATOR_NAMES),
-                   help="estimators to time (default: all; truncated uses T = K/4)")  # fmt: skip
-    p.add_argument("--k", type=int, default=4, help="attack steps K (default 4)")
-    p.add_argument("--every", type=int, default=None, help="tamper record every s steps (default min(4, K))")
-    p.add_argument("--size", choices=tuple(SIZES), default="tiny",
-                   help="tiny: 2 layers d=64 (overhead-bound); small: 4 layers d=256 (compute-bound)")  # fmt: skip
-    p.add_argument("--layers", type=int, default=None, help="override the number of layers")
-    p.add_argument("--hidden-size", type=int, default=None, help="override d (>= 8; MLP 3d; d // 64 heads)")
-    p.add_argument("--batch", type=int, default=4, help="sequences per attack step")
-    p.add_argument("--seq", type=int, default=32, help="tokens per sequence")
-    p.add_argument("--reps", type=int, default=5, help="timed runs per row after one warm-up (median reported)")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file (must not exist)")
+    from jaxtar.config.flags import add_preset_flag, add_section_flags
+    from jaxtar.config.tools import BENCH_PRESETS, BenchConfig
+
+    add_preset_flag(p, default=None, names=BENCH_PRESETS.names(), sections_of=_sections_of, kind="bench preset")
+    add_section_flags(p, {"bench": BenchConfig}, tag="bench", prefixes={"bench": ""}, title="{section}")
 
 
-def _model_config(args: argparse.Namespace):
+def bench_config(args: argparse.Namespace) -> Any:
+    """The `jaxtar.config.tools.BenchConfig` of ``--preset`` and the flags."""
+    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.tools import BENCH_PRESETS, BenchConfig
+
+    sections = {"bench": BenchConfig}
+    return load_preset(args.preset, sections, section_overrides(args, "bench"), presets=BENCH_PRESETS)[1]["bench"]
+
+
+def _model_config(config: Any):
     from jaxtar.models import LlamaConfig
 
-    fields = dict(SIZES[args.size], max_position_embeddings=max(128, args.seq))
-    if args.layers is not None:
-        fields["num_layers"] = args.layers
-    if args.hidden_size is not None:
-        heads = max(1, args.hidden_size // 64)
-        fields.update(hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, num_heads=heads,
+    fields = dict(SIZES[config.size], max_position_embeddings=max(128, config.seq))
+    if config.layers is not None:
+        fields["num_layers"] = config.layers
+    if config.hidden_size is not None:
+        heads = max(1, config.hidden_size // 64)
+        fields.update(hidden_size=config.hidden_size, intermediate_size=3 * config.hidden_size, num_heads=heads,
                       num_kv_heads=heads)  # fmt: skip
     return LlamaConfig.tiny(**fields)
-
-
-def _check(args: argparse.Namespace) -> None:
-    for name in ("k", "batch", "seq", "reps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.seq < 2:
-        raise ValueError("--seq must be >= 2 (next-token loss)")
-    if args.every is not None and not 1 <= args.every <= args.k:
-        raise ValueError(f"--every must be in [1, K={args.k}], got {args.every}")
-    if args.layers is not None and args.layers < 1:
-        raise ValueError(f"--layers must be >= 1, got {args.layers}")
-    if args.hidden_size is not None:
-        heads = max(1, args.hidden_size // 64)
-        if args.hidden_size < 8 or args.hidden_size % heads or (args.hidden_size // heads) % 2:
-            raise ValueError(f"--hidden-size must be >= 8 with an even head size (d/64 heads), got {args.hidden_size}")
 
 
 def _time(fn: Any, args: tuple, reps: int) -> dict[str, float]:
@@ -87,8 +81,9 @@ def _time(fn: Any, args: tuple, reps: int) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "compile_s": compile_s}
 
 
-def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The benchmark rows: ``plain`` then one per estimator, each with ``ratio`` = median / plain median."""
+def run_bench(config: Any) -> list[dict[str, Any]]:
+    """The benchmark rows for a `jaxtar.config.tools.BenchConfig`: ``plain`` then one per estimator, each with
+    ``ratio`` = median / plain median."""
     import jax
     import jax.numpy as jnp
 
@@ -96,9 +91,9 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
     from jaxtar.models import create_model
 
-    cfg = _model_config(args)
+    cfg = _model_config(config)
     model, params = create_model(cfg, seed=0)
-    k, every = args.k, args.every or min(4, args.k)
+    k, every = config.k, config.every or min(4, config.k)
 
     def ce(p, ids, lora):
         logp = jax.nn.log_softmax(model.apply(p, ids, lora=lora).logits[:, :-1])
@@ -108,8 +103,8 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         logp = jax.nn.log_softmax(model.apply(p, ids, lora=lora).logits)
         return jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))
 
-    ids = jax.random.randint(jax.random.key(1), (k, args.batch, args.seq), 0, cfg.vocab_size)
-    tamper = jax.random.randint(jax.random.key(2), (args.batch, args.seq), 0, cfg.vocab_size)
+    ids = jax.random.randint(jax.random.key(1), (k, config.batch, config.seq), 0, cfg.vocab_size)
+    tamper = jax.random.randint(jax.random.key(2), (config.batch, config.seq), 0, cfg.vocab_size)
     adv = Adversary("adamw", lr=1e-3, weight_decay=0.01, steps=k)
     prob = model_attack_problem(adv, ce, neg_entropy, model=model)
     schedule, key = TamperSchedule.tar(every=every), jax.random.key(0)
@@ -117,15 +112,15 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     base = dict(K=k, every=every, layers=cfg.num_layers, hidden_size=cfg.hidden_size, params=int(n_params))
 
     rows = [dict(base, method="plain", **_time(lambda p: unroll(prob, p, adv, ids, key=key).trainable, (params,),
-                                                  args.reps))]  # fmt: skip
-    for name in args.estimators:
+                                                  config.reps))]  # fmt: skip
+    for name in config.estimators:
         est = Estimator("truncated", truncation=max(1, k // 4)) if name == "truncated" else Estimator(name)
 
         def meta(p, est=est):
             return meta_value_and_grad(prob, p, ids, tamper, adversary=adv, key=key, schedule=schedule,
                                        estimator=est).grads  # fmt: skip
 
-        rows.append(dict(base, method=name, **_time(meta, (params,), args.reps)))
+        rows.append(dict(base, method=name, **_time(meta, (params,), config.reps)))
     plain = rows[0]["median_s"]
     for row in rows:
         row["ratio"] = row["median_s"] / plain
@@ -148,19 +143,19 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     from jaxtar.checkpoint import write_text_atomic
 
-    _check(args)
-    if args.json is not None and os.path.exists(args.json):
-        raise FileExistsError(f"{args.json} already exists; choose a new --json path")
-    rows = run_bench(args)
+    config = bench_config(args)
+    if config.json is not None and os.path.exists(config.json):
+        raise FileExistsError(f"{config.json} already exists; choose a new --json path")
+    rows = run_bench(config)
     r = rows[0]
     print(f"device {jax.devices()[0]} ({os.cpu_count()} CPUs), load average {os.getloadavg()[0]:.1f}; "
-          f"Llama {r['layers']} layers d={r['hidden_size']} ({r['params']:,} params), batch {args.batch} x "
-          f"{args.seq} tokens, K={r['K']} AdamW steps, tamper records every {r['every']}")  # fmt: skip
+          f"Llama {r['layers']} layers d={r['hidden_size']} ({r['params']:,} params), batch {config.batch} x "
+          f"{config.seq} tokens, K={r['K']} AdamW steps, tamper records every {r['every']}")  # fmt: skip
     print(format_table(rows))
     if not all(math.isfinite(x["ratio"]) and x["ratio"] > 0 for x in rows):
         raise ValueError("a timing was not finite and positive")
-    if args.json is not None:
-        options = {k: v for k, v in vars(args).items() if k != "run"}
-        write_text_atomic(args.json, json.dumps({"options": options, "rows": rows}, indent=2))
-        print(f"wrote {args.json}")
+    if config.json is not None:
+        options = dataclasses.asdict(config)
+        write_text_atomic(config.json, json.dumps({"options": options, "rows": rows}, indent=2))
+        print(f"wrote {config.json}")
     return 0

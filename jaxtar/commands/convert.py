@@ -13,10 +13,12 @@ from jaxtar.commands._registry import subcommand
 
 
 def _configure_convert(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="HF folder, Hub id or .gguf file")
+    from jaxtar.config.flags import add_plain_flags
+    from jaxtar.config.tools import ConvertConfig
+
+    p.add_argument("source", help="HF folder, Hub id, .gguf file, 'smollm2' (offline SmolLM2) or 'toy'")
     p.add_argument("out", help="new folder for the Hugging Face checkpoint (must not exist or be empty)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--allow-nonfinite", action="store_true", help="convert weights holding NaN / inf (warns)")
+    add_plain_flags(p, {"conversion": ConvertConfig}, tag="convert")
 
 
 @subcommand(
@@ -25,13 +27,18 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
+    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.tools import ConvertConfig
     from jaxtar.models import from_pretrained, load_tokenizer, save_pretrained
     from jaxtar.models.hf_checks import check_export_dir
+    from jaxtar.toy.named_models import resolve_model
 
+    config = load_preset(None, {"conversion": ConvertConfig}, section_overrides(args, "convert"))[1]["conversion"]
     check_export_dir(args.out)  # a bad OUT fails before a long load
-    model, params = from_pretrained(args.source, dtype=getattr(jnp, args.dtype), allow_nonfinite=args.allow_nonfinite)
+    source = resolve_model(args.source)
+    model, params = from_pretrained(source, dtype=getattr(jnp, config.dtype), allow_nonfinite=config.allow_nonfinite)
     try:
-        tokenizer = load_tokenizer(args.source)
+        tokenizer = load_tokenizer(source)
     except Exception as err:  # noqa: BLE001 - a checkpoint without a tokenizer still converts
         print(f"note: no tokenizer written ({type(err).__name__})", file=sys.stderr)
         tokenizer = None

@@ -16,24 +16,66 @@ import argparse
 import sys
 
 from jaxtar.commands._registry import subcommand
-from jaxtar.config import add_config_flags, add_mlac_flags, config_overrides, list_presets, shorthand_overrides
+from jaxtar.config import (
+    add_config_flags,
+    add_mlac_flags,
+    config_overrides,
+    list_mlac_presets,
+    list_presets,
+    shorthand_overrides,
+)
+from jaxtar.config.flags import add_preset_flag
 
-METHOD_NAMES = ("tar", "random-mapping", "mlac")
+METHODS_HELP = {
+    "tar": "TAR: tamper-resistance training against simulated fine-tuning attacks (presets in jaxtar/configs)",
+    "random-mapping": "the random-mapping safeguard TAR starts from in the bio / cyber settings",
+    "mlac": "MLAC: meta-learned adversarial censoring of a BERT classifier (presets in jaxtar/configs/mlac)",
+}
+METHOD_NAMES = tuple(METHODS_HELP)
+_OWN_SECTION = {"tar": "tar", "random-mapping": "random_mapping"}
 
 
-def _configure(p: argparse.ArgumentParser) -> None:
-    p.usage = "jaxtar defend {tar,random-mapping,mlac} [--preset P] [--output DIR] [--resume] [--SECTION.FIELD V ...]"
-    p.add_argument("method", choices=METHOD_NAMES, help="the defence to run")
-    p.add_argument(
-        "--preset", default="toy", help=f"a preset name ({', '.join(list_presets())}) or a YAML file (default: toy)"
-    )
+def _defence_sections(method: str):
+    """``sections_of(preset)`` for ``-h``: the sections a method uses, as the preset sets them."""
+
+    def sections_of(preset):
+        from jaxtar.config import load_config, load_mlac_config
+
+        if method == "mlac":
+            config = load_mlac_config(preset)
+            return config.preset or "default", {"run": config.run, "mlac_run": config.mlac_run, "mlac": config.mlac}
+        config = load_config(preset)
+        names = ("model", "data", "run", _OWN_SECTION[method])
+        return config.preset or "default", {name: getattr(config, name) for name in names}
+
+    return sections_of
+
+
+def _configure_method(p: argparse.ArgumentParser, method: str) -> None:
+    mlac = method == "mlac"
+    names = list_mlac_presets() if mlac else list_presets()
+    add_preset_flag(p, default="mlac-offline" if mlac else "toy", names=names, sections_of=_defence_sections(method))
     p.add_argument("--output", "-o", default=None, help="run folder (= --run.output-dir); must be new unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
     p.add_argument(
         "--force", action="store_true", help="run even when the memory planner predicts it will not fit (= --run.force)"
     )
-    add_config_flags(p)
-    add_mlac_flags(p)  # jaxtar defend mlac (jaxtar.commands.mlac)
+    if mlac:
+        add_config_flags(p, ("run",))
+        add_mlac_flags(p)
+    else:
+        add_config_flags(p, ("model", "data", "run", _OWN_SECTION[method]))
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.usage = "jaxtar defend {tar,random-mapping,mlac} [--preset P] [--output DIR] [--resume] [--SECTION.FIELD V ...]"
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", title="methods (jaxtar defend "
+                               "METHOD -h lists a method's flags with its preset's values)")  # fmt: skip
+    for method, text in METHODS_HELP.items():
+        sub = methods.add_parser(method, help=text, description=text, allow_abbrev=False, add_help=False,
+                                 usage=f"jaxtar defend {method} [--preset P] [--output DIR] [--resume] [--force] "
+                                 "[--SECTION.FIELD V ...]")  # fmt: skip
+        _configure_method(sub, method)
 
 
 def _summary(result) -> str:
@@ -42,7 +84,7 @@ def _summary(result) -> str:
     return f"{result.steps} steps in {result.output_dir}" + (f" ({shown})" if shown else "")
 
 
-@subcommand("defend", "make a model tamper-resistant: TAR or the random-mapping safeguard", _configure)
+@subcommand("defend", "make a model tamper-resistant: TAR, the random-mapping safeguard or MLAC", _configure)
 def run_defend(args: argparse.Namespace) -> int:
     if args.method == "mlac":
         from jaxtar.commands.mlac import defend_mlac

@@ -13,25 +13,10 @@ from jaxtar.commands._registry import subcommand
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--output",
-        "-o",
-        default=None,
-        help="new (or empty) folder for everything the demo writes (default: a fresh runs/demo-<time>)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a few steps per stage: checks the plumbing in 1-2 CPU-minutes; the numbers mean nothing",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="seeds per red-team adversary (default: one; each extra seed adds about two minutes)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (stage headers and table only)")
+    from jaxtar.config.flags import add_plain_flags
+    from jaxtar.config.tools import DemoConfig
+
+    add_plain_flags(p, {"demo": DemoConfig}, tag="demo")
 
 
 @subcommand(
@@ -40,7 +25,10 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     _configure_demo,
 )
 def run_demo(args: argparse.Namespace) -> int:
+    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.tools import DemoConfig
     from jaxtar.demo import run_demo as demo
 
-    demo(args.output, quick=args.quick, seeds=args.seeds, progress=not args.no_progress)
+    config = load_preset(None, {"demo": DemoConfig}, section_overrides(args, "demo"))[1]["demo"]
+    demo(config.output, quick=config.quick, seeds=config.seeds, progress=config.progress)
     return 0

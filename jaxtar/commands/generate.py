@@ -8,24 +8,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from jaxtar.commands._registry import subcommand
 
 
-def _smollm2_path() -> Path:
-    from jaxtar.models.offline import smollm2_gguf
-
-    return smollm2_gguf()
-
-
 def _configure_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="HF folder, Hub id, or .gguf file ('smollm2' = the offline SmolLM2 checkpoint)")
+    from jaxtar.config.flags import add_plain_flags
+    from jaxtar.config.tools import GenerateConfig
+
+    p.add_argument("model", help="HF folder, Hub id, .gguf file, 'smollm2' (offline SmolLM2) or 'toy'")
     p.add_argument("prompt", help="user message (sent through the chat template when the tokenizer has one)")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_plain_flags(p, {"generation": GenerateConfig}, tag="gen")
 
 
 @subcommand("generate", "generate a reply with a decoder port (KV cache, greedy or sampled)", _configure_generate)
@@ -33,10 +26,14 @@ def run_generate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
+    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.tools import GenerateConfig
     from jaxtar.models import from_pretrained, load_tokenizer
     from jaxtar.models.generate import generate
+    from jaxtar.toy.named_models import resolve_model
 
-    source = _smollm2_path() if args.model == "smollm2" else args.model
+    config = load_preset(None, {"generation": GenerateConfig}, section_overrides(args, "gen"))[1]["generation"]
+    source = resolve_model(args.model)
     model, params = from_pretrained(source)
     tokenizer = load_tokenizer(source)
     if getattr(tokenizer, "chat_template", None):
@@ -46,7 +43,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         ids = tokenizer(args.prompt)["input_ids"]
     ids = np.asarray(ids)[None]
-    out = generate(model, params, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_p=args.top_p, key=jax.random.key(args.seed))  # fmt: skip
+    out = generate(model, params, ids, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                   top_p=config.top_p, key=jax.random.key(config.seed))  # fmt: skip
     print(tokenizer.decode(np.asarray(out)[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return 0

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,8 @@ def defend_mlac(args: argparse.Namespace) -> int:
     checkpoints); writes the run folder of `jaxtar.defenses.mlac_run`."""
     from jaxtar.config import config_overrides, load_mlac_config, mlac_overrides, shorthand_overrides
 
-    shared = config_overrides(args)
-    foreign = sorted(k for k in shared if not k.startswith("run."))
-    if foreign:
-        raise ConfigError(f"{foreign} are TAR / random-mapping flags; MLAC takes --mlac.FIELD, --mlac-run.FIELD and "
-                          "--run.FIELD")  # fmt: skip
-    overrides = {**shared, **mlac_overrides(args), **shorthand_overrides(args)}
-    preset = "mlac-offline" if args.preset == "toy" else args.preset  # "toy" is the defend parser's default
-    config = load_mlac_config(preset, overrides)
+    overrides = {**config_overrides(args), **mlac_overrides(args), **shorthand_overrides(args)}
+    config = load_mlac_config(args.preset, overrides)
     if config.run.output_dir is None:
         raise ConfigError("--output DIR is required (a new folder, or this run's folder with --resume)")
     from jaxtar.defenses.mlac_run import run_mlac
@@ -54,34 +49,29 @@ def defend_mlac(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- jaxtar redteam-classifier
 def _configure_blocking(p: argparse.ArgumentParser) -> None:
+    from jaxtar.config.blocking import BLOCKING_SECTIONS
+    from jaxtar.config.flags import add_plain_flags
+
     p.add_argument("models", nargs="*", metavar="MODEL", help="HF classifier folder, or NAME=FOLDER (several allowed)")
     p.add_argument(
         "--run", dest="run_dir", default=None, help="an MLAC run folder: adds its model/, baseline/ and data settings"
     )
-    p.add_argument("--output", "-o", required=True, help="new folder for results.json, results.md, blocking.png")
-    p.add_argument("--random-init", action="store_true", help="add a randomly initialised encoder (baseline)")
-    p.add_argument(
-        "--data", choices=("synthetic", "bias_in_bios"), default=None, help="default: the run's or synthetic"
-    )
-    p.add_argument("--num-examples", type=int, default=None, help="synthetic data size (default: the run's or 8000)")
-    p.add_argument("--data-seed", type=int, default=None)
-    p.add_argument("--max-length", type=int, default=None, help="tokens per bio (default: the run's or 48)")
-    p.add_argument("--ns", type=int, nargs="+", default=[20, 50, 100, 200], help="attacker training-set sizes")
-    p.add_argument("--lrs", type=float, nargs="+", default=None, help="grid (default: 1e-5, 1e-4, 1e-3, 1e-2)")
-    p.add_argument("--steps", type=int, nargs="+", default=None, help="step budgets (default: 100 300 1000)")
-    p.add_argument("--modes", nargs="+", choices=("probe", "full"), default=["probe", "full"])
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--patience", type=int, default=5, help="early stopping (checkpoints without improvement; 0=off)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--search-runs", type=int, default=2)
-    p.add_argument("--reruns", type=int, default=15)
-    p.add_argument("--data-seeds", type=int, default=6)
-    p.add_argument("--eval-examples", type=int, default=1000, help="val2 examples scored (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fast-compile", action="store_true", help="XLA -O0 style options: faster compiles, slower steps")
+    add_plain_flags(p, BLOCKING_SECTIONS, tag="blocking")
 
 
-def _data_settings(args: argparse.Namespace) -> Any:
+def blocking_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sections of `jaxtar.config.blocking` from the flags: {"blocking", "data", "output"}."""
+    from jaxtar.config.blocking import BLOCKING_SECTIONS
+    from jaxtar.config.sections import load_preset, section_overrides
+
+    overrides = section_overrides(args, "blocking")
+    for key in ("blocking.patience", "blocking.eval_examples"):  # the flags' "0 = off / all" spelling
+        if overrides.get(key) == "0":
+            overrides[key] = None
+    return load_preset(None, BLOCKING_SECTIONS, overrides)[1]
+
+
+def _data_settings(args: argparse.Namespace, data: Any) -> Any:
     import yaml
 
     from jaxtar.config import MLACRunSettings
@@ -94,26 +84,8 @@ def _data_settings(args: argparse.Namespace) -> Any:
         saved = yaml.safe_load(cfg_file.read_text()) or {}
         run = saved.get("mlac_run", saved.get("run", {}))  # "run" in run folders written before the one runner
         base = {k: run[k] for k in ("data", "num_examples", "max_examples", "max_length", "data_seed") if k in run}
-    for flag, key in (("data", "data"), ("num_examples", "num_examples"), ("data_seed", "data_seed"),
-                      ("max_length", "max_length")):  # fmt: skip
-        if getattr(args, flag) is not None:
-            base[key] = getattr(args, flag)
+    base.update({k: v for k, v in dataclasses.asdict(data).items() if v is not None})
     return MLACRunSettings(**base)
-
-
-def blocking_config(args: argparse.Namespace) -> Any:
-    """The `BlockingConfig` of the flags."""
-    from jaxtar.eval.blocking import BlockingConfig
-
-    kw: dict[str, Any] = dict(ns=tuple(args.ns), modes=tuple(args.modes), eval_every=args.eval_every,
-                              patience=args.patience or None, batch_size=args.batch_size, search_runs=args.search_runs,
-                              reruns=args.reruns, data_seeds=args.data_seeds, eval_examples=args.eval_examples or None,
-                              seed=args.seed)  # fmt: skip
-    if args.lrs:
-        kw["lrs"] = tuple(args.lrs)
-    if args.steps:
-        kw["steps"] = tuple(args.steps)
-    return BlockingConfig(**kw)
 
 
 def _write_report(out: Path, result: dict[str, Any]) -> None:
@@ -185,6 +157,8 @@ def _run_blocking(args: argparse.Namespace) -> int:
         return 2
 
     try:
+        sections = blocking_settings(args)
+        output = sections["output"]
         paths = model_args(args.models)
         if args.run_dir is not None:
             paths = {
@@ -194,24 +168,22 @@ def _run_blocking(args: argparse.Namespace) -> int:
             }
         if not paths:
             return fail("give at least one MODEL or --run DIR")
-        settings, cfg = _data_settings(args), blocking_config(args)
-        out = Path(args.output)
+        settings, cfg = _data_settings(args, sections["data"]), sections["blocking"]
+        out = Path(output.output)
         if not is_new_or_empty(out):
             return fail(f"{out} already exists and is not empty; choose a new --output (never overwritten)")
-        models = _load_models(paths, settings, args.random_init, args.seed)
+        models = _load_models(paths, settings, output.random_init, cfg.seed)
         lock = claim_output_dir(out, what="results folder")  # locked until written; checked again under the lock
     except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:
         return fail(str(err))
     with lock:
-        return _blocking_to(out, args, paths, settings, cfg, models)
+        return _blocking_to(out, output.fast_compile, paths, settings, cfg, models)
 
 
-def _blocking_to(out: Path, args: argparse.Namespace, paths: dict, settings: Any, cfg: Any, models: dict) -> int:
+def _blocking_to(out: Path, fast_compile: bool, paths: dict, settings: Any, cfg: Any, models: dict) -> int:
     from jaxtar.eval.blocking import blocking_eval
 
-    opts = (
-        {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} if args.fast_compile else None
-    )
+    opts = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} if fast_compile else None
     data = {k: getattr(settings, k) for k in ("data", "num_examples", "data_seed", "max_length")}
     result: dict[str, Any] = {"models": {}, "data": data}
     num_desired = 28

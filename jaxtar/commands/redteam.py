@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jaxtar.commands._registry import subcommand
 from jaxtar.errors import ConfigError, InputError
+from jaxtar.toy.named_models import resolve_models
 
 
 def model_args(values: list[str]) -> dict[str, str]:
@@ -25,60 +26,53 @@ def model_args(values: list[str]) -> dict[str, str]:
     return models
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="+", metavar="MODEL", help="HF model folder, or NAME=FOLDER (several allowed)")
-    p.add_argument("--data", choices=("toy", "bio", "cyber"), default="toy",
-                   help="toy world (offline, default) or the REFERENCE §1.5 datasets of a domain")  # fmt: skip
-    p.add_argument("--data-seed", type=int, default=0, help="toy-world seed")
-    p.add_argument(
-        "--local",
-        action="append",
-        default=[],
-        metavar="ROLE=PATH",
-        help="local copy of a dataset role: forget_mcq, retain_mcq, shots, forget, retain, ood, forget_alt",
+def _sections_of(load, names: tuple[str, ...]):
+    def sections_of(preset):
+        config = load(preset)
+        return config.preset or "default", {name: getattr(config, name) for name in names}
+
+    return sections_of
+
+
+def _add_config(p: argparse.ArgumentParser, *, red_team: bool) -> None:
+    from jaxtar.config.flags import add_preset_flag, add_section_flags
+    from jaxtar.config.redteam import (
+        EVAL_SECTIONS,
+        REDTEAM_PRESETS,
+        REDTEAM_SECTIONS,
+        load_eval_config,
+        load_redteam_config,
     )
-    p.add_argument("--mcq-limit", type=int, default=None, help="score at most this many questions per set")
-    p.add_argument("--shots", type=int, default=5, help="few-shot examples for the retain (MMLU) prompts")
-    p.add_argument("--eval-batch-size", type=int, default=32)
+
+    sections = REDTEAM_SECTIONS if red_team else EVAL_SECTIONS
+    load = load_redteam_config if red_team else load_eval_config
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="HF model folder or .gguf file, 'toy' (the toy-world base model), 'smollm2', or NAME=MODEL "
+                   "(several allowed)")  # fmt: skip
+    add_preset_flag(p, default="toy", names=REDTEAM_PRESETS.names(), sections_of=_sections_of(load, tuple(sections)),
+                    kind="red-team preset")  # fmt: skip
+    add_section_flags(p, sections, tag="rt", prefixes=dict.fromkeys(sections, ""), title="{section}")
 
 
-def _data(args: argparse.Namespace):
+def _config(args: argparse.Namespace, *, red_team: bool):
+    from jaxtar.config import section_overrides
+    from jaxtar.config.redteam import load_eval_config, load_redteam_config
+
+    load = load_redteam_config if red_team else load_eval_config
+    return load(args.preset, section_overrides(args, "rt"))
+
+
+def _data(config):
     from jaxtar.eval.redteam_inputs import RedTeamData
 
-    if args.mcq_limit is not None and args.mcq_limit < 1:
-        raise InputError(f"--mcq-limit must be >= 1, got {args.mcq_limit}")
-    if args.eval_batch_size < 1:
-        raise InputError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
-    if args.data == "toy":
-        if args.local:
-            raise InputError("--local applies to --data bio/cyber, not the toy world")
-        return RedTeamData.toy(args.data_seed, mcq_limit=args.mcq_limit)
-    local = {}
-    for item in args.local:
-        role, sep, path = item.partition("=")
-        if not sep:
-            raise InputError(f"bad --local {item!r}: use ROLE=PATH")
-        local[role] = path
-    return RedTeamData.from_sources(args.data, local_paths=local, mcq_limit=args.mcq_limit, shots=args.shots)
+    if config.data == "toy":
+        return RedTeamData.toy(config.data_seed, mcq_limit=config.mcq_limit)
+    return RedTeamData.from_sources(config.data, local_paths=config.local_paths(), mcq_limit=config.mcq_limit,
+                                    shots=config.shots)  # fmt: skip
 
 
 def _configure_redteam(p: argparse.ArgumentParser) -> None:
-    _add_data_args(p)
-    p.add_argument(
-        "--suite",
-        default="toy",
-        help="adversary suite: toy, redteam-bio, redteam-cyber, qi2024, tar-bio, ... or a .json/.yaml file",
-    )
-    p.add_argument("--out", required=True, help="new results folder (results.json, results.md, plots)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the files of an earlier results folder (only those its manifest lists)")  # fmt: skip
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds per adversary (default: the suite's)")
-    p.add_argument("--only", default=None, help="comma-separated substrings: keep adversaries whose name has one")
-    p.add_argument("--steps", type=int, default=None, help="rescale every attack to this many steps")
-    p.add_argument("--batch-size", type=int, default=None, help="override every attack's batch size")
-    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply every attack learning rate")
-    p.add_argument("--chunk-steps", type=int, default=50, help="attack steps per compiled chunk")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config(p, red_team=True)
 
 
 @subcommand("redteam", "attack models with an adversary suite; write results.json, a table and plots",
@@ -89,31 +83,29 @@ def run_redteam(args: argparse.Namespace) -> int:
     from jaxtar.eval.report import check_output_dir, markdown_table
     from jaxtar.eval.suites import adapt_suite, load_suite
 
-    if any(not 0 <= seed < 2**32 for seed in args.seeds or ()):
-        raise ConfigError(f"--seeds must be in [0, {2**32 - 1}] (32-bit seeds), got {args.seeds}")
-    models = model_args(args.models)
+    config = _config(args, red_team=True)
+    attack, output = config.attack, config.output
+    models = resolve_models(model_args(args.models))
     check_models(models)
-    check_output_dir(args.out, args.overwrite)  # red_team checks again and locks the folder before any compute
-    suite = load_suite(args.suite)
-    if args.only:
-        keys = [k for k in args.only.split(",") if k]
-        suite = tuple(a for a in suite if any(k in a.name for k in keys))
+    check_output_dir(output.out, output.overwrite)  # red_team checks again and locks the folder before any compute
+    suite = load_suite(attack.suite)
+    if attack.only_keys():
+        suite = tuple(a for a in suite if any(k in a.name for k in attack.only_keys()))
         if not suite:
-            raise ConfigError(f"--only {args.only!r} matches no adversary of suite {args.suite!r}")
-    if args.steps is not None or args.batch_size is not None or args.lr_scale != 1.0:
-        suite = adapt_suite(suite, steps=args.steps, batch_size=args.batch_size, lr_scale=args.lr_scale)
-    results = red_team(models, suite, _data(args), seeds=args.seeds, out_dir=args.out, overwrite=args.overwrite,
-                       chunk_steps=args.chunk_steps, eval_batch_size=args.eval_batch_size,
-                       progress=not args.no_progress)  # fmt: skip
+            raise ConfigError(f"--only {attack.only!r} matches no adversary of suite {attack.suite!r}")
+    if attack.steps is not None or attack.batch_size is not None or attack.lr_scale != 1.0:
+        suite = adapt_suite(suite, steps=attack.steps, batch_size=attack.batch_size, lr_scale=attack.lr_scale)
+    results = red_team(models, suite, _data(config.data), seeds=attack.seeds, out_dir=output.out,
+                       overwrite=output.overwrite, chunk_steps=attack.chunk_steps,
+                       max_retain_drop=attack.max_retain_drop, eval_batch_size=config.data.eval_batch_size,
+                       progress=output.progress)  # fmt: skip
     print(markdown_table(results))
-    print(f"wrote {args.out}")
+    print(f"wrote {output.out}")
     return 0
 
 
 def _configure_eval(p: argparse.ArgumentParser) -> None:
-    _add_data_args(p)
-    p.add_argument("--out", default=None, help="also write the scores to this new JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_config(p, red_team=False)
 
 
 def _eval_table(scores: dict, chance: float) -> str:
@@ -139,13 +131,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from jaxtar.eval.redteam_inputs import check_models
     from jaxtar.eval.report import strict_json
 
-    models = model_args(args.models)
+    config = _config(args, red_team=False)
+    models = resolve_models(model_args(args.models))
     check_models(models)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
+    out = Path(config.output.out) if config.output.out else None
+    if out is not None and out.exists() and not config.output.overwrite:
         raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
-    data = _data(args)
-    scores = evaluate_models(models, data, batch_size=args.eval_batch_size)
+    data = _data(config.data)
+    scores = evaluate_models(models, data, batch_size=config.data.eval_batch_size)
     print(_eval_table(scores, data.eval_set.chance))
     if out is not None:
         payload = dict(data=data.name, chance=data.eval_set.chance, scores={k: v.to_dict() for k, v in scores.items()})

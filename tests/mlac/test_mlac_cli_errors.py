@@ -14,13 +14,13 @@ from jaxtar.cli import main
         (["--output", "{tmp}/run", "--mlac.variant", "censor"], "variant must be one of"),
         (["--output", "{tmp}/run", "--mlac-run.data", "imdb"], "run.data must be one of"),
         (["--output", "{tmp}/run", "--preset", "mlac-ofline"], "did you mean 'mlac-offline'"),
-        (["--output", "{tmp}/run", "--tar.outer-steps", "3"], "are TAR / random-mapping flags"),
+        (["--output", "{tmp}/run", "--tar.outer-steps", "3"], "unrecognized arguments: --tar.outer-steps"),
         (["--output", "{tmp}/run", "--run.mesh-adversary", "2"], "mesh"),
     ],
 )
 def test_defend_mlac_rejects_bad_input(tmp_path, capsys, extra, message):
     argv = ["defend", "mlac", *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
-    if message == "unrecognized arguments":
+    if message.startswith("unrecognized arguments"):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

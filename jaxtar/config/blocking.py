@@ -1,0 +1,147 @@
+"""The settings of MLAC's blocking evaluation (``jaxtar redteam-classifier``, `jaxtar.eval.blocking`): the attacker
+grid (:class:`BlockingConfig`), which data the classifiers are attacked on (:class:`BlockingDataConfig`) and the
+command's outputs (:class:`BlockingOutput`).
+
+Example:
+    >>> BlockingConfig(ns=(20, 50)).ns, BlockingDataConfig().data
+    ((20, 50), None)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from jaxtar.config.flags import flag
+from jaxtar.config.sections import check_values
+from jaxtar.errors import ConfigError
+
+MODES = ("probe", "full")
+
+
+def log_grid(low: float, high: float, count: int) -> tuple[float, ...]:
+    """``count`` log-spaced values from ``low`` to ``high`` (rounded to 3 significant digits).
+
+    Example:
+        >>> log_grid(1e-5, 1e-2, 4)
+        (1e-05, 0.0001, 0.001, 0.01)
+    """
+    if not 0 < low <= high or count < 1:
+        raise ValueError(f"log_grid needs 0 < low <= high and count >= 1, got {low}, {high}, {count}")
+    ratio = high / low
+    return tuple(float(f"{low * ratio ** (i / max(count - 1, 1)):.3g}") for i in range(count))
+
+
+@dataclass(frozen=True)
+class BlockingConfig:
+    """The attacker grid, the repetition counts and the evaluation cadence (`jaxtar.eval.blocking`).
+
+    Args:
+        ns: the attacker's training-set sizes n.
+        lrs: the learning-rate grid of the attacker's Adam.
+        steps: the step budgets searched (multiples of eval_every).
+        modes: probe (a linear head on the frozen encoder) and / or full (encoder and head fine-tuned).
+        batch_size: attacker examples per step (drawn with replacement).
+        eval_every: attacker steps between scored checkpoints.
+        patience: early stopping after this many checkpoints without improvement (null = off).
+        search_runs: runs per (mode, lr) in the search stage.
+        reruns: reruns per data seed of the winning setting.
+        data_seeds: subsets of val1 drawn for the final stage.
+        eval_examples: val2 examples scored (null = all).
+        eval_batch_size: examples per scoring batch.
+        chunk_size: runs vectorised together (lax.map over chunks of this many).
+        num_classes: classes of the harmful task.
+        label_key: the dataset column holding the harmful-task label.
+        head_init_std: the std of the attacker's fresh head.
+        seed: the attacker's seed (head inits, batch orders).
+
+    Example:
+        >>> BlockingConfig().lrs
+        (1e-05, 0.0001, 0.001, 0.01)
+    """
+
+    ns: tuple[int, ...] = field(default=(20, 50, 100, 200), metadata=flag(nargs="+"))
+    lrs: tuple[float, ...] = field(default=log_grid(1e-5, 1e-2, 4), metadata=flag(nargs="+"))
+    steps: tuple[int, ...] = field(default=(100, 300, 1000), metadata=flag(nargs="+"))
+    modes: tuple[str, ...] = field(default=MODES, metadata=flag(nargs="+", metavar="{probe,full}"))
+    batch_size: int = 16
+    eval_every: int = 50
+    patience: int | None = 5
+    search_runs: int = 2
+    reruns: int = 15
+    data_seeds: int = 6
+    eval_examples: int | None = 1000
+    eval_batch_size: int = 256
+    chunk_size: int = 16
+    num_classes: int = 2
+    label_key: str = "gender"
+    head_init_std: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("ns", "lrs", "steps", "modes"):
+            if not getattr(self, name):
+                raise ValueError(f"BlockingConfig.{name} must not be empty")
+        if any(not isinstance(n, int) or n < 1 for n in self.ns):
+            raise ValueError(f"BlockingConfig.ns must be positive ints, got {self.ns}")
+        if any(not lr > 0 for lr in self.lrs):
+            raise ValueError(f"BlockingConfig.lrs must be > 0, got {self.lrs}")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ValueError(f"BlockingConfig.modes must be among {MODES}, got {bad}")
+        for name in ("batch_size", "eval_every", "search_runs", "reruns", "data_seeds", "eval_batch_size",
+                     "chunk_size", "num_classes"):  # fmt: skip
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"BlockingConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if any(not isinstance(s, int) or s < self.eval_every or s % self.eval_every for s in self.steps):
+            raise ValueError(
+                f"BlockingConfig.steps must be multiples of eval_every={self.eval_every}, got {self.steps}"
+            )
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"BlockingConfig.patience must be >= 1 or None, got {self.patience}")
+        if self.eval_examples is not None and self.eval_examples < 1:
+            raise ValueError(f"BlockingConfig.eval_examples must be >= 1 or None, got {self.eval_examples}")
+
+    @property
+    def num_evals(self) -> int:
+        """Checkpoints evaluated in the longest run."""
+        return max(self.steps) // self.eval_every
+
+
+@dataclass(frozen=True)
+class BlockingDataConfig:
+    """The attacker's data; null = the MLAC run's (``--run``), else synthetic bios.
+
+    Args:
+        data: synthetic (the offline Bias-in-Bios stand-in) or bias_in_bios.
+        num_examples: synthetic data size (null = the run's or 8000).
+        data_seed: the data seed (null = the run's or 0).
+        max_length: tokens per bio (null = the run's or 48).
+    """
+
+    data: str | None = field(default=None, metadata=flag(metavar="{synthetic,bias_in_bios}"))
+    num_examples: int | None = None
+    data_seed: int | None = None
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        if self.data not in (None, "synthetic", "bias_in_bios"):
+            raise ConfigError(f"--data must be synthetic or bias_in_bios, got {self.data!r}")
+
+
+@dataclass(frozen=True)
+class BlockingOutput:
+    """Where and how ``jaxtar redteam-classifier`` runs.
+
+    Args:
+        output: a new folder for results.json, results.md and blocking.png.
+        random_init: add a randomly initialised encoder (a baseline).
+        fast_compile: XLA -O0 style options: faster compiles, slower steps.
+    """
+
+    output: str | None = field(default=None, metadata=flag(name="--output", required=True))
+    random_init: bool = field(default=False, metadata=flag(const=True))
+    fast_compile: bool = field(default=False, metadata=flag(const=True))
+
+
+BLOCKING_SECTIONS = {"blocking": BlockingConfig, "data": BlockingDataConfig, "output": BlockingOutput}
