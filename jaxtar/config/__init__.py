@@ -1,10 +1,16 @@
 """Run configurations: one mechanism for every command — frozen dataclass sections, YAML presets, dotted overrides,
 ``--section.field`` flags and validation with clear :class:`~jaxtar.errors.ConfigError` messages (exit 2).
 
-- `jaxtar.config.sections`: the mechanism (:func:`load_preset`, :func:`coerce`, :func:`add_section_flags`, ...).
+- `jaxtar.config.sections`: the mechanism (:func:`load_preset`, :func:`coerce`, presets, validation helpers).
+- `jaxtar.config.flags`: sections as flags (``--section.field`` or prefix-less), help from each section's ``Args:``
+  docstring, ``-h`` showing the chosen preset's values.
 - `jaxtar.config.defence`: TAR and random mapping (:class:`DefenceConfig`, :func:`load_config`; presets in
   ``jaxtar/configs/``).
 - `jaxtar.config.mlac`: MLAC (:class:`MLACRunConfig`, :func:`load_mlac_config`; presets in ``jaxtar/configs/mlac/``).
+- `jaxtar.config.redteam`: ``jaxtar redteam`` / ``eval`` (:func:`load_redteam_config`; presets in
+  ``jaxtar/configs/redteam/``).
+- `jaxtar.config.blocking`: MLAC's blocking evaluation (``jaxtar redteam-classifier``).
+- `jaxtar.config.tools`: ``jaxtar bench`` (presets in ``jaxtar/configs/bench/``), ``demo``, ``generate``, ``convert``.
 - `jaxtar.config.choices`: names the JAX side defines (estimators), so that reading a config never imports JAX.
 
 Why not tyro: tyro (the dataclass-to-CLI library) was weighed against this package and not adopted. It would own the
@@ -56,6 +62,15 @@ from jaxtar.config.mlac import (
     load_mlac_config,
     mlac_overrides,
 )
+from jaxtar.config.redteam import (
+    REDTEAM_PRESETS,
+    AttackConfig,
+    EvalConfig,
+    EvalDataConfig,
+    RedTeamConfig,
+    load_eval_config,
+    load_redteam_config,
+)
 from jaxtar.config.sections import (
     MAX_INT,
     MAX_SEED,
@@ -84,19 +99,24 @@ __all__ = [
     "MAX_SEED",
     "MLAC_PRESETS",
     "MLAC_SECTIONS",
+    "REDTEAM_PRESETS",
     "PRESET_DIR",
     "SECTIONS",
     "TAMPER_LOSSES",
     "TAR_SETTINGS",
+    "AttackConfig",
     "ConfigError",
     "DataConfig",
     "DefenceConfig",
+    "EvalConfig",
+    "EvalDataConfig",
     "MLACConfig",
     "MLACRunConfig",
     "MLACRunSettings",
     "ModelConfig",
     "PresetFolder",
     "RandomMappingConfig",
+    "RedTeamConfig",
     "RunConfig",
     "TarConfig",
     "add_config_flags",
@@ -109,8 +129,10 @@ __all__ = [
     "list_mlac_presets",
     "list_presets",
     "load_config",
+    "load_eval_config",
     "load_mlac_config",
     "load_preset",
+    "load_redteam_config",
     "load_yaml",
     "merge_overrides",
     "mlac_overrides",
