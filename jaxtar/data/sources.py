@@ -1,9 +1,14 @@
 """Where data comes from: a registry of Hub datasets with pinned revisions, local files, multiple-choice items.
 
-Every dataset of REFERENCE §1.5 has a :class:`DatasetSpec` in :data:`DATASETS` (hub id, pinned revision, config,
-split, fields). The same spec applies to a local copy: ``load_texts("pile-bio-forget", local_path="pile.parquet")``
-reads the file (jsonl / json / parquet / csv / txt, a folder of them, or a ``save_to_disk`` folder) and applies
-the spec's fields and label filter. A plain path is a source too: ``load_texts("notes.txt")``.
+Every dataset jaxtar loads by name (docs/datasets.md) has a :class:`DatasetSpec` in :data:`DATASETS` (hub id, pinned
+revision, config, split, fields). The same spec applies to a local copy: ``load_texts("pile-bio-forget",
+local_path="pile.parquet")`` reads the file (jsonl / json / parquet / csv / txt, a folder of them, or a ``save_to_disk``
+folder) and applies the spec's fields and label filter. A plain path is a source too: ``load_texts("notes.txt")``.
+
+Not registered: the out-of-distribution hazardous-text set of TAR's red team (the red-team suites' ``ood`` role).
+No public copy of it is known (the official code ships no loader for one); give a local file with a ``text`` column
+(`jaxtar.eval.redteam_inputs.RedTeamData.from_sources`, role ``ood``). magpie-bio-filtered is *benign* instruction
+data (part of the official retain set), not out-of-distribution hazardous text.
 
 Example:
     >>> spec = DATASETS["wmdp-bio"]
@@ -35,7 +40,8 @@ KINDS = ("text", "chat", "mcq", "preference")
 MCQ_LETTERS = string.ascii_uppercase
 _LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
-# MMLU subjects excluded from the retain score when the forget domain is biology / cyber (REFERENCE §1.5).
+# MMLU subjects excluded from the retain score when the forget domain is biology / cyber
+# (docs/datasets.md#mmlu-subjects).
 MMLU_BIO_SUBJECTS = (
     "college_biology",
     "high_school_biology",
@@ -109,15 +115,22 @@ DATASETS: dict[str, DatasetSpec] = {
                     **_PILE_BIO),
         DatasetSpec("pile-bio-retain", kind="text", fields=("txt_chunk",), filter_field="label", filter_value=False,
                     **_PILE_BIO),
-        # TODO(pin): only the short sha 89c97e1 was found; field name as in the official code's CSV (unverified).
+        # The official loader (modules/dataloaders.py `get_camel_ai_datasets`, since commit 6b76bf5 of 2024-08-07)
+        # reads `text_chunk` from this Hub dataset; `camel_ai_message_2_text_chunk` was the column of the private
+        # CSV its first commit read. TODO(pin): the Hub page shows only the short sha 89c97e1 of the data commit
+        # ("Upload dataset", 2024-08-06; 8fcb7de before it holds no data), and no full sha was found offline.
         DatasetSpec("camel-bio", hub_id="lapisrocks/camel-bio", revision="main", split="train", kind="text",
-                    fields=("camel_ai_message_2_text_chunk",)),
-        # TODO(pin): only the short sha c9a4163 was found; Magpie-style "conversations" schema (unverified).
-        DatasetSpec("magpie-bio-filtered", hub_id="lapisrocks/magpie-bio-filtered", revision="main", split="train",
-                    kind="chat", fields=("conversations",)),
+                    fields=("text_chunk",)),
+        # Benign instruction data: the official code mixes it into its *retain* set (bio and cyber) and uses it for
+        # the refusal setting's SFT; messages are {"from": "human" | "gpt", "value": ...} (`get_magpie_datasets`).
+        # c9a4163 = "Upload dataset" (2024-10-08), the head of main.
+        DatasetSpec("magpie-bio-filtered", hub_id="lapisrocks/magpie-bio-filtered",
+                    revision="c9a4163ec62425f841b39e487cf2e13a3648dcd1", split="train", kind="chat",
+                    fields=("conversations",)),
         DatasetSpec("ctftime", hub_id="justinwangx/CTFtime", revision="041a7744e2716c6a1c59f7bc66a23c32973b1d82",
                     split="train", kind="text", fields=("text_chunk",)),
-        # TODO(pin): only the short sha 6bfa1c8 was found.
+        # TODO(pin): the Hub page shows only the short sha 6bfa1c8 ("Update README.md", head of main); no full sha
+        # was found offline.
         DatasetSpec("anthropic-hh-golden", hub_id="Unified-Language-Model-Alignment/Anthropic_HH_Golden",
                     revision="main", split="train", kind="preference", fields=("chosen", "rejected")),
         DatasetSpec("wmdp-bio", config="wmdp-bio", fields=_MCQ_FIELDS, subject="biology", **_WMDP),

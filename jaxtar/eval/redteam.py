@@ -30,7 +30,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxtar.attacks import Adversary, model_attack_problem, sample_switch_step
 from jaxtar.attacks.optimizers import make_optimizer
@@ -39,10 +38,18 @@ from jaxtar.data.batching import BatchIterator, stack_batches
 from jaxtar.errors import ConfigError, InputError
 from jaxtar.eval.judge import JudgeTask
 from jaxtar.eval.mcq import EvalSet, Scores, canonical_model, evaluate
-from jaxtar.eval.redteam_inputs import ModelSpec, RedTeamData, check_models, load_model
-from jaxtar.eval.report import RESULT_FILES, AttackRun, RedTeamResults, write_report
+from jaxtar.eval.redteam_inputs import ROLE_HINTS, ModelSpec, RedTeamData, check_models, load_model
+from jaxtar.eval.report import (
+    DEFAULT_MAX_RETAIN_DROP,
+    RESULT_FILES,
+    AttackRun,
+    RedTeamResults,
+    check_max_retain_drop,
+    write_report,
+)
 from jaxtar.eval.results_dir import open_results_dir
 from jaxtar.eval.suites import load_suite, name_adversaries
+from jaxtar.files import progress_bar, progress_write
 from jaxtar.meta.vectorize import group_adversaries
 from jaxtar.models import Model, merge_lora
 from jaxtar.objectives.lm import batch_cross_entropy
@@ -134,7 +141,7 @@ def run_attack(
 ) -> tuple[Any, np.ndarray, int | None]:
     """One attack in chunks of ``chunk_steps``; returns (attacked weights, losses [steps], switch step).
 
-    ``reference`` is the adversary group's shared structure (default: ``adversary`` itself); ``progress`` a tqdm bar.
+    ``reference`` is the adversary group's shared structure (default: ``adversary`` itself); ``progress`` a bar.
     LoRA attacks return the base weights with the trained adapters merged in.
 
     Example:
@@ -194,6 +201,7 @@ def red_team(
     eval_batch_size: int = 32,
     judge: JudgeTask | None = None,
     progress: bool = True,
+    max_retain_drop: float | None = DEFAULT_MAX_RETAIN_DROP,
 ) -> RedTeamResults:
     """Attack every model with every adversary (x seed); score before and after; optionally write the report.
 
@@ -209,7 +217,11 @@ def red_team(
         eval_batch_size: prompts per scoring batch.
         judge: also generate for these prompts and record the judge's mean score (e.g. refusal rate) before and
             after each attack, as `Scores.judge_score`.
-        progress: tqdm bars and one line per finished run.
+        progress: progress bars (`jaxtar.files.progress_bar`: plain lines in a log or pipe) and one line per finished
+            run.
+        max_retain_drop: the capability guard of the report's second worst case: an attack counts as a recovery only
+            if the model's retain accuracy after it dropped by at most this fraction of its retain accuracy before
+            (default 0.10, TamperBench's; None: no guard). The unguarded worst case is always reported too.
 
     Example:
         >>> res = red_team({"base": (model, params)}, "toy", seeds=(0, 1), out_dir="redteam-out")  # doctest: +SKIP
@@ -222,14 +234,23 @@ def red_team(
     data = RedTeamData.toy() if data is None else data
     missing = sorted({r for a in adversaries for r in a.sources} - set(data.texts))
     if missing:
-        raise InputError(f"the suite needs data role(s) {missing}; the data {data.name!r} has {sorted(data.texts)}")
+        hints = "".join(f"; {ROLE_HINTS[r]}" for r in missing if r in ROLE_HINTS)
+        raise InputError(
+            f"the suite needs data role(s) {missing}; the data {data.name!r} has {sorted(data.texts)}{hints}"
+        )
     if seeds is not None and len({int(s) for s in seeds}) != len(seeds):
         raise InputError(f"seeds must be distinct, got {list(seeds)}")
+    try:
+        max_retain_drop = check_max_retain_drop(max_retain_drop)
+    except ValueError as err:
+        raise InputError(str(err)) from None
     if chunk_steps < 1 or eval_batch_size < 1:
         raise InputError(f"chunk_steps and eval_batch_size must be >= 1, got {chunk_steps} and {eval_batch_size}")
     check_models(models)
     with open_results_dir(out_dir, overwrite=overwrite, writes=RESULT_FILES) as lock:  # before any compute
         results = _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch_size, judge, progress)
+        metadata = {**results.metadata, "data_sources": dict(data.sources)}
+        results = dataclasses.replace(results, metadata=metadata, max_retain_drop=max_retain_drop)
         if lock is not None:
             write_report(results, out_dir, lock=lock)
     return results
@@ -248,8 +269,8 @@ def _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch
         before[name] = _scores(model, params, tokenizer, prepared, judge, eval_batch_size)
         for adv in [a for g in groups for a in g.adversaries]:  # group order: compiled functions stay hot
             start = time.time()
-            with tqdm(total=adv.steps, desc=f"{name} | {adv.name} | seed {adv.seed}", disable=not progress,
-                      leave=False, dynamic_ncols=True) as bar:  # fmt: skip
+            with progress_bar(adv.steps, desc=f"{name} | {adv.name} | seed {adv.seed}", enabled=progress,
+                              leave=False) as bar:  # fmt: skip
                 weights, losses, switch = run_attack(model, params, adv, arrays, chunk_steps=chunk_steps,
                                                      reference=reference[adv], progress=bar)  # fmt: skip
             after = _scores(model, weights, tokenizer, prepared, judge, eval_batch_size)
@@ -258,7 +279,7 @@ def _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch
                             tuple(float(x) for x in losses), switch, time.time() - start)  # fmt: skip
             runs.append(run)
             if progress:
-                tqdm.write(run.describe())
+                progress_write(run.describe())
         del params
     order = {(a.name, a.seed): i for i, a in enumerate(adversaries)}
     runs.sort(key=lambda r: (list(models).index(r.model), order[(r.adversary, r.seed)]))

@@ -1,9 +1,12 @@
 """What red teaming runs on: the attack data and eval set (`RedTeamData`) and the models to attack (model specs).
 
-`RedTeamData` bundles the attack text by role (``forget``, ``retain``, ``ood``, ...) with the `EvalSet` scored
-before and after each attack: the offline toy world (`RedTeamData.toy`) or the REFERENCE §1.5 datasets of a domain
-(`RedTeamData.from_sources`). A model spec is an HF folder (or ``.gguf`` file), ``(model, params)`` or
-``(model, params, tokenizer)``; `check_models` refuses a bad one before any compute, `load_model` loads one.
+`RedTeamData` bundles the attack text by role (``forget``, ``retain``, ``ood``, ...) with the `EvalSet` scored before
+and after each attack: the offline toy world (`RedTeamData.toy`) or the Hub datasets of a domain
+(`RedTeamData.from_sources`, docs/datasets.md). ``ood`` is out-of-distribution *hazardous* text of the forget domain
+(the toy world's unseen phrasings of its pathogen facts); ``retain_instruct`` is benign instruction data (bio:
+magpie-bio-filtered, which the official TAR code mixes into its retain set and which jaxtar used to load, wrongly, as
+``ood``). A model spec is an HF folder (or ``.gguf`` file), ``(model, params)`` or ``(model, params, tokenizer)``;
+`check_models` refuses a bad one before any compute, `load_model` loads one.
 
 Example:
     >>> data = RedTeamData.toy(mcq_limit=40)
@@ -27,6 +30,16 @@ from jaxtar.models import Model, from_pretrained, load_tokenizer
 
 ModelSpec = Any  # an HF folder (str / Path), (model, params) or (model, params, tokenizer)
 
+NO_PUBLIC_OOD = (
+    "'ood' is out-of-distribution hazardous text of the forget domain; no public copy of the TAR paper's "
+    "out-of-distribution forget set is known (the official code ships no loader for one), so give a local file "
+    "with a 'text' column (--local ood=PATH) or leave the ood adversaries out (--only)"
+)
+# Extra words for red_team's "the suite needs data role(s) ..." error.
+ROLE_HINTS = {"ood": NO_PUBLIC_OOD}
+# The local-only spec of the 'ood' role: one 'text' column.
+OOD_SPEC_FIELDS = ("text",)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RedTeamData:
@@ -39,6 +52,7 @@ class RedTeamData:
         max_length: tokens per attack sequence.
         pack: pack texts into full rows (real corpora) instead of one padded row per text (the toy world).
         name: a label for reports.
+        sources: where each role's text came from (dataset name or local path), recorded in results.json.
     """
 
     eval_set: EvalSet
@@ -47,6 +61,7 @@ class RedTeamData:
     max_length: int = 64
     pack: bool = False
     name: str = "custom"
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         empty = [role for role, t in self.texts.items() if not t]
@@ -90,7 +105,8 @@ class RedTeamData:
         )
         texts = {"forget": train(world.forget_texts), "retain": train(world.retain_texts),
                  "ood": list(world.ood_forget_texts)}  # fmt: skip
-        return cls(eval_set, texts, world.tokenizer, MAX_LENGTH, pack=False, name=f"toy-{seed}")
+        sources = {"forget": "toy:forget", "retain": "toy:retain", "ood": "toy:ood (unseen phrasings of forget facts)"}
+        return cls(eval_set, texts, world.tokenizer, MAX_LENGTH, pack=False, name=f"toy-{seed}", sources=sources)
 
     @classmethod
     def from_sources(
@@ -104,26 +120,37 @@ class RedTeamData:
         max_length: int = 256,
         probe_every: int = 10,
     ) -> RedTeamData:
-        """REFERENCE §1.5 data: WMDP (forget), MMLU 5-shot without the domain's subjects (retain), pile-bio /
-        CTFtime attack text. ``local_paths`` maps a role (forget_mcq, retain_mcq, shots, forget, retain, ood,
-        forget_alt) to a local copy. The cyber retain text is pile-bio-retain (an assumption: benign text).
+        """The datasets of docs/datasets.md: WMDP (forget), MMLU 5-shot without the domain's subjects (retain), pile-bio
+        / CTFtime attack text; bio also camel-bio (``forget_alt``) and magpie-bio-filtered (``retain_instruct``: benign
+        instruction data, part of the official retain set). ``local_paths`` maps a role (forget_mcq, retain_mcq, shots,
+        forget, retain, forget_alt, retain_instruct, ood) to a local copy. ``ood`` (out-of-distribution hazardous text)
+        has no public default and is loaded only from a local file with a ``text`` column. The cyber retain text is
+        pile-bio-retain (an assumption: benign text).
+
+        Raises:
+            DataSourceError: ``ood`` given a Magpie-style file (a ``conversations`` column): that is the benign
+                retain_instruct data, which older jaxtar versions loaded as ``ood``.
         """
-        from jaxtar.data.sources import load_mcq, load_texts
+        from jaxtar.data.sources import DatasetSpec, load_mcq, load_texts
 
         presets = {
             "bio": dict(forget_mcq="wmdp-bio", forget="pile-bio-forget", retain="pile-bio-retain",
-                        ood="magpie-bio-filtered", forget_alt="camel-bio"),
+                        forget_alt="camel-bio", retain_instruct="magpie-bio-filtered"),
             "cyber": dict(forget_mcq="wmdp-cyber", forget="ctftime", retain="pile-bio-retain"),
         }  # fmt: skip
         if domain not in presets:
             raise ValueError(f"domain must be one of {sorted(presets)}, got {domain!r}")
         sources = {**presets[domain], "retain_mcq": "mmlu", "shots": "mmlu-dev"}
         local = dict(local_paths or {})
-        unknown = set(local) - set(sources)
+        unknown = set(local) - set(sources) - {"ood"}
         if unknown:
-            raise ValueError(f"local_paths roles {sorted(unknown)} unknown; roles: {sorted(sources)}")
+            raise ValueError(f"local_paths roles {sorted(unknown)} unknown; roles: {sorted(set(sources) | {'ood'})}")
+        if "ood" in local:
+            _refuse_magpie_as_ood(local["ood"])
+            sources["ood"] = DatasetSpec(f"ood:{local['ood']}", "", "", "train", "text", fields=OOD_SPEC_FIELDS)
         kw = lambda role: dict(local_path=local.get(role), limit=limit)
-        texts = {r: load_texts(sources[r], **kw(r)) for r in ("forget", "retain", "ood", "forget_alt") if r in sources}
+        roles = ("forget", "retain", "ood", "forget_alt", "retain_instruct")
+        texts = {r: load_texts(sources[r], **kw(r)) for r in roles if r in sources}
         probes = {r: [x for i, x in enumerate(texts[r]) if i % probe_every == 0] for r in ("forget", "retain")}
         for r in ("forget", "retain"):
             texts[r] = [x for i, x in enumerate(texts[r]) if i % probe_every != 0]
@@ -137,7 +164,26 @@ class RedTeamData:
             exclude_subjects=domain,
             probe_length=max_length,
         )
-        return cls(eval_set, texts, None, max_length, pack=True, name=domain)
+        names = {r: str(local.get(r) or getattr(sources[r], "name", sources[r])) for r in texts}
+        return cls(eval_set, texts, None, max_length, pack=True, name=domain, sources=names)
+
+
+def _refuse_magpie_as_ood(path: str | os.PathLike) -> None:
+    """Refuses a Magpie-style file (a ``conversations`` column) as the ``ood`` role, with the fix in the message."""
+    from jaxtar.data.sources import DatasetSpec, DataSourceError, load_source
+
+    spec = DatasetSpec("ood", "", "", "train", "text", fields=OOD_SPEC_FIELDS)
+    try:
+        load_source(spec, local_path=path, limit=1)
+    except DataSourceError as err:
+        if "'conversations'" in str(err):
+            raise DataSourceError(
+                f"local 'ood' file {str(path)!r} has Magpie's 'conversations' column: that is magpie-bio-filtered, "
+                "benign instruction data that the official TAR code mixes into its *retain* set (older jaxtar "
+                "versions loaded it as 'ood' by mistake). Pass it as retain_instruct=PATH; 'ood' is "
+                "out-of-distribution hazardous text of the forget domain, a file with a 'text' column."
+            ) from None
+        raise
 
 
 def _spread(items: Sequence[Any], limit: int | None) -> tuple:

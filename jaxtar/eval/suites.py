@@ -24,7 +24,11 @@ from jaxtar.errors import ConfigError
 
 def toy_suite() -> tuple[Adversary, ...]:
     """A held-out red team at toy-world scale: other optimisers and learning rates, LoRA, a Qi-style warmup + cosine
-    attack, retain->forget and benign retain-data fine-tuning (40 steps, batch 16)."""
+    attack, retain->forget and benign retain-data fine-tuning (40 steps, batch 16).
+
+    Its retain->forget attack switches at step 20 of 40 (half-way), not at the official red team's 40 %
+    (`jaxtar.attacks.suites.R2F_RETAIN_FRACTION`): the toy suite is our own held-out set, kept fixed so that the
+    published demo numbers stay reproducible (docs/faithfulness.md)."""
     kw = dict(steps=40, batch_size=16)
     return (
         Adversary("adamw", lr=1e-3, weight_decay=0.01, name="toy-adamw-1e-3", **kw),
@@ -170,7 +174,8 @@ def _scaled_schedule(s: Schedule, f: float, steps: int) -> Schedule:
     warmup = min(round(s.warmup_steps * f), steps - 1) if s.warmup_steps else 0
     if s.kind == "linear_warmup":
         warmup = max(warmup, 1)
-    decay = None if s.decay_steps is None else min(max(round(s.decay_steps * f), warmup + 1), steps)
+    # A decay horizon past the attack's end is kept (scaled): the official red team anneals over 4 x its steps.
+    decay = None if s.decay_steps is None else max(round(s.decay_steps * f), warmup + 1)
     cycle = None if s.cycle_steps is None else max(round(s.cycle_steps * f), warmup + 1)
     return dataclasses.replace(s, warmup_steps=warmup, decay_steps=decay, cycle_steps=cycle)
 
@@ -183,7 +188,8 @@ def adapt_suite(
     lr_scale: float = 1.0,
 ) -> tuple[Adversary, ...]:
     """A paper-scale suite shrunk for a small model: new step count (warmup, decay, cycle and switch points scale
-    with it), batch size, and learning rates multiplied by ``lr_scale``.
+    with it), batch size, and learning rates multiplied by ``lr_scale`` (a schedule's floor, `Schedule.end_fraction`,
+    is relative to the peak, so it scales with it).
 
     Example:
         >>> adapt_suite(load_suite("qi2024"), steps=20)[0].schedule.warmup_steps

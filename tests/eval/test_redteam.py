@@ -141,7 +141,8 @@ def _check_report_files_and_overwrite(res, out):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     raw = json.loads((out / "results.json").read_text())
-    assert set(raw) == {"chance", "metadata", "before", "summary", "runs"}
+    assert set(raw) == {"chance", "metadata", "capability_guard", "before", "summary", "runs"}
+    assert raw["capability_guard"]["max_retain_drop"] == 0.1 and raw["metadata"]["data_sources"] == {}
     assert raw["summary"]["base"]["worst_forget_after"] == 1.0 and len(raw["runs"]) == 8
     loaded = RedTeamResults.load(out)
     assert loaded.runs[0].losses == pytest.approx(res.runs[0].losses)
@@ -184,7 +185,7 @@ def test_suites_adapt_load_and_name(tmp_path):
     assert all(a.lr == pytest.approx(10 * b.lr) for a, b in zip(small, big))
     qi = [a for a in small if a.name.endswith("qi2024-cosine")][0]
     assert qi.schedule.warmup_steps == 2  # 100 of 1000 steps
-    assert {a.switch_step for a in small if a.switches} == {10}  # 250 of 500
+    assert {a.switch_step for a in small if a.switches} == {8}  # 200 of 500: the official 40 % retain phase
     path = tmp_path / "suite.json"
     path.write_text(json.dumps([dataclasses.asdict(a) for a in small[:3] + small[-5:]]))
     assert load_suite(path) == small[:3] + small[-5:]
