@@ -131,17 +131,21 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
+def _loss(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
 def demo_table(results: Any) -> str:
-    """Per model: forget / retain accuracy before, forget after (mean and worst case), retain after; then forget
-    accuracy after each adversary. Markdown.
+    """Per model: forget / retain accuracy before, forget after (mean and worst case), retain after, and the retain
+    loss before / after; then forget accuracy after each adversary. Markdown.
 
     Example:
         >>> print(demo_table(RedTeamResults.load("runs/demo-x/redteam")))  # doctest: +SKIP
     """
     lines = [
         "| model | forget before | retain before | forget after (mean) | forget after (WORST CASE) | "
-        "retain after (mean / min) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "retain after (mean / min) | retain loss before → after (mean) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results.models:
         s = results.summary(m)
@@ -149,8 +153,10 @@ def demo_table(results: Any) -> str:
         lines.append(
             f"| {m} | {_pct(b.forget_acc)} ± {100 * b.forget_se:.1f} | {_pct(b.retain_acc)} ± {100 * b.retain_se:.1f} "
             f"| {_pct(s.mean_forget_after)} | **{_pct(s.worst_forget_after)}** ({s.worst_adversary}) | "
-            f"{_pct(s.mean_retain_after)} / {_pct(s.min_retain_after)} |"
+            f"{_pct(s.mean_retain_after)} / {_pct(s.min_retain_after)} | {_loss(b.retain_loss)} → "
+            f"{_loss(s.mean_retain_loss_after)} |"
         )
+    lines += ["", RETAIN_LOSS_NOTE]
     per = {m: results.per_adversary(m) for m in results.models}
     lines += ["", "Forget accuracy after each attack (mean over seeds; retain after in brackets):", ""]
     lines += ["| adversary | " + " | ".join(results.models) + " |", "|---|" + "---:|" * len(results.models)]
@@ -158,6 +164,38 @@ def demo_table(results: Any) -> str:
         cells = [f"{_pct(per[m][adv]['forget_after'])} ({_pct(per[m][adv]['retain_after'])})" for m in results.models]
         lines.append(f"| {adv} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+RETAIN_LOSS_NOTE = (
+    "Retain loss: mean next-token cross-entropy (nats) on held-out benign-domain text, lower is better. It shows "
+    "what the multiple-choice score hides: a defence can make the model predict benign text much worse while it "
+    "still picks the right benign answers."
+)
+
+
+def _r(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), digits)
+
+
+def demo_numbers(results: Any) -> dict[str, Any]:
+    """The numbers the demo reports, per model (fractions and nats, rounded to 4 decimals; None = n/a): accuracy and
+    loss probes before, mean / worst case after, and each adversary's after-numbers (demo.json's ``numbers``)."""
+    out: dict[str, Any] = {}
+    for m in results.models:
+        s, b = results.summary(m), results.before[m]
+        per = {
+            adv: {k: _r(v[k]) for k in ("forget_after", "retain_after", "forget_loss_after", "retain_loss_after",
+                                         "first_loss", "last_loss")}
+            for adv, v in results.per_adversary(m).items()
+        }  # fmt: skip
+        out[m] = dict(
+            forget_before=_r(b.forget_acc), retain_before=_r(b.retain_acc), forget_loss_before=_r(b.forget_loss),
+            retain_loss_before=_r(b.retain_loss), mean_forget_after=_r(s.mean_forget_after),
+            worst_forget_after=_r(s.worst_forget_after), worst_adversary=s.worst_adversary,
+            mean_retain_after=_r(s.mean_retain_after), min_retain_after=_r(s.min_retain_after),
+            mean_retain_loss_after=_r(s.mean_retain_loss_after), per_adversary=per,
+        )  # fmt: skip
+    return out
 
 
 def verdict(results: Any) -> str:
@@ -219,10 +257,137 @@ def explanation(results: Any, budget: DemoBudget, quick: bool, out_dir: str | os
         "option order), so MCQ accuracy measures recall of the fact, not symbol binding.",
         "",
         f"Longer attacks against this TAR model: {longer_attack_command(out_dir)}",
+        "",
+        export_note(out_dir),
     ]
-    if quick:
-        text.insert(0, "QUICK RUN (plumbing check): a few steps per stage, the numbers below mean nothing.\n")
     return "\n".join(text) + "\n"
+
+
+QUICK_WARNING = (
+    "QUICK RUN (a plumbing check): a few steps per stage, so the numbers below mean nothing. "
+    "Run `jaxtar demo` without --quick for the real measurements."
+)
+
+TORCH_NOTE = (
+    "Loading an export with transformers (`AutoModelForCausalLM.from_pretrained(folder)`) needs PyTorch, which "
+    "jaxtar does not install (nor does `make demo`): `pip install torch` first. jaxtar itself loads them without it "
+    "(`jaxtar eval`, `jaxtar redteam`, `jaxtar.models.from_pretrained`)."
+)
+
+
+def export_note(out_dir: str | os.PathLike = "OUT") -> str:
+    """Where the demo's exported models are and what loading them with transformers needs (PyTorch).
+
+    Example:
+        >>> export_note("runs/demo").startswith("The defended models are Hugging Face checkpoints: runs/demo/")
+        True
+    """
+    out = Path(out_dir)
+    return (
+        f"The defended models are Hugging Face checkpoints: {out / 'random-mapping' / 'model'} and "
+        f"{out / 'tar' / 'model'} (config.json + model.safetensors + tokenizer). {TORCH_NOTE}"
+    )
+
+
+def _span(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    lo, hi = _pct(min(values)), _pct(max(values))
+    return f"{lo} %" if lo == hi else f"{lo}-{hi} %"
+
+
+def key_numbers(results: Any) -> list[str]:
+    """The README's prose numbers, computed: TAR before the attacks (accuracy and retain loss), the short attacks'
+    post-attack forget accuracy per model, the long attack, retain accuracy after the attacks on forget text."""
+    if not {"base", "tar"} <= set(results.models):
+        return []
+    specs = {r.adversary: r.spec for r in results.runs}
+    shortest = min(int(spec.get("steps", 0)) for spec in specs.values())
+    short = [a for a in results.adversaries if int(specs[a].get("steps", 0)) == shortest]
+    long = [a for a in results.adversaries if a not in short]
+    on_forget = [a for a in results.adversaries if "forget" in str(specs[a].get("data", "forget"))]
+    per = {m: results.per_adversary(m) for m in results.models}
+    base, tar = results.before["base"], results.before["tar"]
+    lower = sum(per["tar"][a]["forget_after"] < per["base"][a]["forget_after"] for a in short)
+    lines = [
+        f"TAR before any attack: forget {_pct(tar.forget_acc)} % (chance {_pct(results.chance)} %), retain "
+        f"{_pct(tar.retain_acc)} % (base: {_pct(base.forget_acc)} % / {_pct(base.retain_acc)} %); retain loss "
+        f"{_loss(base.retain_loss)} (base) → {_loss(tar.retain_loss)} (TAR) nats.",
+        f"Forget accuracy after the {len(short)} attacks of {shortest} steps: "
+        + ", ".join(f"{m} {_span([per[m][a]['forget_after'] for a in short])}" for m in results.models)
+        + f"; TAR's is below the base's after {lower} of them.",
+    ]
+    for a in long:
+        lines.append(
+            f"After {a} ({specs[a].get('steps')} steps): forget "
+            + ", ".join(f"{m} {_pct(per[m][a]['forget_after'])} %" for m in results.models)
+            + "."
+        )
+    if on_forget:
+        lines.append(
+            "Retain accuracy after the attacks that train on forget text: "
+            + ", ".join(f"{m} {_span([per[m][a]['retain_after'] for a in on_forget])}" for m in results.models)
+            + "."
+        )
+    return lines
+
+
+def readme_results(meta: dict[str, Any]) -> str:
+    """The README's block of demo results (table, verdict, the prose numbers, wall clock), rendered from a full
+    run's demo.json by the same `demo_table` the demo prints; ``make results`` writes it between the README's
+    ``demo-table`` markers and a test checks it is there unchanged."""
+    from jaxtar.eval import RedTeamResults
+
+    results = RedTeamResults.from_dict(meta["results"])
+    n_f = next(iter(results.before.values())).forget_n
+    seeds = len(meta.get("seeds", [0]))
+    stages = meta.get("stage_seconds", {})
+    names = {"random_mapping": "random mapping", "tar": "TAR", "red_team": "red team"}
+    stage_text = ", ".join(f"{names[k]} {stages[k]:.0f} s" for k in names if k in stages)
+    device = results.metadata.get("device", "?")
+    where = "CPU only" if device.startswith("cpu") else device
+    lines = [
+        f"Latest full run — `jaxtar demo` ({seeds} seed{'s' if seeds > 1 else ''}, {meta.get('date', '?')}, jax "
+        f"{results.metadata.get('jax_version', '?')}), as printed (multiple-choice accuracy in %; {n_f} held-out "
+        "questions per domain):",
+        "",
+        demo_table(results).rstrip("\n"),
+        "",
+        f"Verdict (printed): *{verdict(results)}*",
+        "",
+        "In numbers:",
+        "",
+        *(f"- {line}" for line in key_numbers(results)),
+        "",
+        f"Wall clock: **{meta['seconds'] / 60:.1f} min** ({stage_text}, the rest start-up and compilation; "
+        f"{meta['end']['cpu_seconds']:.0f} s process CPU time) on {meta.get('cpu_count', '?')} "
+        f"{meta.get('machine', '')} cores ({meta.get('cpu', '?')}), {where}, load average "
+        f"{meta['start']['load_average'][0]} at the start.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+README_START, README_END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
+README_GENERATED = (
+    "<!-- generated by `make results` (scripts/update_results.py) from docs/results/demo.json: do not edit by hand -->"
+)
+
+
+def with_readme_results(readme: str, meta: dict[str, Any]) -> str:
+    """``readme`` with the text between its demo-table markers replaced by `readme_results` of ``meta``.
+
+    Example:
+        >>> with_readme_results("no markers", {})
+        Traceback (most recent call last):
+        ...
+        ValueError: the README has no '<!-- demo-table:start -->' ... '<!-- demo-table:end -->' block
+    """
+    head, sep, rest = readme.partition(README_START)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise ValueError(f"the README has no {README_START!r} ... {README_END!r} block")
+    return f"{head}{README_START}\n{README_GENERATED}\n\n{readme_results(meta)}{README_END}{tail}"
 
 
 def _finished(result: Any, stage: str) -> Any:
@@ -230,6 +395,17 @@ def _finished(result: Any, stage: str) -> Any:
     if result.interrupted or result.model_dir is None:
         raise KeyboardInterrupt(f"the demo was interrupted during {stage} (partial outputs in {result.output_dir})")
     return result
+
+
+def _cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _usage() -> dict[str, Any]:
@@ -281,6 +457,8 @@ def run_demo(
     with claim_output_dir(out, what="demo folder"):  # locked while the demo writes; refused if in use
         stages: dict[str, float] = {}
         log(f"jaxtar demo{' --quick' if quick else ''}: writing {out}")
+        if quick:
+            log(QUICK_WARNING)
 
         t = time.time()
         log("\n== [1/4] base model: the shipped toy-world Llama (knows both domains) ==")
@@ -322,16 +500,18 @@ def run_demo(
             f"{os.cpu_count()} CPU(s), {platform.machine()}, load average {start['load_average'][0]} at start, "
             f"{end['load_average'][0]} at end; process CPU time {end['cpu_seconds']:.0f} s."
         )
-        summary = f"{table}\n{text}\n{timing}\n"
+        summary = f"{QUICK_WARNING}\n\n" if quick else ""
+        summary += f"{table}\n{text}\n{timing}\n"
         write_text_atomic(
             out / "summary.md",
             f"# jaxtar demo\n\n{summary}\nPer-run details: redteam/results.md; plots: redteam/*.png.\n",
         )
         write_json_atomic(out / "demo.json", dict(
             quick=quick, seconds=round(seconds, 1), stage_seconds={k: round(v, 1) for k, v in stages.items()},
-            start=start, end=end, cpu_count=os.cpu_count(), machine=platform.machine(), models=models,
-            overrides=budget.overrides, adversaries=[a.name for a in suite], seeds=list(budget.seeds),
-            mcq_limit=budget.mcq_limit, verdict=verdict(results),
+            start=start, end=end, cpu_count=os.cpu_count(), machine=platform.machine(), cpu=_cpu_name(),
+            date=time.strftime("%Y-%m-%d"), models=models, overrides=budget.overrides,
+            adversaries=[a.name for a in suite], seeds=list(budget.seeds), mcq_limit=budget.mcq_limit,
+            verdict=verdict(results), numbers=demo_numbers(results), results=results.to_dict(),
         ))  # fmt: skip
         log("\n" + summary)
         log(f"Plots: {out / 'redteam' / 'forget_accuracy.png'}, {out / 'redteam' / 'attack_loss.png'}")

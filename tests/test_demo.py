@@ -1,10 +1,15 @@
 """The main job, ``jaxtar demo``: a real quick run of the whole pipeline (base -> random mapping -> TAR -> red team),
-its outputs and numbers, the honest verdict, and the refusal to touch an existing folder."""
+its outputs and numbers, the honest verdict, and the refusal to touch an existing folder; its numbers against the
+committed snapshot docs/results/demo-quick.json (a drift guard on the code)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +18,9 @@ from jaxtar.cli import main
 from jaxtar.demo import (
     MODELS,
     QUICK,
+    QUICK_WARNING,
+    RETAIN_LOSS_NOTE,
+    TORCH_NOTE,
     check_demo_dir,
     default_output_dir,
     demo_table,
@@ -22,19 +30,25 @@ from jaxtar.demo import (
 )
 from jaxtar.eval import RedTeamResults, Scores
 from jaxtar.eval.report import AttackRun
+from jaxtar.files import default_file_mode
 from jaxtar.toy import shipped_toy_model_dir
+
+SNAPSHOT = Path(__file__).resolve().parents[1] / "docs" / "results" / "demo-quick.json"
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    """One quick demo with progress on, its stderr captured as a log file would be (not a terminal)."""
     out = tmp_path_factory.mktemp("demo") / "run"
     lines: list[str] = []
-    result = run_demo(out, quick=True, progress=False, log=lines.append)
-    return result, "\n".join(lines)
+    stderr, stdout = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+        result = run_demo(out, quick=True, progress=True, log=lines.append)
+    return result, "\n".join(lines), stderr.getvalue() + stdout.getvalue()
 
 
 def test_quick_demo_writes_results_table_and_plots(quick):
-    result, printed = quick
+    result, printed, _ = quick
     out = result.out_dir
     for name in ("summary.md", "demo.json", "redteam/results.json", "redteam/results.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 100, name
@@ -79,7 +93,7 @@ def test_quick_demo_writes_results_table_and_plots(quick):
 
 
 def test_an_existing_output_folder_is_refused_and_left_alone(quick, tmp_path, capsys):
-    result, _ = quick
+    result, _, _ = quick
     before = sorted(p.relative_to(result.out_dir) for p in result.out_dir.rglob("*"))
     summary = (result.out_dir / "summary.md").read_bytes()
     with pytest.raises(FileExistsError, match="already exists and is not empty; the demo never overwrites"):
@@ -128,3 +142,79 @@ def test_the_verdict_says_when_tar_did_not_resist():
     broken = _results({"base": [1.0, 0.99], "random-mapping": [1.0, 0.95], "tar": [0.3, 0.97]})
     assert verdict(broken).startswith("TAR did NOT resist this red team")
     assert "| adv1 | 99.0 (95.0) | 95.0 (95.0) | 97.0 (95.0) |" in demo_table(broken)
+
+
+def test_quick_demo_says_what_a_newcomer_needs_first(quick):
+    result, printed, log = quick
+    out = result.out_dir
+    # the quick-run warning comes first, on screen and in summary.md, before any table
+    assert printed.splitlines()[1] == QUICK_WARNING and printed.index(QUICK_WARNING) < printed.index("[1/4]")
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith(f"# jaxtar demo\n\n{QUICK_WARNING}\n\n| model |")
+    assert result.summary.startswith(QUICK_WARNING) and "the numbers below mean nothing" not in summary.split("|")[-1]
+    # loading the exports with transformers needs PyTorch: said where the exports are announced
+    assert TORCH_NOTE in printed and TORCH_NOTE in summary and "pip install torch" in TORCH_NOTE
+    assert f"{out / 'tar' / 'model'} (config.json + model.safetensors" in summary
+    # retain loss before / after beside retain accuracy, in the table, summary.md and demo.json
+    saved = RedTeamResults.load(out / "redteam")
+    meta = json.loads((out / "demo.json").read_text())
+    for m in MODELS:
+        s, n = saved.summary(m), meta["numbers"][m]
+        assert n["retain_loss_before"] > 0
+        assert n["retain_loss_before"] == pytest.approx(saved.before[m].retain_loss, abs=1e-4)
+        assert n["mean_retain_loss_after"] == pytest.approx(s.mean_retain_loss_after, abs=1e-4)
+        assert s.mean_retain_loss_after == pytest.approx(np.mean([r.after.retain_loss for r in saved.runs_of(m)]))
+        assert f"| {saved.before[m].retain_loss:.2f} → {s.mean_retain_loss_after:.2f} |" in summary
+    assert "retain loss before → after (mean)" in summary and RETAIN_LOSS_NOTE in summary
+    assert RedTeamResults.from_dict(meta["results"]).to_dict() == saved.to_dict()
+    # progress went to a log, not a terminal: whole lines, no carriage-return bars
+    assert "\r" not in log and "\x1b" not in log
+    finished = [line for line in log.splitlines() if " steps (100 %) | " in line]
+    assert len(finished) == 2 and all(line.startswith(("random_mapping: 2/2", "tar: 2/2")) for line in finished), log
+    assert len(log.splitlines()) < 40  # two phase lines, one per attack run, a few notes
+    # every file the demo wrote follows the umask (no 0600 safetensors)
+    modes = {p.relative_to(out): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    for name in ("summary.md", "demo.json", "tar/model/model.safetensors", "random-mapping/model/model.safetensors",
+                 "tar/model/config.json", "redteam/results.json", "redteam/forget_accuracy.png"):  # fmt: skip
+        assert modes[Path(name)] == default_file_mode(), name
+
+
+# The quick demo is deterministic on one machine (two runs and a single-threaded run gave identical demo.json
+# numbers); across CPUs / XLA versions float rounding may flip a question: each accuracy here is out of 40
+# questions (2.5 points each), so accuracies may move by 2 questions and losses by 2 % before this test fails.
+ACC_TOLERANCE, LOSS_RTOL = 0.05 + 1e-9, 0.02
+
+
+def test_quick_demo_numbers_match_the_committed_snapshot(quick):
+    """A drift guard on the code: the quick demo's numbers against docs/results/demo-quick.json. When a change is
+    meant to move them, refresh the snapshot: `jaxtar demo --quick --output /tmp/q && python
+    scripts/update_results.py /tmp/q`."""
+    result, _, _ = quick
+    got = json.loads((result.out_dir / "demo.json").read_text())
+    want = json.loads(SNAPSHOT.read_text())
+    assert want["quick"] is True and (got["adversaries"], got["seeds"]) == (want["adversaries"], want["seeds"])
+    assert got["overrides"] == want["overrides"] and got["mcq_limit"] == want["mcq_limit"]
+    drift = []
+
+    def compare(path: str, a, b) -> None:
+        if isinstance(b, dict):
+            assert set(a) == set(b), path
+            for k in b:
+                compare(f"{path}.{k}", a[k], b[k])
+        elif isinstance(b, str) or b is None:
+            if a != b:
+                drift.append(f"{path}: {a!r} != {b!r}")
+        elif "loss" in path.rsplit(".", 1)[-1]:
+            if not math.isclose(a, b, rel_tol=LOSS_RTOL):
+                drift.append(f"{path}: {a} vs {b} (rtol {LOSS_RTOL})")
+        elif abs(a - b) > ACC_TOLERANCE:
+            drift.append(f"{path}: {a} vs {b} (tolerance {ACC_TOLERANCE:.3f})")
+
+    def numbers(meta):  # the worst adversary's name may change on a tie; its number is compared
+        return {m: {k: v for k, v in n.items() if k != "worst_adversary"} for m, n in meta["numbers"].items()}
+
+    compare("numbers", numbers(got), numbers(want))
+    curves = {(r["model"], r["adversary"]): r["losses"] for r in want["results"]["runs"]}
+    for r in got["results"]["runs"]:
+        np.testing.assert_allclose(r["losses"], curves[(r["model"], r["adversary"])], rtol=LOSS_RTOL)
+    assert not drift, "the quick demo's numbers drifted from docs/results/demo-quick.json:\n" + "\n".join(drift)

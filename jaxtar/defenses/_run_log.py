@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from jaxtar import files
 from jaxtar.checkpoint import write_json_atomic, write_text_atomic
 from jaxtar.errors import RunDirError
 
@@ -125,9 +126,9 @@ class MetricsLog:
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)
+    """The defence loop's progress: a tqdm bar on a terminal, plain periodic lines in a log or pipe
+    (`jaxtar.files.progress_bar`, shared with the red team)."""
+    return files.progress_bar(total, initial=initial, enabled=enabled, desc=desc)
 
 
 def last_record(path: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.flax
 
+from jaxtar.files import follow_umask
 from jaxtar.models.functional import Model, Params
 from jaxtar.models.hf_checks import staged_export
 from jaxtar.models.registry import architecture_for
@@ -68,7 +69,8 @@ def save_pretrained(
     The folder is written under a temporary name beside ``out_dir`` and renamed into place when complete, and only
     onto an absent or empty folder (`hf_checks.staged_export`): a non-empty ``out_dir`` is refused
     (`RunDirError`, also when another writer filled it meanwhile) unless ``overwrite=True`` and it holds a previous
-    export, whose own files are then replaced (others stay). A symlink is written through.
+    export, whose own files are then replaced (others stay). A symlink is written through. Every file gets the mode
+    a plain write would (``0o666`` less the umask: 0644 at umask 022), the safetensors included.
 
     Example:
         >>> import tempfile
@@ -112,4 +114,7 @@ def save_pretrained(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for path in tmp.iterdir():  # safetensors writes 0600: every file gets a plain write's mode (0644 at umask 022)
+            if path.is_file() and not path.is_symlink():
+                follow_umask(path)
     return out_dir
