@@ -70,6 +70,19 @@ class Model:
         """
         return self.module(params)(input_ids, attention_mask, **kwargs)
 
+    def lm_head(self, params: Params) -> jax.Array:
+        """The ``[D, V]`` kernel of a decoder's LM head: ``logits = last_hidden_state @ lm_head(params)`` (in the
+        compute dtype, accumulated in float32), for the chunked ``*_from_hidden`` losses of `jaxtar.objectives`.
+
+        Example:
+            >>> from jaxtar.models import LlamaConfig
+            >>> model, params = create_model(LlamaConfig.tiny(tie_word_embeddings=True), seed=0)
+            >>> out = model.apply(params, jnp.ones((1, 5), jnp.int32))
+            >>> bool(jnp.allclose(out.last_hidden_state @ model.lm_head(params), out.logits, atol=1e-5))
+            True
+        """
+        return lm_head_kernel(self.config, params)
+
     def abstract_params(self) -> Params:
         """Shapes and dtypes of the parameters, without allocating them."""
         return jax.eval_shape(lambda: _init_params(self, 0))
@@ -77,6 +90,16 @@ class Model:
     def init(self, seed: int = 0) -> Params:
         """Fresh randomly initialised parameters (the module's own initialisers)."""
         return _init_params(self, seed)
+
+
+def lm_head_kernel(config: Any, params: Params) -> jax.Array:
+    """A decoder's ``[D, V]`` LM head: the transposed embedding when ``config.tie_word_embeddings``, else
+    ``params["lm_head"]["kernel"]``. Raises ValueError for a model without an LM head (e.g. BERT)."""
+    if getattr(config, "tie_word_embeddings", False):
+        return params["embed"]["embedding"].T
+    if "lm_head" in params:
+        return params["lm_head"]["kernel"]
+    raise ValueError(f"{type(config).__name__} has no LM head (neither tied embeddings nor params['lm_head'])")
 
 
 def _init_params(model: Model, seed: int) -> Params:

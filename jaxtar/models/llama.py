@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtar.models.functional import ModelOutput
+from jaxtar.models.functional import ModelOutput, lm_head_kernel
 from jaxtar.models.layers import (
     apply_rope,
     attention,
@@ -196,7 +196,7 @@ class Llama(nnx.Module):
         xs = (params["layers"], lora_weights, jnp.arange(c.num_layers), cache)
         last, (per_layer, new_cache) = jax.lax.scan(block, h, xs)
         final = rms_norm(last, params["final_norm"]["scale"], c.rms_norm_eps)
-        head = params["embed"]["embedding"].T if c.tie_word_embeddings else params["lm_head"]["kernel"]
+        head = lm_head_kernel(c, params)
         logits = matmul(final, head.astype(dtype), preferred_element_type=upcast_dtype(dtype))
         hidden = None
         if output_hidden_states:

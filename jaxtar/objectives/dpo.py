@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtar.objectives._precision import at_least_f32
-from jaxtar.objectives.lm import sequence_log_probs
+from jaxtar.objectives.lm import sequence_log_probs, sequence_log_probs_from_hidden
 
 
 class DPOOutput(NamedTuple):
@@ -97,6 +97,35 @@ def dpo_loss_from_logits(
     """
     chosen = sequence_log_probs(chosen_logits_btv, batch["chosen_input_ids"], batch["chosen_loss_mask"])
     rejected = sequence_log_probs(rejected_logits_btv, batch["rejected_input_ids"], batch["rejected_loss_mask"])
+    return dpo_loss(chosen, rejected, batch["reference_chosen_logps"], batch["reference_rejected_logps"], beta)
+
+
+def dpo_loss_from_hidden(
+    chosen_hidden_btd: jax.Array,
+    rejected_hidden_btd: jax.Array,
+    head_dv: jax.Array,
+    batch: dict[str, jax.Array],
+    beta: float = 0.1,
+    *,
+    chunk: int | None = None,
+) -> DPOOutput:
+    """:func:`dpo_loss_from_logits` from final hidden states and the LM head, ``chunk`` tokens at a time (None:
+    all the logits at once; see :mod:`jaxtar.objectives.lm`).
+
+    Example:
+        >>> b = {"chosen_input_ids": jnp.zeros((1, 3), jnp.int32), "chosen_loss_mask": jnp.array([[0, 1, 1]]),
+        ...      "rejected_input_ids": jnp.zeros((1, 3), jnp.int32), "rejected_loss_mask": jnp.array([[0, 1, 1]]),
+        ...      "reference_chosen_logps": jnp.zeros(1), "reference_rejected_logps": jnp.zeros(1)}
+        >>> h, w = jnp.ones((1, 3, 2)), jnp.zeros((2, 4))
+        >>> bool(jnp.isclose(dpo_loss_from_hidden(h, h, w, b, chunk=1).loss, jnp.log(2.0)))
+        True
+    """
+    chosen = sequence_log_probs_from_hidden(
+        chosen_hidden_btd, head_dv, batch["chosen_input_ids"], batch["chosen_loss_mask"], chunk=chunk
+    )
+    rejected = sequence_log_probs_from_hidden(
+        rejected_hidden_btd, head_dv, batch["rejected_input_ids"], batch["rejected_loss_mask"], chunk=chunk
+    )
     return dpo_loss(chosen, rejected, batch["reference_chosen_logps"], batch["reference_rejected_logps"], beta)
 
 

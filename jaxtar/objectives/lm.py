@@ -8,6 +8,12 @@ Conventions shared by every objective in this package:
   and counted. Position 0 is never a target. Padding must be 0; for prompt/response data only the response
   tokens are 1. ``None`` counts every target token.
 - Means are taken over unmasked elements; an all-masked input gives 0, never NaN.
+
+The ``*_from_hidden`` variants take the final hidden states ``hidden_btd`` ``[B, T, D]`` and the LM head kernel
+``head_dv`` ``[D, V]`` (`jaxtar.models.Model.lm_head`) instead of logits. With ``chunk=None`` they build the logits
+as the model does and call the logits version; with ``chunk=c`` they never hold more than ``c`` tokens' logits
+(forward and backward, any order; see :mod:`jaxtar.objectives._chunks`): the same values and gradients to float
+rounding, for a fraction of the memory at a large vocabulary.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtar.objectives._chunks import check_chunk, check_head, chunked_row_stats, head_logits
 from jaxtar.objectives._precision import at_least_f32
 
 
@@ -146,3 +153,98 @@ def batch_cross_entropy(logits_btv: jax.Array, batch: dict[str, jax.Array]) -> j
         True
     """
     return next_token_cross_entropy(logits_btv, batch["input_ids"], batch_loss_mask(batch))
+
+
+def next_token_log_probs_from_hidden(
+    hidden_btd: jax.Array, head_dv: jax.Array, labels_bt: jax.Array, *, chunk: int | None = None
+) -> jax.Array:
+    """:func:`next_token_log_probs` of the logits ``hidden @ head``, ``chunk`` tokens at a time (None: all at once).
+
+    Args:
+        hidden_btd: ``[B, T, D]`` final hidden states (after the final norm: ``ModelOutput.last_hidden_state``).
+        head_dv: ``[D, V]`` LM head kernel (`jaxtar.models.Model.lm_head`).
+        labels_bt: ``[B, T]`` token ids.
+        chunk: tokens per chunk (the ``B * (T - 1)`` predicting positions are chunked across rows); None builds
+            the whole ``[B, T, V]`` logits.
+
+    Returns:
+        ``[B, T - 1]`` log-probabilities in at least float32.
+
+    Example:
+        >>> h, w = jnp.ones((2, 4, 3)), jnp.zeros((3, 8))
+        >>> lp = next_token_log_probs_from_hidden(h, w, jnp.zeros((2, 4), jnp.int32), chunk=5)
+        >>> lp.shape, bool(jnp.allclose(lp, -jnp.log(8.0)))
+        ((2, 3), True)
+    """
+    check_chunk(chunk)
+    check_head(hidden_btd, head_dv)
+    if chunk is None:
+        return next_token_log_probs(head_logits(hidden_btd, head_dv), labels_bt)
+    _check_shapes(hidden_btd, labels_bt, None)
+    b, t, d = hidden_btd.shape
+    rows = hidden_btd[:, :-1].reshape(b * (t - 1), d)
+    targets = labels_bt[:, 1:].reshape(b * (t - 1))
+    return chunked_row_stats(rows, head_dv, targets, chunk=chunk)["log_prob"].reshape(b, t - 1)
+
+
+def next_token_cross_entropy_from_hidden(
+    hidden_btd: jax.Array,
+    head_dv: jax.Array,
+    labels_bt: jax.Array,
+    loss_mask_bt: jax.Array | None = None,
+    *,
+    chunk: int | None = None,
+) -> jax.Array:
+    """:func:`next_token_cross_entropy` of the logits ``hidden @ head``, ``chunk`` tokens at a time.
+
+    Example:
+        >>> ce = next_token_cross_entropy_from_hidden(jnp.ones((2, 5, 3)), jnp.zeros((3, 8)),
+        ...                                           jnp.ones((2, 5), jnp.int32), chunk=3)
+        >>> bool(jnp.isclose(ce, jnp.log(8.0)))
+        True
+    """
+    check_head(hidden_btd, head_dv)
+    _check_shapes(hidden_btd, labels_bt, loss_mask_bt)
+    nll = -next_token_log_probs_from_hidden(hidden_btd, head_dv, labels_bt, chunk=chunk)
+    return masked_mean(nll, None if loss_mask_bt is None else loss_mask_bt[:, 1:])
+
+
+def sequence_log_probs_from_hidden(
+    hidden_btd: jax.Array,
+    head_dv: jax.Array,
+    labels_bt: jax.Array,
+    loss_mask_bt: jax.Array,
+    *,
+    chunk: int | None = None,
+) -> jax.Array:
+    """:func:`sequence_log_probs` of the logits ``hidden @ head``, ``chunk`` tokens at a time.
+
+    Example:
+        >>> s = sequence_log_probs_from_hidden(jnp.ones((1, 4, 3)), jnp.zeros((3, 2)), jnp.zeros((1, 4), jnp.int32),
+        ...                                    jnp.array([[0, 0, 1, 1]]), chunk=2)
+        >>> bool(jnp.isclose(s[0], 2 * jnp.log(0.5)))
+        True
+    """
+    check_head(hidden_btd, head_dv)
+    _check_shapes(hidden_btd, labels_bt, loss_mask_bt)
+    log_probs = next_token_log_probs_from_hidden(hidden_btd, head_dv, labels_bt, chunk=chunk)
+    return jnp.sum(log_probs * loss_mask_bt[:, 1:].astype(log_probs.dtype), axis=-1)
+
+
+def batch_cross_entropy_from_hidden(
+    hidden_btd: jax.Array, head_dv: jax.Array, batch: dict[str, jax.Array], *, chunk: int | None = None
+) -> jax.Array:
+    """:func:`batch_cross_entropy` of the logits ``hidden @ head``, ``chunk`` tokens at a time.
+
+    Example:
+        >>> from jaxtar.models import LlamaConfig, create_model
+        >>> model, params = create_model(LlamaConfig.tiny(num_layers=1))
+        >>> batch = {"input_ids": jnp.ones((2, 6), jnp.int32), "attention_mask": jnp.ones((2, 6), jnp.int32)}
+        >>> out = model.apply(params, batch["input_ids"], batch["attention_mask"])
+        >>> chunked = batch_cross_entropy_from_hidden(out.last_hidden_state, model.lm_head(params), batch, chunk=4)
+        >>> bool(jnp.isclose(chunked, batch_cross_entropy(out.logits, batch), rtol=1e-6))
+        True
+    """
+    return next_token_cross_entropy_from_hidden(
+        hidden_btd, head_dv, batch["input_ids"], batch_loss_mask(batch), chunk=chunk
+    )
