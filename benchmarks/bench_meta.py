@@ -88,7 +88,8 @@ def estimators(k: int, quick: bool) -> dict[str, Estimator]:
         "tar": Estimator("tar"),
         # (remat with "dots_with_no_batch_dims_saveable" is the same program as `exact`, so it has no row of its own)
         "remat_grad": Estimator("remat", remat_policy="attack_grad_saveable"),
-        # FO-MAML's own schedule: one tamper record after the last step ((K + 1) / K FLOPs, REFERENCE §3)
+        # FO-MAML's own schedule: one tamper record after the last step ((K + 1) / K FLOPs,
+        # docs/meta-gradients.md#cost-model)
         FO_FINAL: Estimator("first_order"),
     }
     if quick:

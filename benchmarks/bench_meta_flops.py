@@ -1,8 +1,8 @@
 """FLOP counting for the meta-gradient benchmark: matmul FLOPs read off the jaxpr, loop bodies times trip counts.
 
-XLA's cost analysis counts a `while` body once (REFERENCE §3), and the models scan over their stacked layers, so an
-unrolled copy of *our* scans still undercounts the layer loop. Counting `dot_general` FLOPs in the jaxpr, multiplied
-by every enclosing `scan` length, counts the whole program, rematerialised recomputation included.
+XLA's cost analysis counts a `while` body once (docs/meta-gradients.md#cost-model), and the models scan over their
+stacked layers, so an unrolled copy of *our* scans still undercounts the layer loop. Counting `dot_general` FLOPs in the
+jaxpr, multiplied by every enclosing `scan` length, counts the whole program, rematerialised recomputation included.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   step `autograd.grad` of the tamper loss at the adapted weights accumulated with TAR's weights, restore.
 * `exact`: the exact meta-gradient: our own functional Adam in torch tensors, `autograd.grad(create_graph=True)`
   through every step, eager attention (the CPU SDPA kernel has no double backward); torch.compile cannot do double
-  backward, so eager is the honest comparison (REFERENCE §3).
+  backward, so eager is the honest comparison (docs/meta-gradients.md#numerics).
 """
 
 from __future__ import annotations

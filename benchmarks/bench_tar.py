@@ -1,10 +1,11 @@
 """TAR outer steps/s and tokens/s: jaxtar's jitted step vs a PyTorch implementation of the official loop, same
 config, same device, side by side; with A adversaries per outer step (vmapped in JAX, looped in PyTorch).
 
-The PyTorch side follows REFERENCE §1.2 with transformers' LlamaForCausalLM and torch optimizers: snapshot the
-weights, K inner AdamW steps (fresh state) with the first-order tamper gradient accumulated every s steps, restore,
-retain gradient (CE + hidden-state distance to the frozen base, via ``torch.func.functional_call`` on the snapshot of
-the starting weights), schedule-free AdamW outer step (the ``schedulefree`` package the official code uses).
+The PyTorch side follows the TAR outer step of docs/methods.md#tar-outer-loop with transformers' LlamaForCausalLM and
+torch optimizers: snapshot the weights, K inner AdamW steps (fresh state) with the first-order tamper gradient
+accumulated every s steps, restore, retain gradient (CE + hidden-state distance to the frozen base, via
+``torch.func.functional_call`` on the snapshot of the starting weights), schedule-free AdamW outer step (the
+``schedulefree`` package the official code uses).
 
 Achieved GFLOP/s use the same analytic FLOP count for both (6 N per token for forward+backward, 2 N for forward,
 attention scores included) and are set against the machine's fp32 matmul rate measured in the same run. Timings are

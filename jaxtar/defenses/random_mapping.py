@@ -1,4 +1,4 @@
-"""Random mapping: TAR's initial safeguard for knowledge restriction (REFERENCE §1.1).
+"""Random mapping: TAR's initial safeguard for knowledge restriction (docs/methods.md#random-mapping).
 
 A seeded random matrix ``R [vocab, hidden]`` (never materialised: `jaxtar.objectives.random_mapping_vectors`)
 assigns each token a random direction; on forget text every hidden state (embeddings + each layer) is pushed to

@@ -1,4 +1,4 @@
-"""TAR: tamper-resistance training by adversarial meta-learning (Tamirisa et al. 2024; REFERENCE §1.2-1.3).
+"""TAR: tamper-resistance training by adversarial meta-learning (Tamirisa et al. 2024; docs/methods.md#tar-outer-loop).
 
 One outer step (`make_tar_step`), a pure jitted function of ``(params, opt_state, batches, key, frozen)``:
 

@@ -3,7 +3,7 @@
 Prompts follow the lm-evaluation-harness convention the TAR paper uses: k solved examples of the same subject, then
 the question and its choices, ending in ``Answer:`` (`jaxtar.data.sources.build_mcq_prompt`). They are tokenised
 once and left-padded into an `MCQBatch` (``Answer:`` always the last token) that `jaxtar.eval.mcq.score_mcq`
-scores. Retain sets drop the forget domain's subjects (REFERENCE §1.5).
+scores. Retain sets drop the forget domain's subjects (docs/datasets.md#mmlu-subjects).
 
 Example:
     >>> from jaxtar.toy import toy_world
@@ -28,7 +28,7 @@ DOMAIN_SUBJECTS = {"bio": MMLU_BIO_SUBJECTS, "cyber": MMLU_CYBER_SUBJECTS}
 
 
 def excluded_subjects(domain: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Subjects left out of the retain score: ``"bio"`` / ``"cyber"`` (REFERENCE §1.5), a list, or None.
+    """Subjects left out of the retain score: ``"bio"`` / ``"cyber"`` (docs/datasets.md#mmlu-subjects), a list, or None.
 
     Example:
         >>> excluded_subjects("cyber")
