@@ -1,5 +1,17 @@
 """Simulated fine-tuning attacks: adversary specs, optax builders, the differentiable unroll, named suites.
 
+An `Adversary` is data: `Adversary(optimizer, lr=, steps=, schedule=, clip_norm=, lora=, ...)`, with `optimizer`
+one of `OPTIMIZERS`:
+
+- "sgd", "sgd_momentum" (heavy ball, `momentum`), "sgd_nesterov" (`momentum`);
+- "adam", "adamw", "schedule_free_adamw" (`b1`, `b2`, `eps`, `eps_root`; `eps_root` > 0 when differentiated);
+- "adadelta" (`rho`, `eps`) and "lion" (`b1`, `b2`);
+
+every kind also reads `lr` (scaled by a `Schedule`: "constant", "linear_warmup", "warmup_cosine", "sgdr") and
+`weight_decay`. `model_attack_problem(adversary, attack_loss, tamper_loss, model=)` turns losses of
+`(params, batch)` or `(params, batch, lora)` into an `AttackProblem` that remembers its adversary; `unroll` runs it
+on batches with a leading axis of at most `adversary.steps` (the meta-gradient calls: exactly `adversary.steps`).
+
 Example:
     >>> from jaxtar.attacks import Adversary, full_parameter_problem, unroll
     >>> import jax, jax.numpy as jnp
@@ -16,6 +28,7 @@ from jaxtar.attacks.adversary import (
     Adversary,
     LoraSpec,
     Schedule,
+    check_steps,
     sample_switch_step,
     with_seeds,
 )
@@ -36,6 +49,7 @@ from jaxtar.attacks.unroll import (
     full_parameter_problem,
     lora_problem,
     model_attack_problem,
+    resolve_adversary,
     unroll,
 )
 
@@ -50,6 +64,7 @@ __all__ = [
     "LoraSpec",
     "Schedule",
     "UnrollResult",
+    "check_steps",
     "full_parameter_problem",
     "get_suite",
     "lora_problem",
@@ -60,6 +75,7 @@ __all__ = [
     "qi_2024_attacks",
     "red_team_suite",
     "refusal_red_team",
+    "resolve_adversary",
     "sample_adversary",
     "sample_switch_step",
     "tar_train_adversaries",

@@ -140,7 +140,18 @@ class Adversary:
     """One simulated fine-tuning attack.
 
     Args:
-        optimizer: one of `OPTIMIZERS`.
+        optimizer: one of `OPTIMIZERS`, each built from optax's own transforms (`jaxtar.attacks.optimizers`);
+            beside `lr` and `weight_decay` each kind reads:
+
+            - "sgd": nothing more (``optax.sgd``);
+            - "sgd_momentum": `momentum` (``optax.sgd(momentum=)``, heavy ball);
+            - "sgd_nesterov": `momentum` (``optax.sgd(momentum=, nesterov=True)``);
+            - "adam": `b1`, `b2`, `eps`, `eps_root` (``optax.adam``);
+            - "adamw": `b1`, `b2`, `eps`, `eps_root` (``optax.adamw``);
+            - "adadelta": `rho`, `eps` (``optax.adadelta``);
+            - "schedule_free_adamw": `b1`, `b2`, `eps`, `eps_root` (``optax.contrib.schedule_free`` around a
+              momentum-free Adam; the attacked weights are its averaged iterate);
+            - "lion": `b1`, `b2` (``optax.lion``).
         lr: peak learning rate.
         weight_decay: decoupled for adamw / schedule_free_adamw / lion, L2 (added to the gradient) otherwise.
         b1, b2, eps: Adam-family / Lion moments and epsilon (Adadelta uses `eps` too).
@@ -151,7 +162,9 @@ class Adversary:
         rho: Adadelta decay.
         schedule: learning-rate schedule.
         clip_norm: global-norm gradient clipping, None for none.
-        steps: number of optimiser steps.
+        steps: number of optimiser steps (the schedule's length); the attack batches given to
+            `meta_value_and_grad` must have exactly this many entries along their leading axis, those given to
+            `unroll` at most this many (a prefix of the attack); anything else is refused (`check_steps`).
         batch_size: sequences per step (used by the data pipeline, not by the unroll).
         lora: a LoRA spec, or None for a full-parameter attack.
         data: data source name ("forget", "retain", "ood", ...); "<a>_to_<b>" switches from a to b.
@@ -272,6 +285,27 @@ class Adversary:
             raise ValueError(f"{self.data!r} needs a switch step: set switch_step or pass one")
         m = self.steps if m is None else m
         return tuple(before if k < m else after for k in range(self.steps))
+
+
+def check_steps(
+    adversary: Adversary, num_steps: int, *, prefix: bool = False, what: str = "the attack batches"
+) -> None:
+    """Refuse running ``adversary`` for a number of steps other than its own ``steps``.
+
+    The step count is read from the batches' leading axis; a silent mismatch would run a different attack than the
+    adversary describes (its schedule length is ``steps``). With ``prefix`` fewer steps are allowed: the first
+    ``num_steps`` steps of the adversary's attack, its schedule unchanged (`unroll` runs prefixes).
+
+    Example:
+        >>> check_steps(Adversary(steps=4), 8)
+        Traceback (most recent call last):
+        ValueError: the attack batches have 8 steps (their leading axis) but the adversary runs steps=4: ...
+    """
+    if int(num_steps) > adversary.steps or (not prefix and int(num_steps) != adversary.steps):
+        raise ValueError(
+            f"{what} have {num_steps} steps (their leading axis) but the adversary runs steps={adversary.steps}: "
+            f"make them agree (batches[:{adversary.steps}], or dataclasses.replace(adversary, steps={num_steps}))"
+        )
 
 
 def sample_switch_step(rng: np.random.Generator, steps: int, a: float = 6.0, b: float = 3.0) -> int:

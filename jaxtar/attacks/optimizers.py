@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtar.attacks.adversary import Adversary, Schedule
+from jaxtar.attacks.adversary import Adversary, Schedule, check_steps
 
 PyTree = Any
 
@@ -139,9 +139,11 @@ class AttackOptimizer:
     """
 
     def __init__(self, adversary: Adversary, steps: int | None = None) -> None:
+        if steps is not None:
+            check_steps(adversary, steps)
         self.adversary = adversary
         self.kind = adversary.optimizer
-        self.steps = adversary.steps if steps is None else steps
+        self.steps = adversary.steps
         self.multiplier = lr_multiplier(adversary.schedule, self.steps)
         self._names = tuple(adversary.hyperparams())
         self._inject = optax.inject_hyperparams(_FACTORIES[self.kind])
@@ -195,7 +197,10 @@ def make_optimizer(adversary: Adversary, steps: int | None = None) -> AttackOpti
     """The optimiser of `adversary` (its static structure; pass hyper-parameter values to init/step).
 
     Args:
-        adversary: the adversary spec.
-        steps: schedule length if different from `adversary.steps` (a vmapped group uses its longest attack).
+        adversary: the adversary spec (its `steps` is the schedule length; a vmapped group passes its reference,
+            stretched to the group's longest attack).
+        steps: the number of steps the caller will run (its batches' leading axis), checked against
+            `adversary.steps`: a mismatch raises ValueError (`jaxtar.attacks.check_steps`) instead of silently
+            running a schedule of another length.
     """
     return AttackOptimizer(adversary, steps)

@@ -36,11 +36,19 @@ from jaxtar.attacks.unroll import (
     count_records,
     make_step,
     plan_runs,
+    resolve_adversary,
     run_plan,
     tree_select,
     two_level_group,
 )
-from jaxtar.meta.spec import EXACT_POLICY, Estimator, TamperSchedule, checkpoint_policy
+from jaxtar.meta.spec import (
+    EXACT_POLICY,
+    ON_NONFINITE,
+    Estimator,
+    TamperSchedule,
+    checkpoint_policy,
+    warn_if_zeroed,
+)
 
 PyTree = Any
 
@@ -274,8 +282,8 @@ def meta_value_and_grad(
     batches: PyTree,
     tamper_batch: PyTree,
     *,
-    adversary: Adversary,
     key: jax.Array,
+    adversary: Adversary | None = None,
     schedule: TamperSchedule | None = None,
     estimator: Estimator | None = None,
     hyperparams: dict[str, jax.Array] | None = None,
@@ -287,14 +295,15 @@ def meta_value_and_grad(
     Args:
         problem: the attack (with `tamper_loss`).
         defended: the defended params (the meta-gradient's variables).
-        batches: per-step attack batches, leading axis K (the number of steps; `adversary.steps` is not used).
+        batches: per-step attack batches, leading axis K = `adversary.steps` (another K is refused).
         tamper_batch: the fixed batch of the tamper loss.
-        adversary: optimiser kind, hyper-parameters and schedule.
+        adversary: optimiser kind, hyper-parameters and schedule (default: the one the problem was built with).
         key: the attacker's randomness (passed to `attack_init`).
         schedule: tamper records and weights (default: the final step only).
         estimator: default `Estimator("exact")`.
         hyperparams: differentiable hyper-parameter values; when given, `hyper_grads` holds their gradient.
-        on_nonfinite: "zero" replaces non-finite gradients by zeros (`aux.is_finite` is False), "keep" does not.
+        on_nonfinite: "zero" replaces non-finite gradients by zeros (`aux.is_finite` is False; an eager call warns),
+            "keep" does not.
         unroll: fully unroll the scans (only for XLA cost analysis).
 
     Returns:
@@ -308,8 +317,9 @@ def meta_value_and_grad(
         >>> res.grads.tolist()  # w1 = w0 - 0.5 (w0 - 1): d sum(w1) / d w0 = 0.5
         [0.5, 0.5]
     """
-    if on_nonfinite not in ("zero", "keep"):
+    if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be 'zero' or 'keep', got {on_nonfinite!r}")
+    adversary = resolve_adversary(problem, adversary)
     num_steps = jax.tree.leaves(batches)[0].shape[0]
     schedule = TamperSchedule(every=num_steps, weighting="final") if schedule is None else schedule
     cfg = make_setup(
@@ -318,4 +328,5 @@ def meta_value_and_grad(
     hp = cfg.opt.default_hyperparams() if hyperparams is None else dict(hyperparams)
     weights = jnp.asarray(schedule.weights(num_steps))
     res = meta_core(cfg, defended, hp, None, weights, batches, tamper_batch, key, on_nonfinite)
+    warn_if_zeroed(res.aux.is_finite, on_nonfinite, "meta_value_and_grad")
     return res if hyperparams is not None else res._replace(hyper_grads=None)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import jax
@@ -23,6 +24,9 @@ from jaxtar.config.choices import ESTIMATOR_KINDS
 
 ESTIMATORS = ESTIMATOR_KINDS  # one list, kept where the config (which must not import jax) reads it
 WEIGHTINGS = ("exponential", "uniform", "final")
+# What to do with an adversary whose meta-gradient is not finite: "zero" replaces it by zeros (a diverged attack
+# contributes nothing; `aux.is_finite` is False for it), "keep" returns it as computed.
+ON_NONFINITE = ("zero", "keep")
 # What `exact` (and `truncated`'s differentiated steps) keep per step: every matmul output without batch dimensions
 # (projections, LM head, forward and backward) and the step's inputs; the elementwise intermediates (norms,
 # activations, softmax, the optimiser update) are recomputed in the backward pass. Same gradient as storing
@@ -139,3 +143,37 @@ class TamperSchedule:
         else:
             w = (j == j[live].max()).astype(np.float64)
         return np.where(live, w, 0.0)
+
+
+def warn_if_zeroed(is_finite: jax.Array, on_nonfinite: str, where: str) -> int:
+    """Warn when eager (non-traced) results had non-finite meta-gradients that ``on_nonfinite="zero"`` zeroed.
+
+    Args:
+        is_finite: `MetaAux.is_finite` (a scalar, or one flag per adversary).
+        on_nonfinite: the policy the result was computed under; only "zero" hides anything.
+        where: the function to name in the message.
+
+    Returns:
+        How many meta-gradients were zeroed (0 under a trace, where nothing can be inspected or said).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_if_zeroed(jnp.array([True, False, False]), "zero", "f")
+        2
+        >>> str(caught[0].message)
+        "f: 2 of 3 meta-gradients were non-finite (NaN / inf) and were replaced by zeros (on_nonfinite='zero'); ..."
+    """
+    if on_nonfinite != "zero" or isinstance(is_finite, jax.core.Tracer):
+        return 0
+    flags = np.asarray(is_finite)
+    zeroed = int(flags.size - np.count_nonzero(flags))
+    if zeroed:
+        warnings.warn(
+            f"{where}: {zeroed} of {flags.size} meta-gradients were non-finite (NaN / inf) and were replaced by zeros "
+            "(on_nonfinite='zero'); aux.is_finite marks them. Pass on_nonfinite='keep' to see the raw values.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return zeroed

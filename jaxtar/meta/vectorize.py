@@ -5,13 +5,17 @@ Adversaries whose `static_key()` agree (optimiser kind, schedule shape, clipping
 are handled by masking the steps past each adversary's own count, and the whole group is one vmapped computation.
 `chunk_size` bounds memory: chunks of adversaries run one after another (a `lax.scan` that sums gradients, or
 `lax.map(..., batch_size=)` when per-adversary gradients are requested). Groups of different kinds combine into one
-mean gradient with `grouped_meta_value_and_grad`.
+mean gradient with `grouped_meta_value_and_grad`. `jit_meta_value_and_grad` is the one-adversary call compiled once,
+its adversary read from the problem.
+
+Under the default `on_nonfinite="zero"` a diverged adversary's meta-gradient is replaced by zeros; `aux.is_finite`
+marks which (`GroupsResult.nonfinite_count` counts them), and a call made eagerly (not inside `jax.jit`) warns.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,10 +25,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtar.attacks.adversary import Adversary
-from jaxtar.attacks.unroll import AttackProblem
-from jaxtar.meta.estimators import MetaResult, make_setup, meta_core
-from jaxtar.meta.spec import Estimator, TamperSchedule
+from jaxtar.attacks.adversary import Adversary, check_steps
+from jaxtar.attacks.unroll import AttackProblem, resolve_adversary
+from jaxtar.meta.estimators import MetaResult, make_setup, meta_core, meta_value_and_grad
+from jaxtar.meta.spec import ON_NONFINITE, Estimator, TamperSchedule, warn_if_zeroed
 
 PyTree = Any
 REDUCTIONS = ("mean", "sum", "none")
@@ -148,11 +152,41 @@ def vmap_meta_value_and_grad(
         chunk_size: adversaries per chunk (None: all at once).
         reduce: "mean" (over adversaries with finite gradients), "sum", or "none" (grads stacked [A, ...]).
         mesh: shard the adversary axis along its "adversary" axis.
-        on_nonfinite: see `meta_value_and_grad`; with "zero" a diverged adversary contributes nothing.
+        on_nonfinite: see `meta_value_and_grad`; with "zero" a diverged adversary contributes nothing, its
+            `aux.is_finite` entry is False (``jnp.sum(~res.aux.is_finite)`` adversaries were zeroed) and an eager
+            call warns.
 
     Returns:
         MetaResult with value [A], reduced grads (or [A, ...]), hyper_grads [A], aux with a leading A axis.
     """
+    res = _vmap_meta(
+        problem, defended, group, batches, tamper_batch, key=key, schedule=schedule, estimator=estimator,
+        hyperparams=hyperparams, tamper_batch_per_adversary=tamper_batch_per_adversary, chunk_size=chunk_size,
+        reduce=reduce, mesh=mesh, on_nonfinite=on_nonfinite,
+    )  # fmt: skip
+    warn_if_zeroed(res.aux.is_finite, on_nonfinite, "vmap_meta_value_and_grad")
+    return res
+
+
+def _vmap_meta(
+    problem: AttackProblem,
+    defended: PyTree,
+    group: AdversaryGroup,
+    batches: PyTree,
+    tamper_batch: PyTree,
+    *,
+    key: jax.Array,
+    schedule: TamperSchedule,
+    estimator: Estimator | None,
+    hyperparams: dict[str, jax.Array] | None,
+    tamper_batch_per_adversary: bool,
+    chunk_size: int | None,
+    reduce: str,
+    mesh: Mesh | None,
+    on_nonfinite: str,
+) -> MetaResult:
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     num_steps = jax.tree.leaves(batches)[0].shape[1]
@@ -220,11 +254,13 @@ def vmap_meta_value_and_grad(
 
 class GroupsResult(NamedTuple):
     """`grouped_meta_value_and_grad`'s output: the mean gradient over every adversary with finite gradients, how many
-    that were, and each group's own `MetaResult` (its grads summed over its finite adversaries)."""
+    that were, each group's own `MetaResult` (its grads summed over its finite adversaries), and how many
+    adversaries' meta-gradients were non-finite (zeroed under ``on_nonfinite="zero"``, int32)."""
 
     grads: PyTree
     finite_count: jax.Array
     groups: tuple[MetaResult, ...]
+    nonfinite_count: jax.Array
 
 
 def grouped_meta_value_and_grad(
@@ -267,7 +303,7 @@ def grouped_meta_value_and_grad(
     if not groups:
         raise ValueError("grouped_meta_value_and_grad needs at least one group")
     results = tuple(
-        vmap_meta_value_and_grad(
+        _vmap_meta(
             problem,
             defended,
             group,
@@ -277,6 +313,7 @@ def grouped_meta_value_and_grad(
             schedule=schedule,
             estimator=estimator,
             hyperparams=hp,
+            tamper_batch_per_adversary=False,
             chunk_size=chunk_size,
             reduce="sum",
             mesh=mesh,
@@ -285,9 +322,64 @@ def grouped_meta_value_and_grad(
         for group, b, hp in zip(groups, batches, hyperparams)
     )
     count = sum(r.aux.is_finite.sum() for r in results).astype(jnp.result_type(float))
+    nonfinite = sum(jnp.sum(~r.aux.is_finite) for r in results).astype(jnp.int32)
     total = jax.tree.map(lambda *g: sum(g), *(r.grads for r in results))
     grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0).astype(g.dtype), total)
-    return GroupsResult(grads, count, results)
+    warn_if_zeroed(jnp.concatenate([r.aux.is_finite for r in results]), on_nonfinite, "grouped_meta_value_and_grad")
+    return GroupsResult(grads, count, results, nonfinite)
+
+
+def jit_meta_value_and_grad(
+    problem: AttackProblem,
+    *,
+    adversary: Adversary | None = None,
+    schedule: TamperSchedule | None = None,
+    estimator: Estimator | None = None,
+    on_nonfinite: str = "zero",
+) -> Callable[..., MetaResult]:
+    """`meta_value_and_grad` under `jax.jit`, the adversary passed once (with the problem).
+
+    Args:
+        problem: the attack, with `tamper_loss`; built by `model_attack_problem(adversary, ...)` it carries its
+            adversary.
+        adversary: only needed when the problem has none (or to run other numbers on the same structure).
+        schedule, estimator, on_nonfinite: as `meta_value_and_grad` (defaults: the final step only, "exact",
+            "zero").
+
+    Returns:
+        ``step(defended, batches, tamper_batch, key, hyperparams=None) -> MetaResult``: compiled on its first call
+        for each shape; `batches` must have `adversary.steps` entries along their leading axis. Called from Python
+        it warns when a non-finite meta-gradient was zeroed; called inside another `jax.jit` it stays silent (use
+        `aux.is_finite`).
+
+    Example:
+        >>> from jaxtar.attacks import full_parameter_problem
+        >>> adv = Adversary("sgd", lr=0.25, steps=1)
+        >>> prob = full_parameter_problem(lambda w, b: jnp.sum((w - b) ** 2), lambda w, b: jnp.sum(w * b),
+        ...                               adversary=adv)
+        >>> step = jit_meta_value_and_grad(prob, estimator=Estimator("remat"))
+        >>> step(jnp.zeros(2), jnp.ones((1, 2)), jnp.ones(2), jax.random.key(0)).grads.tolist()
+        [0.5, 0.5]
+    """
+    adversary = resolve_adversary(problem, adversary)
+    estimator = Estimator() if estimator is None else estimator
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+
+    @jax.jit
+    def compiled(defended, batches, tamper_batch, key, hyperparams):
+        return meta_value_and_grad(
+            problem, defended, batches, tamper_batch, adversary=adversary, key=key, schedule=schedule,
+            estimator=estimator, hyperparams=hyperparams, on_nonfinite=on_nonfinite,
+        )  # fmt: skip
+
+    def step(defended: PyTree, batches: PyTree, tamper_batch: PyTree, key: jax.Array, hyperparams=None) -> MetaResult:
+        check_steps(adversary, jax.tree.leaves(batches)[0].shape[0])
+        res = compiled(defended, batches, tamper_batch, key, hyperparams)
+        warn_if_zeroed(res.aux.is_finite, on_nonfinite, "jit_meta_value_and_grad")
+        return res
+
+    return step
 
 
 def _reduce(grads: PyTree, finite: jax.Array, reduce: str) -> PyTree:

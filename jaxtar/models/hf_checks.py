@@ -94,8 +94,19 @@ def validate_config(config: Any, path: Path) -> dict[str, Any]:
 def read_index(index: Path) -> dict[str, str]:
     """The ``weight_map`` of a shard index, each shard a relative path inside the model folder.
 
+    Each shard NAME is checked lexically, as written: relative, no ``..`` component, no drive or backslash. The
+    files themselves may be symlinks to anywhere (the Hugging Face cache links ``snapshots/<rev>/*.safetensors`` to
+    ``../../blobs/<hash>``): a name inside the folder is followed wherever it links.
+
     Raises:
         CheckpointError: malformed JSON, no ``weight_map`` object, or a shard named outside the folder.
+
+    Example:
+        >>> _ = Path("m").mkdir(), Path("m/model.safetensors.index.json").write_text(
+        ...     '{"weight_map": {"lm_head.weight": "../other/model.safetensors"}}')
+        >>> read_index(Path("m/model.safetensors.index.json"))
+        Traceback (most recent call last):
+        jaxtar.errors.CheckpointError: m/model.safetensors.index.json: lm_head.weight names shard '../other/...
     """
     try:
         data = json.loads(index.read_text())
@@ -106,8 +117,11 @@ def read_index(index: Path) -> dict[str, str]:
         raise CheckpointError(f"{index} has no weight_map object of tensor name -> shard file")
     for key, shard in weight_map.items():
         parts = PurePosixPath(shard).parts
-        if not parts or shard.startswith(("/", "\\")) or ".." in parts or "\\" in shard or ":" in shard:
-            raise CheckpointError(f"{index}: {key} names shard {shard!r}, outside the model folder; refusing it")
+        if not parts or shard.startswith(("/", "\\")) or ".." in parts or any(c in shard for c in "\\:\0"):
+            raise CheckpointError(
+                f"{index}: {key} names shard {shard!r}, outside the model folder; refusing it (shard names must be "
+                "paths relative to the folder, without '..'; the files they name may be symlinks)"
+            )
     return weight_map
 
 
