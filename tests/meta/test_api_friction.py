@@ -15,7 +15,6 @@ import pytest
 from jaxtar.attacks import Adversary, LoraSpec, Schedule, full_parameter_problem, model_attack_problem, unroll
 from jaxtar.meta import (
     AdversaryGroup,
-    Estimator,
     TamperSchedule,
     group_adversaries,
     grouped_meta_value_and_grad,
@@ -182,25 +181,20 @@ def test_the_jitted_front_door_warns_when_it_zeroes():
     assert bool(ok.aux.is_finite) and float(jnp.linalg.norm(ok.grads)) > 0.1
 
 
+def _readme_tour() -> str:
+    """The README's "The primitive in Python" code block, verbatim."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## The primitive in Python", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def test_python_tour_of_the_primitive():
-    """The README snippet, verbatim between the markers, then checked against plain `jax.grad` through `unroll`."""
-    # --- tour: start ---
-    import jax
-
-    from jaxtar.attacks import Adversary, model_attack_problem
-    from jaxtar.meta import TamperSchedule, jit_meta_value_and_grad
-    from jaxtar.models import LlamaConfig, create_model
-    from jaxtar.objectives import negative_entropy_loss, next_token_cross_entropy
-
-    model, params = create_model(LlamaConfig.tiny(), seed=0)  # 2 layers, d=64, vocab 256
-    attack = lambda p, ids: next_token_cross_entropy(model.apply(p, ids).logits, ids)  # the attacker learns the text
-    tamper = lambda p, ids: negative_entropy_loss(model.apply(p, ids).logits)  # TAR: keep the attacked model unsure
-    problem = model_attack_problem(Adversary("adamw", lr=1e-3, steps=4), attack, tamper)  # adversary given once
-    ids = jax.random.randint(jax.random.key(1), (4, 2, 16), 0, 256)  # attack batches [steps, batch, seq]
-    step = jit_meta_value_and_grad(problem, schedule=TamperSchedule(every=2), estimator=Estimator("remat"))
-    out = step(params, ids, ids[-1], jax.random.key(0))  # tamper loss after steps 2 and 4, weighted
-    out.value, out.grads["layers"]["q_proj"]["kernel"].shape  # the defence gradient, shaped like the params
-    # --- tour: end ---
+    """The README snippet, executed verbatim, then checked against plain `jax.grad` through `unroll`."""
+    tour: dict = {}
+    exec(_readme_tour(), tour)  # noqa: S102 - our own README's example
+    out, problem, tamper, ids, params = (tour[k] for k in ("out", "problem", "tamper", "ids", "params"))
 
     weights = TamperSchedule(every=2).weights(4)  # exp(0.0625 (j - 4)) at j = 2, 4
     assert weights.round(4).tolist() == [0.8825, 1.0]
