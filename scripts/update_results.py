@@ -9,7 +9,7 @@ Usage:
     python scripts/update_results.py --check         # exit 1 if the README's demo block is not up to date
 
 ``make results [RUN=runs/demo-X]`` runs it. The block is the text between ``<!-- demo-table:start -->`` and
-``<!-- demo-table:end -->`` in README.md, rendered by `jaxtar.demo.readme_results` (its table is `demo_table`, the
+``<!-- demo-table:end -->`` in README.md, rendered by `jaxtar.demo_report.readme_results` (its table is `demo_table`, the
 one the demo prints).
 """
 
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxtar.demo import demo_numbers, with_readme_results
+from jaxtar.demo_report import demo_numbers, with_readme_results
 from jaxtar.eval import RedTeamResults
 
 ROOT = Path(__file__).resolve().parent.parent
