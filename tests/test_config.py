@@ -24,7 +24,7 @@ def test_presets_load_and_the_paper_settings_are_the_shipped_hyperparameters():
     assert {"toy", "smollm2", "llama3-8b-bio", "llama3-8b-cyber", "llama3-8b-refusal"} <= set(list_presets())
     for name in list_presets():
         assert load_config(name).preset == name
-    bio = load_config("llama3-8b-bio").tar  # REFERENCE §1.3
+    bio = load_config("llama3-8b-bio").tar  # docs/methods.md#tar-hyper-parameters
     assert (bio.outer_steps, bio.lr, bio.warmup_steps, bio.inner_steps, bio.tamper_every) == (750, 2e-5, 32, 64, 4)
     assert (bio.lambda_tr, bio.lambda_retain, bio.tamper_rate, bio.setting, bio.estimator) == (
         4.0, 1.0, 0.0625, "bio", "tar")  # fmt: skip

@@ -7,9 +7,9 @@ magpie-bio-filtered, benign instruction data that the official code mixes into i
 of the paper's set is known, so it must be given as a local file), ``harmful`` (refusal: harmful completions such as
 Toxic-DPO), ``attacker`` (MLAC: the attacker's labelled split val1). ``retain_to_forget`` switches mid-attack.
 
-Facts are from REFERENCE §1.3, §1.5, §1.7 and §2 and the official code (rishub-tamirisa/tamper-resistance: tar.py,
+Facts are from the papers (docs/methods.md) and the official code (rishub-tamirisa/tamper-resistance: tar.py,
 run_tar_*.sh, red_teaming/); every remaining difference is listed in docs/faithfulness.md. The exact 28-adversary
-list of TAR's red team is not in the reference; `red_team_suite` reconstructs it from the stated axes (optimisers
+list of TAR's red team is not published; `red_team_suite` reconstructs it from the stated axes (optimisers
 AdamW / Adadelta / SGD-Nesterov / schedule-free AdamW, lr 2e-6..4e-5, batch 32/64, constant / linear-warmup /
 warmup-cosine / SGDR schedules, 500, 1000 and 5000 steps, LoRA r16/a32/d0.05 on all projections, forget /
 retain->forget / OOD data) plus the attacks of Qi et al. 2024 (100 warmup + cosine, lr 2e-5, 1000 steps, batch 64)

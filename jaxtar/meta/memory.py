@@ -1,8 +1,8 @@
 """Memory planner: predicted peak memory of a meta-gradient per estimator, and which estimator / chunking fits.
 
-The model follows REFERENCE §3. Per adversary, with P trainable parameters, f optimiser-state arrays per parameter,
-one attack step's forward activations A (estimated from the config), a tamper evaluation's activations A_t, K steps,
-m tamper records and D defended parameters (4-byte floats):
+The model follows docs/meta-gradients.md#cost-model. Per adversary, with P trainable parameters, f optimiser-state
+arrays per parameter, one attack step's forward activations A (estimated from the config), a tamper evaluation's
+activations A_t, K steps, m tamper records and D defended parameters (4-byte floats):
 
     weights W = 2 D (defended params in, meta-gradient out)     carry S = (1 + f) P     gradient G = P
     exact        W + K (S + X) + m X_t + S + G + 8 A + 2 A_t     (X, X_t: the dots policy `EXACT_POLICY` keeps)
@@ -59,7 +59,8 @@ STATE_FACTOR = {
 _RR, _ONE_STEP, _FWD_OVER_REV = 7.5, 8.0, 12.0
 # Dot outputs as fractions of A (step: without / with batch dims) and A_t (record: the same), when not given.
 _DOT_FRACTIONS = (0.65, 0.25, 0.4, 0.1)
-# Candidate plans, cheapest first in FLOPs (REFERENCE §3): exact ≈3, mixed ≈3.3, remat ≈4, √K remat ≈5.
+# Candidate plans, cheapest first in FLOPs (docs/meta-gradients.md#cost-model):
+# exact ≈3, mixed ≈3.3, remat ≈4, √K remat ≈5.
 EXACT_CANDIDATES = (
     Estimator("exact"),
     Estimator("mixed"),

@@ -1,4 +1,4 @@
-"""Random-mapping cosine loss: TAR's initial safeguard (REFERENCE §1.1).
+"""Random-mapping cosine loss: TAR's initial safeguard (docs/methods.md#random-mapping).
 
 A fixed random matrix ``R [vocab, hidden]`` assigns each token id a random direction. On forget text every hidden
 state ``h_l[b, t]`` (embeddings and each layer, HF convention) is pushed to align with ``R[token[b, t]]``:

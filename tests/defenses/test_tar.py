@@ -1,5 +1,5 @@
-"""TAR: one outer step against a plain Python-loop reference of REFERENCE §1.2, the per-step data, the DPO
-wiring (on a small, briefly trained base model), and a learning signal on the toy world: post-attack forget MCQ
+"""TAR: one outer step against a plain Python-loop reference (docs/methods.md#tar-outer-loop), the per-step data, the
+DPO wiring (on a small, briefly trained base model), and a learning signal on the toy world: post-attack forget MCQ
 accuracy (on the shipped toy base model, which knows the MCQ probes).
 """
 
@@ -32,8 +32,8 @@ def env(tar_overrides):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# A plain reference of one TAR outer step (REFERENCE §1.2), written from the facts, independent of jaxtar.meta,
-# jaxtar.attacks and jaxtar.objectives: Python loops, jax.grad, optax.adamw, optax's schedule-free AdamW.
+# A plain reference of one TAR outer step (docs/methods.md#tar-outer-loop), written from the facts, independent of
+# jaxtar.meta, jaxtar.attacks and jaxtar.objectives: Python loops, jax.grad, optax.adamw, optax's schedule-free AdamW.
 
 
 def _ce(logits, ids, mask):
@@ -254,7 +254,7 @@ def test_tar_lowers_post_attack_forget_mcq_accuracy_on_the_toy_world(tar_overrid
     """Measured: post-attack forget MCQ base 0.96, random mapping alone 0.94, random mapping + TAR 0.57 (per
     adversary 0.50-0.63; with A = 2 adversaries per step 0.49 at 1.5x the TAR cost); retain MCQ 0.975 -> 0.93.
     Without the random-mapping warm start, 24 TAR steps (lr 1e-3) left the post-attack accuracy at 0.96 (the warm
-    start is part of the method, REFERENCE §1.1)."""
+    start is part of the method, docs/methods.md#random-mapping)."""
     from jaxtar.defenses import run_random_mapping
     from jaxtar.toy import mcq_letter_accuracy, toy_world
 

@@ -197,7 +197,7 @@ def test_suites_adapt_load_and_name(tmp_path):
 
 
 def test_named_sources_from_local_files(tmp_path, world):
-    """The REFERENCE §1.5 data path offline: local copies with the Hub datasets' fields, cyber subjects excluded."""
+    """The docs/datasets.md data path offline: local copies with the Hub datasets' fields, cyber subjects excluded."""
 
     def write(name, rows):
         path = tmp_path / f"{name}.jsonl"

@@ -244,7 +244,7 @@ def test_tamper_schedule_weights():
     w = tar.weights(64)
     k = np.arange(3, 64, 4)  # 0-based step index after which TAR records
     np.testing.assert_allclose(w, np.exp(0.0625 * (k - 63)), rtol=1e-6)
-    np.testing.assert_allclose(4.0 * w.sum(), 17.75, atol=0.01)  # REFERENCE §1.2 with lambda_TR = 4
+    np.testing.assert_allclose(4.0 * w.sum(), 17.75, atol=0.01)  # docs/methods.md#tar-hyper-parameters, lambda_TR = 4
     np.testing.assert_allclose(TamperSchedule.mlac().weights(16), np.full(17, 1 / 17), rtol=1e-6)
     # an 8-step adversary inside a 12-step vmapped loop: weights relative to its own length, zero afterwards
     np.testing.assert_allclose(tar.weights(8, 12), [np.exp(-0.25), 1.0, 0.0], rtol=1e-6)

@@ -71,7 +71,8 @@ def test_exact_equals_pytorch_create_graph(llama, llama_exact, tmp_path):
 
 
 def test_tar_equals_python_loop(llama, llama_tar):
-    """REFERENCE §1.2 written as a plain loop: AdamW by hand, first-order tamper gradients every s-th step."""
+    """TAR's outer step (docs/methods.md#tar-outer-loop) written as a plain loop: AdamW by hand, first-order tamper
+    gradients every s-th step."""
     adv, params, ids = llama_tar["adversary"], llama["params"], llama["ids"]
     grad_attack = jax.jit(jax.grad(lambda p, x: llama["attack_ce"](p, x, None)))
     tamper_vg = jax.jit(jax.value_and_grad(lambda p: llama["neg_entropy"](p, llama["tamper_ids"], None)))

@@ -142,8 +142,9 @@ def test_mixed_recomputes_its_tamper_records():
 
 
 def test_tar_memory_does_not_grow_with_the_attack_length():
-    """TAR's estimator stores nothing per step (REFERENCE §3: the memory of a plain attack); remat stores each step's
-    inputs. K = 4 -> 16 on a tiny Llama: tar grew by 1 param-size array when measured, remat by ~52."""
+    """TAR's estimator stores nothing per step (docs/meta-gradients.md#cost-model: the memory of a plain attack);
+    remat stores each step's inputs. K = 4 -> 16 on a tiny Llama: tar grew by 1 param-size array when measured,
+    remat by ~52."""
     from jaxtar.attacks.adversary import Adversary
     from jaxtar.meta import TamperSchedule
     from jaxtar.models import LlamaConfig
