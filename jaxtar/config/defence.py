@@ -189,6 +189,9 @@ class TarConfig:
         truncation: T for ``estimator: truncated``.
         unmasked_losses: parity with the reference code (entropy and hidden-state losses over padding too).
         max_grad_norm: clip the outer gradient to this global norm; None = no clipping (the paper's choice).
+        loss_chunk_size: compute the LM losses (attack CE, tamper entropy / DPO, retain CE) this many tokens at a
+            time from the final hidden states, so the [batch, seq, vocab] logits never exist at once (same values;
+            for large vocabularies such as Llama-3's 128k: ~1024-4096); None = all at once.
         sft_steps, sft_lr, sft_batch_size: the refusal setting's post-TAR SFT phase (AdamW; 0 steps = none).
     """
 
@@ -218,6 +221,7 @@ class TarConfig:
     truncation: int | None = None
     unmasked_losses: bool = False
     max_grad_norm: float | None = None
+    loss_chunk_size: int | None = None
     sft_steps: int = 0
     sft_lr: float = 2e-5
     sft_batch_size: int = 32
@@ -226,7 +230,7 @@ class TarConfig:
         check_values(self)
         positive(self, "outer_steps", "inner_steps", "tamper_every", "dpo_beta", "adversaries_per_step")
         positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
-        positive(self, "max_grad_norm", "adversary_chunk_size")
+        positive(self, "max_grad_norm", "adversary_chunk_size", "loss_chunk_size")
         non_negative(self, "lambda_tr", "lambda_retain", "lambda_representation", "sft_steps", "tamper_rate")
         _check_schedule_free(self)
         if self.tamper_every > self.inner_steps:

@@ -82,6 +82,7 @@ def tar_bytes(model: Any, tar: Any, seq_len: int, optimizer: str = "adamw") -> i
         optimizer=optimizer if optimizer in STATE_FACTOR else "adamw",
         adversaries=tar.adversaries_per_step,
         tamper_batch_size=tar.tamper_batch_size * (2 if tar.tamper_loss == "dpo" else 1),
+        loss_chunk=tar.loss_chunk_size,
     )
     estimator = Estimator(tar.estimator, truncation=tar.truncation)
     meta = predict_peak_bytes(w, estimator, tar.adversary_chunk_size).total

@@ -53,8 +53,11 @@ from jaxtar.defenses.runner import RunResult, run_defence
 from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
 from jaxtar.objectives import (
     batch_cross_entropy,
+    batch_cross_entropy_from_hidden,
+    dpo_loss_from_hidden,
     dpo_loss_from_logits,
     negative_entropy_loss,
+    negative_entropy_loss_from_hidden,
     reference_log_probs,
     representation_distance_loss,
 )
@@ -90,27 +93,37 @@ def _dtype(name: str | None):
 def tar_losses(model: Any, config: TarConfig, compute_dtype: str | None = None) -> dict[str, Callable]:
     """The three losses of TAR as pure functions (``attack``, ``tamper``: ``(params, batch, lora)``; ``retain``:
     ``(params, frozen, batch) -> (loss, (ce, representation))``)."""
-    dtype = _dtype(compute_dtype)
+    dtype, chunk = _dtype(compute_dtype), config.loss_chunk_size
 
     def apply(params, batch, prefix="", lora=None, hidden=False):
         ids, mask = batch[prefix + "input_ids"], batch[prefix + "attention_mask"]
         return model.apply(params, ids, mask, lora=lora, output_hidden_states=hidden, dtype=dtype)
 
+    def cross_entropy(params, out, batch):  # chunked: from the hidden states (XLA drops the unused full logits)
+        if chunk is None:
+            return batch_cross_entropy(out.logits, batch)
+        return batch_cross_entropy_from_hidden(out.last_hidden_state, model.lm_head(params), batch, chunk=chunk)
+
     def attack(params, batch, lora):
-        return batch_cross_entropy(apply(params, batch, lora=lora).logits, batch)
+        return cross_entropy(params, apply(params, batch, lora=lora), batch)
 
     def entropy(params, batch, lora):
-        logits = apply(params, batch, lora=lora).logits
-        return negative_entropy_loss(logits, batch["attention_mask"], unmasked=config.unmasked_losses)
+        out, mask = apply(params, batch, lora=lora), batch["attention_mask"]
+        if chunk is None:
+            return negative_entropy_loss(out.logits, mask, unmasked=config.unmasked_losses)
+        return negative_entropy_loss_from_hidden(out.last_hidden_state, model.lm_head(params), mask,
+                                                 unmasked=config.unmasked_losses, chunk=chunk)  # fmt: skip
 
     def dpo(params, batch, lora):
-        chosen = apply(params, batch, "chosen_", lora).logits
-        rejected = apply(params, batch, "rejected_", lora).logits
-        return dpo_loss_from_logits(chosen, rejected, batch, config.dpo_beta).loss
+        chosen, rejected = apply(params, batch, "chosen_", lora), apply(params, batch, "rejected_", lora)
+        if chunk is None:
+            return dpo_loss_from_logits(chosen.logits, rejected.logits, batch, config.dpo_beta).loss
+        return dpo_loss_from_hidden(chosen.last_hidden_state, rejected.last_hidden_state, model.lm_head(params), batch,
+                                    config.dpo_beta, chunk=chunk).loss  # fmt: skip
 
     def retain(params, frozen, batch):
         out = apply(params, batch, hidden=True)
-        ce = batch_cross_entropy(out.logits, batch)
+        ce = cross_entropy(params, out, batch)
         if config.lambda_representation == 0:
             return ce, (ce, jnp.zeros(()))
         base = apply(jax.lax.stop_gradient(frozen), batch, hidden=True)
