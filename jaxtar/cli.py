@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     Run from the shell (``argv`` None), it first re-executes itself with glibc's huge-page tunable where that
     helps XLA's CPU buffers (`jaxtar.commands._hugepages`; ``JAXTAR_HUGEPAGES=0`` turns this off).
     """
+    # transformers advises at import that PyTorch is missing; jaxtar runs without it (loading an export *with
+    # transformers* needs it, which the commands that export say), so the advice is noise in the middle of a run
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if argv is None:
         from jaxtar.commands._hugepages import reexec_with_hugepages
 

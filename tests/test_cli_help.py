@@ -134,3 +134,28 @@ def test_eval_accepts_the_named_toy_model(capsys):
     assert main(["eval", "toy", "--mcq-limit", "4"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| toy |")]
     assert len(row) == 1 and float(row[0].split("|")[5]) < 1.0  # its retain loss: the base model knows the world
+
+
+NO_TORCH = """
+import importlib.util, sys
+_find = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a, **k: None if name.split(".")[0] == "torch" else _find(name, *a, **k)
+from jaxtar.cli import main
+sys.exit(main(["eval", "toy", "--mcq-limit", "2"]))
+"""
+
+
+def test_a_run_without_pytorch_is_quiet_and_packaging_raises_no_deprecation():
+    import os
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    env = {**os.environ, "JAXTAR_HUGEPAGES": "0"}
+    env.pop("TRANSFORMERS_NO_ADVISORY_WARNINGS", None)
+    done = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| toy |" in done.stdout and "PyTorch was not found" not in done.stdout + done.stderr
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert isinstance(project["license"], str)  # a table is deprecated (setuptools warns on every install)
