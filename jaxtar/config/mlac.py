@@ -3,9 +3,11 @@
 Kept free of JAX imports so the CLI can build its flags cheaply. Presets are YAML files in ``jaxtar/configs/mlac/``
 (``mlac-offline``: a small BERT with a word tokenizer on the offline synthetic Bias in Bios stand-in; ``mlac-minilm``:
 the offline all-MiniLM-L6-v2 checkpoint on the same data; ``mlac-paper``: BERT-Tiny on ``LabHC/bias_in_bios`` with
-the paper's hyper-parameters, which needs the Hub) or any YAML file with the sections ``mlac_run`` (model, data,
-warm-up), ``mlac`` and ``run`` (the run folder, checkpoints, resume, mesh: the same `RunConfig` as every defence);
-they are read by the same `jaxtar.config.sections.load_preset` as the TAR presets.
+the paper's hyper-parameters, its headline arm (no gradient-norm penalty), which needs the Hub;
+``mlac-paper-gradpenalty``: the same with the penalty ablation's arm; ``mlac-official``: ``mlac-paper`` run the way
+the released code computes it, ``mlac.parity: official``, max length 200) or any YAML file with the sections
+``mlac_run`` (model, data, warm-up), ``mlac`` and ``run`` (the run folder, checkpoints, resume, mesh: the same
+`RunConfig` as every defence); they are read by the same `jaxtar.config.sections.load_preset` as the TAR presets.
 
 Example:
     >>> cfg = load_mlac_config("mlac-offline", {"mlac.outer_steps": 3, "run.checkpoint_every": 10})
@@ -38,6 +40,14 @@ from jaxtar.errors import ConfigError
 MLAC_PRESETS = PresetFolder(Path(__file__).parent.parent / "configs" / "mlac", kind="MLAC preset")
 VARIANTS = ("mlac", "desired", "joint")
 HEADS = ("fresh", "learned")
+PARITIES = ("jaxtar", "official")
+# The per-item switches `MLACConfig.parity` sets (None = follow parity): {field: (jaxtar's value, official value)}.
+PARITY_SWITCHES: dict[str, tuple[str, str]] = {
+    "inner_lr_objective": ("defence", "harmful_ce"),
+    "inner_clip": ("through", "detached"),
+    "grad_norm_batches": ("outer", "inner"),
+    "head_init": ("normal", "torch"),
+}
 MODELS = ("small-bert", "minilm", "bert-tiny")
 DATASETS = ("synthetic", "bias_in_bios")
 
@@ -46,9 +56,67 @@ DATASETS = ("synthetic", "bias_in_bios")
 class MLACConfig:
     """Hyper-parameters of an MLAC / AC / desired-task run (defaults: the paper's bios setting).
 
+    ``parity`` ("jaxtar" or "official", the released code's way) sets four switches at once; each can be set on its
+    own (None = follow ``parity``; `setting` gives the value in force). docs/mlac.md "Differences from the official
+    code" has one line per switch:
+
+    - ``inner_lr_objective``: "defence" (the learned inner lr *ascends* the defence loss: the calibrated harmful CE
+      it lowers, with any gradient-norm penalty) or "harmful_ce" (it *descends* the mean uncalibrated harmful CE of
+      the attacker over k = 0..K on the outer batch, its gradient clipped to norm ``outer_clip_norm``);
+    - ``inner_clip``: "through" (the inner gradient is clipped to ``inner_clip_norm`` with the derivative taken
+      through the norm) or "detached" (scaled by ``inner_clip_norm / norm`` with the norm a constant);
+    - ``grad_norm_batches``: "outer" (the penalty averages the attacker's gradient norm on the outer batch at each
+      k = 0..K) or "inner" (the norms of the K inner steps' gradients on their own batches, plus the outer batch's
+      at k = K);
+    - ``head_init``: "normal" (std ``head_init_std``, default the model's initializer_range, 0.02) or "torch"
+      (torch's ``nn.Linear`` default: U(-1/sqrt(hidden), 1/sqrt(hidden))), for the attacker's fresh head and the
+      released head ``prepare_model`` creates.
+
+    Args:
+        variant: mlac (the defence), desired (only the desired-task CE: the tuned baseline) or joint (trained on
+            both tasks: the leaky baseline).
+        inner_steps: K, the simulated attacker's Adam steps per outer step (0: adversarial censoring, no inner loop).
+        inner_batch_sizes: the attacker's batch size is drawn from these every outer step.
+        inner_lr: the attacker's starting learning rate (learned when learn_inner_lr).
+        learn_inner_lr: learn the attacker's learning rate as the paper does (it is made stronger each step).
+        inner_lr_lr: Adam learning rate of the learned inner learning rate.
+        inner_lr_bounds: the learned inner learning rate is clamped to [low, high].
+        inner_clip_norm: the attacker's gradients are clipped to this global norm.
+        inner_eps_root: Adam's eps inside the square root (> 0 keeps its derivative finite).
+        head: fresh (a new random attacker head every outer step, as the official code does for BERT) or learned
+            (the released head's harmful columns are the attacker's starting head).
+        head_init_std: std of a fresh head under head_init normal (null = the model's initializer_range).
+        calibrate: score the attacker by the calibrated harmful CE (its best constant-shift fit), as the paper does.
+        calibration_method: how that calibration is solved: implicit (implicit function theorem), unrolled or
+            envelope.
+        calibration_steps: iterations of the calibration solve.
+        grad_norm_penalty: weight of the attacker's gradient-norm penalty (0 = off; the paper's ablation uses 1).
+        harmful_weight: weight of the harmful term in the defence loss.
+        outer_lr: Adam learning rate of the released model.
+        outer_batch_size: examples per outer batch.
+        outer_clip_norm: the released model's gradient is clipped to this global norm.
+        outer_steps: outer (defence) steps.
+        eval_every: validate (and keep the best model) every this many outer steps.
+        val_attacks: simulated attacks per validation (their mean picks the best checkpoint).
+        estimator: the meta-gradient estimator through the attack (exact, remat, mixed, truncated, first_order, tar).
+        truncation: steps differentiated by the truncated estimator (null = all).
+        num_desired: classes of the desired task (professions: 28).
+        num_harmful: classes of the harmful task (gender: 2).
+        desired_key: the dataset column of the desired labels.
+        harmful_key: the dataset column of the harmful labels.
+        seed: seed of the outer loop's batches, attacker heads and attacks.
+        parity: jaxtar or official: sets the four switches below (docs/mlac.md lists each difference).
+        inner_lr_objective: defence or harmful_ce (null = follow parity); see above.
+        inner_clip: through or detached (null = follow parity); see above.
+        grad_norm_batches: outer or inner (null = follow parity); see above.
+        head_init: normal or torch (null = follow parity); see above.
+
     Example:
         >>> MLACConfig.ac().inner_steps, MLACConfig.paper().grad_norm_penalty
-        (0, 1.0)
+        (0, 0.0)
+        >>> MLACConfig.official().setting("inner_clip"), MLACConfig(parity="official", inner_clip="through").setting(
+        ...     "inner_clip")
+        ('detached', 'through')
     """
 
     variant: str = "mlac"
@@ -80,11 +148,19 @@ class MLACConfig:
     desired_key: str = "profession"
     harmful_key: str = "gender"
     seed: int = 0
+    parity: str = "jaxtar"
+    inner_lr_objective: str | None = None
+    inner_clip: str | None = None
+    grad_norm_batches: str | None = None
+    head_init: str | None = None
 
     def __post_init__(self) -> None:
         check_values(self)
         one_of(self, "variant", VARIANTS)
         one_of(self, "head", HEADS)
+        one_of(self, "parity", PARITIES)
+        for name, choices in PARITY_SWITCHES.items():
+            one_of(self, name, choices, optional=True)
         one_of(self, "calibration_method", CALIBRATION_METHODS)
         for name in ("inner_steps", "outer_steps", "eval_every", "outer_batch_size", "val_attacks", "num_desired",
                      "num_harmful", "calibration_steps"):  # fmt: skip
@@ -107,6 +183,25 @@ class MLACConfig:
         one_of(self, "estimator", ESTIMATOR_KINDS)
         if (self.estimator == "truncated") != (self.truncation is not None):
             raise ConfigError("MLACConfig.truncation must be set exactly when estimator='truncated'")
+        if self.setting("head_init") == "torch" and self.head_init_std is not None:
+            raise ConfigError("MLACConfig.head_init_std only applies to head_init 'normal' (the 'torch' init has none)")
+        if self.inner_norm_penalty and self.estimator not in ("exact", "remat", "mixed"):
+            raise ConfigError(
+                f"MLACConfig.grad_norm_batches 'inner' (the penalty on the inner steps' own gradients) needs an exact "
+                f"estimator (exact, remat or mixed), got estimator={self.estimator!r}"
+            )
+
+    @property
+    def inner_norm_penalty(self) -> bool:
+        """Whether the gradient-norm penalty reads the inner steps' gradients (``grad_norm_batches`` "inner")."""
+        return self.grad_norm_penalty > 0 and self.inner_steps > 0 and self.setting("grad_norm_batches") == "inner"
+
+    def setting(self, name: str) -> str:
+        """The value in force of a parity switch (`PARITY_SWITCHES`): its own field, else ``parity``'s choice."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        return PARITY_SWITCHES[name][PARITIES.index(self.parity)]
 
     @property
     def num_labels(self) -> int:
@@ -115,8 +210,14 @@ class MLACConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> MLACConfig:
-        """The official bios experiment: K = 16, calibrated CE, gradient-norm penalty 1.0, fresh head."""
-        return cls(**{"grad_norm_penalty": 1.0, **overrides})
+        """The paper's headline bios arm: K = 16, calibrated CE, no gradient-norm penalty, fresh head (the defaults;
+        the penalty ablation's arm is ``paper(grad_norm_penalty=1.0)``)."""
+        return cls(**overrides)
+
+    @classmethod
+    def official(cls, **overrides: Any) -> MLACConfig:
+        """The paper's headline arm computed the way the released code computes it (``parity="official"``)."""
+        return cls(**{"parity": "official", **overrides})
 
     @classmethod
     def ac(cls, **overrides: Any) -> MLACConfig:
@@ -137,6 +238,20 @@ class MLACRunSettings:
     ``minilm`` (the offline all-MiniLM-L6-v2 checkpoint), ``bert-tiny`` (``google/bert_uncased_L-2_H-128_A-2``,
     Hub) or an HF folder / Hub id. ``warmup_steps`` of desired-task training (Adam ``warmup_lr``) run first; that
     model is saved as ``baseline/`` (the desired-task-tuned baseline) and MLAC starts from it.
+
+    Args:
+        model: small-bert, minilm, bert-tiny, or an HF folder / Hub id (see above).
+        hidden_size, num_layers, num_heads, intermediate_size: the sizes of a fresh small-bert.
+        data: synthetic (the offline Bias-in-Bios stand-in) or bias_in_bios (the Hub dataset).
+        num_examples: synthetic bios generated.
+        max_examples: keep at most this many bios per split (null = all).
+        max_length: tokens per bio.
+        data_seed: seed of the synthetic data and the splits.
+        warmup_steps: desired-task training steps before MLAC (saved as baseline/).
+        warmup_lr: Adam learning rate of that warm-up.
+        warmup_batch_size: examples per warm-up step.
+        val_examples: validation examples scored at each validation.
+        fast_compile: XLA -O0 style options: faster compiles, slower steps.
 
     Example:
         >>> MLACRunSettings(model="minilm").data
@@ -205,6 +320,9 @@ class MLACRunConfig:
         d = self.to_dict()
         d["mlac"].pop("outer_steps")
         d["mlac_run"].pop("fast_compile")
+        for name in ("parity", *PARITY_SWITCHES):  # at their defaults: the identity runs had before these fields
+            if d["mlac"][name] == getattr(MLACConfig, name):
+                d["mlac"].pop(name)
         return {"method": method, "mlac_run": d["mlac_run"], "mlac": d["mlac"], "seed": self.run.seed}
 
 
@@ -216,7 +334,7 @@ def list_mlac_presets() -> list[str]:
 
     Example:
         >>> list_mlac_presets()
-        ['mlac-minilm', 'mlac-offline', 'mlac-paper']
+        ['mlac-minilm', 'mlac-official', 'mlac-offline', 'mlac-paper', 'mlac-paper-gradpenalty']
     """
     return MLAC_PRESETS.names()
 

@@ -7,7 +7,7 @@ defence itself: they are the *attacker's head* - the learned initial head of the
 (``head="learned"``) or, for AC, the censoring adversary. With ``head="fresh"`` (what the official code does for
 BERT) every outer step draws a new random attacker head and those columns stay untouched.
 
-One outer step (REFERENCE §2)::
+One outer step (docs/methods.md#mlac-inner-loop)::
 
     B      ~ outer batch (with desired and harmful labels)
     attacker: trunk = released trunk, head = fresh random (or the learned harmful columns)
@@ -23,14 +23,32 @@ learned lr is passed to it as a differentiable hyper-parameter. The learned atta
 block of the released head; its gradient is sign-flipped (trained in the attacker's direction) and it shares the
 outer optimiser.
 
-Variants: ``MLACConfig.paper()`` (K = 16, calibrated, gradient-norm penalty 1.0 as in the official bios
-experiment), ``MLACConfig.ac()`` (adversarial censoring: K = 0, the learned head is the adversary trained by
-gradient reversal, plain negated CE) and ``variant="desired"`` (the desired-task-tuned baseline: CE only).
+Variants: ``MLACConfig.paper()`` (the paper's headline arm: K = 16, calibrated, no gradient-norm penalty; the
+penalty ablation's arm adds ``grad_norm_penalty=1.0``), ``MLACConfig.official()`` (the same computed the way the
+released code does, ``parity="official"``: see below), ``MLACConfig.ac()`` (adversarial censoring: K = 0, the
+learned head is the adversary trained by gradient reversal, plain negated CE) and ``variant="desired"`` (the
+desired-task-tuned baseline: CE only).
 
 The gradient-norm penalty (``grad_norm_penalty``) adds ``lambda * ||grad_{trunk, head} CE_harmful||`` of the
-attacker at every recorded step k (on the outer batch) to the defence loss: the defence also flattens the
-harmful loss the attacker descends. Its weight also enters the learned lr's objective (it shares the engine's
-value).
+attacker at every recorded step k (on the outer batch; averaged over k = 0..K like the harmful CE) to the defence
+loss: the defence also flattens the harmful loss the attacker descends. With ``inner_lr_objective="defence"`` its
+weight also enters the learned lr's objective (it shares the engine's value).
+
+``MLACConfig.parity = "official"`` (or each switch on its own, `MLACConfig.setting`) computes four things the way the
+released code does (docs/mlac.md "Differences from the official code"):
+
+- ``inner_lr_objective="harmful_ce"``: the learned lr descends the mean *uncalibrated* harmful CE of the attacker
+  over k = 0..K on the outer batch (its derivative taken in forward mode through a second unroll), clipped to norm
+  ``outer_clip_norm``;
+- ``inner_clip="detached"``: the inner gradient g is clipped as ``g * c / stop_gradient(||g||)`` when
+  ``||g|| = sqrt(1e-8 + sum g^2) > c``: the same update, a different derivative (no term through the norm);
+- ``grad_norm_batches="inner"``: the penalty is the mean of K + 1 norms: each inner step's gradient on its own batch
+  (``||g||`` above, before clipping) and the outer batch's at the last step k = K;
+- ``head_init="torch"``: fresh heads are drawn as torch's ``nn.Linear`` default, U(-1/sqrt(hidden), 1/sqrt(hidden)).
+
+The first three wrap the engine's attack optimiser (`InnerOptimizer`: it clips, and remembers the last norm and
+the step count in its state, which the tamper loss reads); the default, ``parity="jaxtar"``, runs exactly the code
+it ran before these switches.
 
 The configuration lives in `jaxtar.config.mlac`, the phase run by the shared defence loop in
 `jaxtar.defenses.mlac_train`, the whole run in `jaxtar.defenses.mlac_run`.
@@ -54,9 +72,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtar.attacks import Adversary, AttackProblem
+from jaxtar.attacks import AttackProblem
+from jaxtar.attacks.optimizers import make_optimizer
 from jaxtar.config import MLACConfig
-from jaxtar.meta import Estimator, TamperSchedule, meta_value_and_grad
+from jaxtar.defenses.mlac_inner import (  # noqa: F401 - re-exported: the attacker's pieces
+    InnerOptimizer,
+    accumulation_dtype,
+    attack_meta_value_and_grad,
+    clip_scalar,
+    cross_entropy,
+    gather,
+    harmful_ce_lr_grad,
+    inner_adversary,
+    inner_batches,
+    inner_optimizer,
+    official_norm,
+)
+from jaxtar.meta import Estimator
 from jaxtar.models import Model, model_for_config, with_classifier
 from jaxtar.objectives.calibration import calibrated_cross_entropy
 
@@ -87,7 +119,24 @@ def prepare_model(model: Model, params: Params, cfg: MLACConfig, *, seed: int = 
     c = model.config
     if c.num_labels == cfg.num_labels and not c.classifier_bias and "classifier" in params:
         return model, params
-    return with_classifier(model, params, cfg.num_labels, bias=False, seed=seed)
+    model, params = with_classifier(model, params, cfg.num_labels, bias=False, seed=seed)
+    if cfg.setting("head_init") == "torch":  # torch's nn.Linear default, as the official GoodBadBERT's head
+        kernel = params["classifier"]["kernel"]
+        params["classifier"] = {"kernel": torch_linear_init(jax.random.key(seed), kernel.shape).astype(kernel.dtype)}
+    return model, params
+
+
+def torch_linear_init(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """A [fan_in, fan_out] kernel drawn as torch's ``nn.Linear`` default (``kaiming_uniform_(a=sqrt(5))``):
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (float32).
+
+    Example:
+        >>> w = torch_linear_init(jax.random.key(0), (16, 4))
+        >>> bool(jnp.abs(w).max() <= 0.25)
+        True
+    """
+    bound = 1.0 / np.sqrt(shape[0])
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
 def trunk_params(params: Params) -> Params:
@@ -99,18 +148,6 @@ def _trunk_model(model: Model) -> Model:
     return model_for_config(dataclasses.replace(model.config, num_labels=0))
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(_acc_dtype(logits)), labels)
-    if weights is None:
-        return jnp.mean(nll)
-    return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
-def _acc_dtype(x: jax.Array) -> Any:
-    """float32 accumulation for low-precision params, float64 kept (finite-difference tests)."""
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
 def _global_norm(tree: Any) -> jax.Array:
     sq = sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)  # finite derivative at 0
@@ -120,7 +157,7 @@ def released_logits(model: Model, params: Params, batch: Arrays, cfg: MLACConfig
     """(desired logits [B, num_desired], harmful logits [B, num_harmful]) of the released model."""
     pooled = model.apply(params, batch["input_ids"], batch["attention_mask"]).pooled_output
     kernel = params["classifier"]["kernel"].astype(pooled.dtype)
-    logits = jnp.dot(pooled, kernel, preferred_element_type=_acc_dtype(pooled))  # the port's logits are float32
+    logits = jnp.dot(pooled, kernel, preferred_element_type=accumulation_dtype(pooled))  # the port's logits are float32
     return logits[:, : cfg.num_desired], logits[:, cfg.num_desired :]
 
 
@@ -136,6 +173,11 @@ def mlac_problem(model: Model, cfg: MLACConfig) -> AttackProblem:
 
 
 def attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[jax.Array, Arrays], jax.Array]]:
+    """``(problem, logits)``: the attacker (`mlac_problem`) and ``logits(flat trainable, batch)``, its harmful logits.
+
+    With ``cfg.inner_norm_penalty`` (``grad_norm_batches`` "inner") the tamper loss takes the triple the
+    `InnerOptimizer` of `inner_optimizer` hands on, ``(weights, last inner gradient norm, steps taken)``.
+    """
     trunk_model = _trunk_model(model)
     std = model.config.initializer_range if cfg.head_init_std is None else cfg.head_init_std
     hidden, nd, y_key = model.config.hidden_size, cfg.num_desired, cfg.harmful_key
@@ -148,13 +190,15 @@ def attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[ja
     def logits(flat: jax.Array, batch: Arrays) -> jax.Array:
         t = unflatten(flat)
         pooled = trunk_model.apply(t["trunk"], batch["input_ids"], batch["attention_mask"]).pooled_output
-        return jnp.dot(pooled, t["head"].astype(pooled.dtype), preferred_element_type=_acc_dtype(pooled))
+        return jnp.dot(pooled, t["head"].astype(pooled.dtype), preferred_element_type=accumulation_dtype(pooled))
 
     def attack_init(defended_flat: jax.Array, key: jax.Array) -> jax.Array:
         defended = released.unravel(defended_flat)
         kernel = defended["classifier"]["kernel"]
         if cfg.head == "learned":
             head = kernel[:, nd:]
+        elif cfg.setting("head_init") == "torch":
+            head = torch_linear_init(key, (hidden, cfg.num_harmful)).astype(kernel.dtype)
         else:
             head = (std * jax.random.normal(key, (hidden, cfg.num_harmful))).astype(kernel.dtype)
         return ravel_params({"trunk": trunk_params(defended), "head": head})
@@ -162,18 +206,50 @@ def attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[ja
     def attack_loss(defended: Params, t: Params, batch: Arrays) -> jax.Array:
         return cross_entropy(logits(t, batch), batch[y_key], batch.get("weight"))
 
-    def tamper_loss(defended: Params, t: Params, batch: Arrays) -> jax.Array:
+    def outer_norm(defended: Params, t: Params, batch: Arrays) -> jax.Array:
+        return _global_norm(jax.grad(attack_loss, argnums=1)(defended, t, batch))
+
+    def minus_harm(defended: Params, t: Params, batch: Arrays) -> jax.Array:
         z, y = logits(t, batch), batch[y_key]
         if cfg.calibrate:
             harm = calibrated_cross_entropy(z, y, method=cfg.calibration_method, num_steps=cfg.calibration_steps)
         else:
             harm = cross_entropy(z, y)
-        loss = -harm
+        return -harm
+
+    tamper_loss = with_grad_norm_penalty(minus_harm, outer_norm, cfg)
+    return AttackProblem(attack_init, attack_loss, tamper_loss), logits
+
+
+def with_grad_norm_penalty(
+    value: Callable[[Params, Any, Arrays], jax.Array],
+    outer_norm: Callable[[Params, Any, Arrays], jax.Array],
+    cfg: MLACConfig,
+) -> Callable[[Params, Any, Arrays], jax.Array]:
+    """The tamper loss ``value + grad_norm_penalty * norm`` recorded at k = 0..K (the engine averages the records).
+
+    ``grad_norm_batches`` "outer" (jaxtar): norm = ``outer_norm(defended, attacker_k, outer batch)`` at every k.
+    "inner" (official; ``cfg.inner_norm_penalty``): the tamper loss gets ``(attacker_k, ||g_{k-1}||, k)`` from the
+    `InnerOptimizer` and adds ``||g_{k-1}||`` (inner step k-1's gradient on its own batch; 0 at k = 0) plus, at
+    k = K only, ``outer_norm``: the mean over records is the mean of the K inner norms and the one outer norm.
+    """
+    if cfg.inner_norm_penalty:
+
+        def tamper(defended: Params, x: Any, batch: Arrays) -> jax.Array:
+            t, last_norm, k = x
+            zero = lambda *_: jnp.zeros_like(last_norm)
+            last = jax.lax.cond(k == cfg.inner_steps, outer_norm, zero, defended, t, batch)
+            return value(defended, t, batch) + cfg.grad_norm_penalty * (last_norm + last)
+
+        return tamper
+
+    def tamper_loss(defended: Params, t: Any, batch: Arrays) -> jax.Array:
+        loss = value(defended, t, batch)
         if cfg.grad_norm_penalty:
-            loss = loss + cfg.grad_norm_penalty * _global_norm(jax.grad(attack_loss, argnums=1)(defended, t, batch))
+            loss = loss + cfg.grad_norm_penalty * outer_norm(defended, t, batch)
         return loss
 
-    return AttackProblem(attack_init, attack_loss, tamper_loss), logits
+    return tamper_loss
 
 
 def ravel_params(tree: Any) -> jax.Array:
@@ -192,28 +268,6 @@ class _Flat:
     def unravel(self, flat: jax.Array) -> Any:
         parts = jnp.split(flat, self.cuts)
         return jax.tree.unflatten(self.treedef, [x.reshape(s) for x, s in zip(parts, self.shapes)])
-
-
-def inner_adversary(cfg: MLACConfig) -> Adversary:
-    """The simulated attacker's optimiser: Adam(0.9, 0.999, 1e-8, eps_root) with global-norm clipping."""
-    return Adversary("adam", lr=cfg.inner_lr, eps_root=cfg.inner_eps_root, clip_norm=cfg.inner_clip_norm,
-                     steps=max(cfg.inner_steps, 1), batch_size=max(cfg.inner_batch_sizes), data="attacker",
-                     name="mlac-inner")  # fmt: skip
-
-
-def _gather(data: Arrays, idx: jax.Array) -> Arrays:
-    return {k: v[idx] for k, v in data.items()}
-
-
-def inner_batches(data: Arrays, key: jax.Array, cfg: MLACConfig) -> Arrays:
-    """K batches [K, max_bs, ...] of random examples; the drawn batch size is a 0/1 ``weight`` mask."""
-    k_idx, k_bs = jax.random.split(key)
-    bmax, n = max(cfg.inner_batch_sizes), data["input_ids"].shape[0]
-    idx = jax.random.randint(k_idx, (cfg.inner_steps, bmax), 0, n)
-    size = jax.random.choice(k_bs, jnp.asarray(cfg.inner_batch_sizes))
-    batches = _gather(data, idx)
-    batches["weight"] = jnp.broadcast_to(jnp.arange(bmax) < size, (cfg.inner_steps, bmax)).astype(jnp.float32)
-    return batches
 
 
 # ------------------------------------------------------------------------------------------------- outer step
@@ -238,9 +292,11 @@ def mlac_value_and_grad(
     ``lr_grad`` is the gradient to *descend* for a stronger attacker (zero when K = 0 or variant "desired").
     Pure and unjitted (the finite-difference test differentiates exactly this).
     """
-    problem, adversary = mlac_problem(model, cfg), inner_adversary(cfg)
+    (problem, logits), (adversary, opt) = attacker(model, cfg), inner_optimizer(cfg)
     estimator = Estimator(cfg.estimator, truncation=cfg.truncation)
     released = _Flat(model.abstract_params())
+    official_lr = cfg.learn_inner_lr and cfg.setting("inner_lr_objective") == "harmful_ce"
+    lr_opt = inner_optimizer(cfg, track=False)[1] or make_optimizer(adversary)
 
     def desired_loss(flat: jax.Array, batch: Arrays) -> jax.Array:
         desired, harmful = released_logits(model, released.unravel(flat), batch, cfg)
@@ -264,10 +320,12 @@ def mlac_value_and_grad(
         else:
             hp = {k: jnp.asarray(v, inner_lr.dtype) for k, v in adversary.hyperparams().items()}
             hp["learning_rate"] = inner_lr
-            res = meta_value_and_grad(problem, flat, inner, outer, adversary=adversary, key=key,
-                                      schedule=TamperSchedule.mlac(), estimator=estimator, hyperparams=hp)  # fmt: skip
+            res = attack_meta_value_and_grad(problem, adversary, opt, flat, inner, outer, key, estimator, hp)
             value, g_harm, finite = res.value, res.grads, res.aux.is_finite
             lr_grad = -res.hyper_grads["learning_rate"] if cfg.learn_inner_lr else zero
+            if official_lr:
+                lr_grad, lr_finite = harmful_ce_lr_grad(problem, logits, lr_opt, cfg, flat, hp, outer, inner, key)
+                finite = finite & lr_finite
             metrics.update(attack_loss_first=res.aux.attack_losses[0], attack_loss_last=res.aux.attack_losses[-1])
         grads = released.unravel(grads + cfg.harmful_weight * g_harm)
         if cfg.head == "learned":  # the attacker's head init is trained in the attacker's direction
@@ -297,7 +355,7 @@ def outer_step(model: Model, cfg: MLACConfig) -> Callable[[MLACState, Arrays, ja
     def step(state: MLACState, data: Arrays, key: jax.Array) -> tuple[MLACState, dict]:
         k_out, k_in, k_att = jax.random.split(key, 3)
         n = data["input_ids"].shape[0]
-        outer = _gather(data, jax.random.choice(k_out, n, (cfg.outer_batch_size,), replace=n < cfg.outer_batch_size))
+        outer = gather(data, jax.random.choice(k_out, n, (cfg.outer_batch_size,), replace=n < cfg.outer_batch_size))
         inner = inner_batches(data, k_in, cfg) if cfg.inner_steps else None
         metrics, grads, lr_grad = f(state.params, state.inner_lr, outer, inner, k_att)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)

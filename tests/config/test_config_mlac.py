@@ -21,7 +21,8 @@ from jaxtar.config import (
 
 
 def test_shipped_presets_hold_their_settings():
-    assert list_mlac_presets() == ["mlac-minilm", "mlac-offline", "mlac-paper"]
+    assert list_mlac_presets() == ["mlac-minilm", "mlac-official", "mlac-offline", "mlac-paper",
+                                   "mlac-paper-gradpenalty"]  # fmt: skip
     for name in list_mlac_presets():
         assert load_mlac_config(name).preset == name
     offline = load_mlac_config("mlac-offline")

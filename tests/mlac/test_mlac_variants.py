@@ -137,11 +137,14 @@ def test_mlac_config_rejects_bad_values(kwargs, match):
 
 
 def test_presets_and_overrides():
-    paper = load_mlac_config("mlac-paper")
+    paper = load_mlac_config("mlac-paper")  # the headline arm: no gradient-norm penalty
     assert (paper.mlac.inner_steps, paper.mlac.grad_norm_penalty, paper.mlac.outer_lr, paper.mlac.outer_batch_size,
             paper.mlac.outer_clip_norm, paper.mlac.inner_clip_norm, paper.mlac.inner_batch_sizes,
-            paper.mlac_run.model) == (16, 1.0, 1e-5, 20, 10.0, 100.0, (12, 24, 48), "bert-tiny")  # fmt: skip
+            paper.mlac_run.model) == (16, 0.0, 1e-5, 20, 10.0, 100.0, (12, 24, 48), "bert-tiny")  # fmt: skip
     assert (paper.mlac.inner_lr, paper.mlac.inner_lr_lr, paper.mlac.inner_lr_bounds) == (3e-4, 1e-4, (1e-6, 1e-2))
+    ablation = load_mlac_config("mlac-paper-gradpenalty")  # the penalty ablation's arm, otherwise the same
+    assert ablation.mlac == dataclasses.replace(paper.mlac, grad_norm_penalty=1.0)
+    assert ablation.mlac_run == paper.mlac_run
     cfg = load_mlac_config("mlac-offline", {"mlac.outer_steps": "7", "mlac_run.warmup_steps": 0})
     assert (cfg.mlac.outer_steps, cfg.mlac_run.warmup_steps, cfg.preset) == (7, 0, "mlac-offline")
     with pytest.raises(ValueError, match="did you mean 'mlac.outer_steps'"):
