@@ -98,7 +98,8 @@ def run_redteam(args: argparse.Namespace) -> int:
     results = red_team(models, suite, _data(config.data), seeds=attack.seeds, out_dir=output.out,
                        overwrite=output.overwrite, chunk_steps=attack.chunk_steps,
                        max_retain_drop=attack.max_retain_drop, eval_batch_size=config.data.eval_batch_size,
-                       progress=output.progress)  # fmt: skip
+                       progress=output.progress, eval_every=attack.eval_every, recover_margin=attack.recover_margin,
+                       reference_model=attack.reference_model)  # fmt: skip
     print(markdown_table(results))
     print(f"wrote {output.out}")
     return 0

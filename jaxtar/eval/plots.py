@@ -1,5 +1,6 @@
 """Red-team plots: the attack loss curves (one panel per adversary, every model in it, one shared legend, the
-retain->forget switch marked) and the summary bar chart of forget and retain accuracy (before, mean after, worst).
+retain->forget switch marked), the summary bar chart of forget and retain accuracy (before, mean after, worst) and,
+for red teams scored during the attacks (``eval_every``), the recovery curves with a bar chart of steps to recover.
 
 Example:
     >>> moving_average_window(40), moving_average_window(200)
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxtar.eval.durability import describe_steps
 from jaxtar.eval.results import AttackRun, RedTeamResults  # noqa: F401 - AttackRun: the doctests
 
 
@@ -191,6 +193,88 @@ def accuracy_figure(results: RedTeamResults) -> Any:
 def plot_forget_accuracy(results: RedTeamResults, path: str | os.PathLike) -> Path:
     """Writes `accuracy_figure` (forget and retain accuracy before / after) to ``path`` (PNG)."""
     return _save(accuracy_figure(results), path)
+
+
+def recovery_figure(results: RedTeamResults) -> Any:
+    """The recovery plot as a matplotlib Figure: forget accuracy vs attack step, one panel per adversary with curves,
+    one colour per model (seed mean, band = seed min..max), chance (dashed), the reference model's pre-attack level
+    (dotted) and the recovery threshold (dash-dot) marked; below, a bar chart of steps to recover per adversary and
+    model (hatched, at the attack's length, where it did not recover within it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    models = [m for m in results.models if results.recovery(m)]
+    stats = {m: results.recovery(m) for m in models}
+    advs = [a for a in results.adversaries if any(a in stats[m] for m in models)]
+    colors = {m: f"C{i % 10}" for i, m in enumerate(results.models)}
+    reference, threshold = results.recovery_reference()
+    cols = min(3, max(len(advs), 1))
+    rows = max(1, math.ceil(len(advs) / cols))
+    fig = plt.figure(figsize=(max(4.8 * cols, 10.0), 3.2 * rows + 3.6))  # wide enough for the titles and legend
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[3.2] * rows + [2.8])
+    for i, adv in enumerate(advs):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        for m in models:
+            if adv in stats[m]:
+                s = stats[m][adv]
+                ax.plot(s["steps"], 100 * np.asarray(s["forget_acc"]), color=colors[m], marker="o", ms=3, lw=1.5)
+                ax.fill_between(s["steps"], 100 * np.asarray(s["forget_min"]), 100 * np.asarray(s["forget_max"]),
+                                color=colors[m], alpha=0.15, lw=0)  # fmt: skip
+        if not math.isnan(results.chance):
+            ax.axhline(100 * results.chance, color="k", ls="--", lw=1)
+        if math.isfinite(threshold):
+            ax.axhline(100 * (threshold + results.recover_margin), color="grey", ls=":", lw=1.2)
+            ax.axhline(100 * threshold, color="grey", ls="-.", lw=1)
+        ax.set_title(adv, fontsize=9)
+        ax.set_xlabel("attack step")
+        ax.set_ylabel("forget accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3)
+    bars = fig.add_subplot(grid[rows, :])
+    x, width = np.arange(len(advs)), 0.8 / max(len(models), 1)
+    for j, m in enumerate(models):
+        cells = [stats[m].get(a) for a in advs]
+        heights = [np.nan if c is None else c["budget"] if c["steps_to_recover"] is None else c["steps_to_recover"]
+                   for c in cells]  # fmt: skip
+        pos = x + (j - (len(models) - 1) / 2) * width
+        bar = bars.bar(pos, heights, width, color=colors[m], label=m)
+        for patch, c in zip(bar, cells):
+            if c is not None and c["steps_to_recover"] is None:
+                patch.set_hatch("//")
+                patch.set_alpha(0.5)
+        labels = ["" if c is None else describe_steps(c["steps_to_recover"], c["budget"]).replace("not within ", ">")
+                  for c in cells]  # fmt: skip
+        bars.bar_label(bar, labels=labels, fontsize=7)
+    budgets = [v["budget"] for m in models for v in stats[m].values()]
+    bars.set_ylim(0, 1.15 * max(budgets, default=1))
+    bars.set_xticks(x, advs, fontsize=8)
+    bars.set_ylabel("steps to recover")
+    title = f"steps until forget accuracy >= {reference}'s before - {100 * results.recover_margin:g} points"
+    bars.set_title(f"{title}\n(hatched, '>N': not within the attack's N steps; lower = recovered sooner)", fontsize=9)
+    bars.grid(axis="y", alpha=0.3)
+    handles = [Line2D([], [], color=colors[m], lw=2, marker="o", ms=3, label=m) for m in models]
+    handles += [
+        Line2D([], [], color="k", ls="--", lw=1, label="chance"),
+        Line2D([], [], color="grey", ls=":", lw=1.2, label=f"{reference} (reference) before the attack"),
+        Line2D([], [], color="grey", ls="-.", lw=1, label="recovery threshold"),
+        Patch(color="grey", alpha=0.15, label="seed min..max"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    fig.suptitle("Forget accuracy during each attack (seed mean): how fast the hazardous domain comes back",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.35 * (1 + len(handles) // 4) / (3.2 * rows + 3.6), 1, 1))
+    return fig
+
+
+def plot_recovery(results: RedTeamResults, path: str | os.PathLike) -> Path:
+    """Writes `recovery_figure` to ``path`` (PNG); the results must hold recovery curves."""
+    if not results.has_curves:
+        raise ValueError("these results hold no recovery curves (red team without eval_every)")
+    return _save(recovery_figure(results), path)
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:

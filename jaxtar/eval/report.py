@@ -3,7 +3,8 @@ written through `jaxtar.eval.results_dir` (manifest, lock). Everything is printe
 
 The records and their aggregation live in `jaxtar.eval.results`, the figures in `jaxtar.eval.plots`.
 
-Example (writes results.json, results.md, attack_loss.png and forget_accuracy.png):
+Example (writes results.json, results.md, attack_loss.png and forget_accuracy.png; recovery.png too when the attacks
+were scored during the attack):
     >>> write_report(results, "redteam-out")  # doctest: +SKIP
     >>> print(markdown_table(RedTeamResults.load("redteam-out/results.json")))  # doctest: +SKIP
 """
@@ -15,6 +16,7 @@ import math
 import os
 from pathlib import Path
 
+from jaxtar.eval.durability import RECOVERY_PLOT, describe_steps
 from jaxtar.eval.plots import (  # noqa: F401 - re-exported: the report's figures
     ACCURACY_BARS,
     accuracy_figure,
@@ -22,9 +24,12 @@ from jaxtar.eval.plots import (  # noqa: F401 - re-exported: the report's figure
     moving_average_window,
     plot_attack_losses,
     plot_forget_accuracy,
+    plot_recovery,
+    recovery_figure,
     switch_steps,
 )
 from jaxtar.eval.results import (  # noqa: F401 - re-exported: the records a report is made of
+    ALL_RESULT_FILES,
     DEFAULT_MAX_RETAIN_DROP,
     FROM_RESULTS,
     RESULT_FILES,
@@ -113,6 +118,46 @@ def markdown_table(results: RedTeamResults, max_retain_drop: float | None = FROM
     lines += ["", f"{n_f} forget and {n_r} retain questions; device {results.metadata.get('device', '?')}."]
     if results.metadata.get("ood_role_note"):
         lines += ["", f"Note: {results.metadata['ood_role_note']}."]
+    return "\n".join(lines) + "\n" + (durability_table(results) if results.has_curves else "")
+
+
+def durability_table(results: RedTeamResults) -> str:
+    """The durability section of the table (red teams with ``eval_every``): per model and adversary, forget accuracy
+    at each evaluated step, steps to recover and forget AUC (seed means), then each model's worst case.
+
+    Example:
+        >>> print(durability_table(results))  # doctest: +SKIP
+    """
+    reference, threshold = results.recovery_reference()
+    every = results.metadata.get("eval_every")
+    lines = [
+        "",
+        f"## Durability: forget accuracy during the attacks{f' (scored every {every} steps)' if every else ''}",
+        "",
+        f"Steps to recover = the first evaluated attack step at which forget accuracy (mean over seeds) reaches "
+        f"{percent(threshold)} %: the reference model {reference}'s pre-attack forget accuracy minus "
+        f"{100 * results.recover_margin:g} points ('not within N': not during the attack's N steps; the true step "
+        "lies after the previous evaluated one). Forget AUC = the area under the forget-accuracy curve / the attack's "
+        "steps: the mean forget accuracy (%) over the attack, lower = held longer. Worst case = fewest steps, highest "
+        "AUC.",
+        "",
+        "| model | adversary | forget accuracy at step: % | steps to recover | forget AUC |",
+        "|---|---|---|---:|---:|",
+    ]
+    for model in results.models:
+        stats = results.recovery(model)
+        for adv, v in stats.items():
+            curve = ", ".join(f"{s}: {percent(f)}" for s, f in zip(v["steps"], v["forget_acc"]))
+            lines.append(f"| {model} | {adv} | {curve} | {describe_steps(v['steps_to_recover'], v['budget'])} | "
+                         f"{percent(v['forget_auc'])} |")  # fmt: skip
+        if stats:
+            s = results.summary(model)
+            steps = (f"**{s.worst_steps_to_recover}** ({s.worst_recover_adversary})" if s.worst_recover_adversary
+                     else f"**none within {s.max_attack_steps}**")  # fmt: skip
+            ref = " (reference)" if model == reference else ""
+            lines.append(f"| **{model}**{ref} | **worst case** | {s.recovered_adversaries} of {s.curve_adversaries} "
+                         f"adversaries recovered | {steps} | **{percent(s.worst_forget_auc)}** "
+                         f"({s.worst_auc_adversary}) |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -128,13 +173,14 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Pat
         >>> check_output_dir("new-results-folder")
         PosixPath('new-results-folder')
     """
-    return check_results_dir(out_dir, overwrite, writes=RESULT_FILES)
+    return check_results_dir(out_dir, overwrite, writes=ALL_RESULT_FILES)
 
 
 def write_report(
     results: RedTeamResults, out_dir: str | os.PathLike, *, overwrite: bool = False, lock: RunLock | None = None
 ) -> Path:
-    """results.json, results.md and the two plots, each written atomically and listed in the folder's manifest.
+    """results.json, results.md and the two plots (three with recovery curves: recovery.png), each written
+    atomically and listed in the folder's manifest.
 
     ``overwrite`` replaces only the files an earlier report listed there (a folder with files we did not write is
     refused). The folder is locked while writing; pass ``lock``, a held lock on ``out_dir``, if you already hold it.
@@ -148,8 +194,9 @@ def write_report(
         "results.md": lambda p: p.write_text(table),
         "attack_loss.png": lambda p: plot_attack_losses(results, p),
         "forget_accuracy.png": lambda p: plot_forget_accuracy(results, p),
+        **({RECOVERY_PLOT: lambda p: plot_recovery(results, p)} if results.has_curves else {}),
     }
     if lock is not None and lock.held and lock.folder.resolve() == Path(out_dir).resolve():
         return write_results(out_dir, writers)
-    with open_results_dir(out_dir, overwrite=overwrite, writes=RESULT_FILES):
+    with open_results_dir(out_dir, overwrite=overwrite, writes=ALL_RESULT_FILES):
         return write_results(out_dir, writers)

@@ -1,7 +1,8 @@
 """Adversary suites for red teaming: named suites and files, shrinking paper-scale suites, seeds and names.
 
 A suite is the engine's (`jaxtar.attacks.SUITES`: the TAR red team, Qi et al. 2024, ...), ``toy`` (a held-out red
-team at toy-world scale), or a .json / .yaml file listing adversary dicts in ``dataclasses.asdict`` form.
+team at toy-world scale), ``toy-long`` (four of its attacks at 500 steps, for recovery curves), or a .json / .yaml
+file listing adversary dicts in ``dataclasses.asdict`` form.
 
 Example:
     >>> suite = adapt_suite(load_suite("redteam-bio"), steps=40, batch_size=16, lr_scale=50.0)
@@ -40,7 +41,27 @@ def toy_suite() -> tuple[Adversary, ...]:
     )
 
 
-LOCAL_SUITES = {"toy": toy_suite}
+LONG_ATTACK_STEPS = 500
+
+
+def toy_long_suite() -> tuple[Adversary, ...]:
+    """The long tier of the toy red team (`toy_suite`'s AdamW, Nesterov-SGD, LoRA and warmup + cosine attacks run
+    for 500 steps, batch 16; the warmup scales with the length: 62 steps), for durability: red-team it with
+    ``eval_every`` (e.g. 50) to get recovery curves. Names end in ``-500steps``.
+
+    Example:
+        >>> [(a.name, a.steps) for a in toy_long_suite()][:2]
+        [('toy-adamw-1e-3-500steps', 500), ('toy-nesterov-3e-2-500steps', 500)]
+        >>> toy_long_suite()[3].schedule.warmup_steps
+        62
+    """
+    short = {a.name: a for a in toy_suite()}
+    picked = [short[n] for n in ("toy-adamw-1e-3", "toy-nesterov-3e-2", "toy-lora-adamw-3e-3", "toy-qi-cosine")]
+    long = adapt_suite(picked, steps=LONG_ATTACK_STEPS)
+    return tuple(dataclasses.replace(a, name=f"{a.name}-{LONG_ATTACK_STEPS}steps") for a in long)
+
+
+LOCAL_SUITES = {"toy": toy_suite, "toy-long": toy_long_suite}
 
 
 def _fits(value: Any, hint: Any) -> bool:
