@@ -115,7 +115,7 @@ def test_every_field_is_a_flag():
     cfg = load_config("toy", overrides)
     assert (cfg.tar.outer_steps, cfg.random_mapping.lr, cfg.data.max_length) == (9, 0.5, 16)
     n_fields = sum(len(dataclasses.fields(type(getattr(cfg, s)))) for s in ("model", "data", "run", "tar",
-                                                                            "random_mapping"))  # fmt: skip
+                                                                            "random_mapping", "baseline"))  # fmt: skip
     n_flags = len({a.dest for a in parser._actions if a.dest.startswith("cfg::")})
     assert n_flags == n_fields
 

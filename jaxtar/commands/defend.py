@@ -29,10 +29,11 @@ from jaxtar.config.flags import add_preset_flag
 METHODS_HELP = {
     "tar": "TAR: tamper-resistance training against simulated fine-tuning attacks (presets in jaxtar/configs)",
     "random-mapping": "the random-mapping safeguard TAR starts from in the bio / cyber settings",
+    "baseline": "a baseline of TAR's tables: --baseline.method max_entropy|min_posterior|llmu|rmu",
     "mlac": "MLAC: meta-learned adversarial censoring of a BERT classifier (presets in jaxtar/configs/mlac)",
 }
 METHOD_NAMES = tuple(METHODS_HELP)
-_OWN_SECTION = {"tar": "tar", "random-mapping": "random_mapping"}
+_OWN_SECTION = {"tar": "tar", "random-mapping": "random_mapping", "baseline": "baseline"}
 
 
 def _defence_sections(method: str):
@@ -68,7 +69,9 @@ def _configure_method(p: argparse.ArgumentParser, method: str) -> None:
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.usage = "jaxtar defend {tar,random-mapping,mlac} [--preset P] [--output DIR] [--resume] [--SECTION.FIELD V ...]"
+    p.usage = (
+        f"jaxtar defend {{{','.join(METHOD_NAMES)}}} [--preset P] [--output DIR] [--resume] [--SECTION.FIELD V ...]"
+    )
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", title="methods (jaxtar defend "
                                "METHOD -h lists a method's flags with its preset's values)")  # fmt: skip
     for method, text in METHODS_HELP.items():

@@ -1,7 +1,8 @@
-"""TAR and random-mapping runs: the sections of a :class:`DefenceConfig`, its presets and its flags.
+"""Decoder defence runs (TAR, random mapping, the baselines): the sections of a :class:`DefenceConfig`, its presets
+and its flags.
 
-A defence run is a :class:`DefenceConfig` with five sections — ``model``, ``data``, ``run``, ``tar`` and
-``random_mapping`` — each a frozen dataclass validated in ``__post_init__``. Presets are YAML files in
+A defence run is a :class:`DefenceConfig` with six sections — ``model``, ``data``, ``run``, ``tar``,
+``random_mapping`` and ``baseline`` — each a frozen dataclass validated in ``__post_init__``. Presets are YAML files in
 ``jaxtar/configs/`` (or any path) with the same sections; overrides are dotted keys (``tar.outer_steps=10``), and the
 CLI turns every field into a flag (``--tar.outer-steps 10``) through :func:`add_config_flags`. Loading, overrides and
 flags are the generic mechanism of `jaxtar.config.sections`.
@@ -25,10 +26,12 @@ from typing import Any
 
 import yaml
 
+from jaxtar.config.baseline import BASELINE_METHODS, LLMU_NORMAL_LOSSES, BaselineConfig  # noqa: F401 - re-exported
 from jaxtar.config.choices import ESTIMATOR_KINDS
 from jaxtar.config.sections import (
     PresetFolder,
     add_section_flags,
+    check_schedule_free,
     check_sections,
     check_values,
     load_preset,
@@ -38,7 +41,6 @@ from jaxtar.config.sections import (
     positive,
     section_overrides,
     sections_of,
-    unit_interval,
 )
 from jaxtar.errors import ConfigError
 from jaxtar.files import write_text_atomic
@@ -50,15 +52,6 @@ TAMPER_LOSSES = ("entropy", "dpo")
 TAR_SETTINGS = ("bio", "cyber", "refusal")
 # Top-level preset sections owned by other commands (red team, demo); loaded presets may carry them.
 EXTERNAL_SECTIONS = ("redteam", "eval", "demo")
-
-
-def _check_schedule_free(obj: Any) -> None:
-    """Checks the schedule-free AdamW fields of a section (lr, warmup_steps, b1, b2, eps, weight_decay)."""
-    positive(obj, "lr", "eps")
-    non_negative(obj, "warmup_steps", "weight_decay")
-    unit_interval(obj, "b1", "b2")
-    if obj.b1 == 0.0:
-        raise ConfigError(f"{type(obj).__name__}.b1 must be > 0 (schedule-free AdamW interpolates with weight b1)")
 
 
 @dataclass(frozen=True)
@@ -166,7 +159,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TarConfig:
-    """TAR (REFERENCE §1.2-1.3); defaults are the paper's bio setting.
+    """TAR (docs/methods.md#tar-outer-loop); defaults are the paper's bio setting
+    (docs/methods.md#tar-hyper-parameters).
 
     Args:
         outer_steps: outer (defence) steps N.
@@ -232,7 +226,7 @@ class TarConfig:
         positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
         positive(self, "max_grad_norm", "adversary_chunk_size", "loss_chunk_size")
         non_negative(self, "lambda_tr", "lambda_retain", "lambda_representation", "sft_steps", "tamper_rate")
-        _check_schedule_free(self)
+        check_schedule_free(self)
         if self.tamper_every > self.inner_steps:
             raise ConfigError(
                 f"TarConfig.tamper_every ({self.tamper_every}) must be <= inner_steps ({self.inner_steps}): "
@@ -249,7 +243,7 @@ class TarConfig:
 
 @dataclass(frozen=True)
 class RandomMappingConfig:
-    """The random-mapping initial safeguard (REFERENCE §1.1): schedule-free AdamW on
+    """The random-mapping initial safeguard (docs/methods.md#random-mapping): schedule-free AdamW on
     ``lambda_random_mapping * (1 - |cos(h, R[token])|)`` over forget text + ``lambda_retain * CE`` on retain text.
 
     Args:
@@ -279,7 +273,7 @@ class RandomMappingConfig:
         check_values(self)
         positive(self, "steps", "forget_batch_size", "retain_batch_size")
         non_negative(self, "lambda_random_mapping", "lambda_retain", "mapping_seed")
-        _check_schedule_free(self)
+        check_schedule_free(self)
 
 
 @dataclass(frozen=True)
@@ -296,6 +290,7 @@ class DefenceConfig:
     run: RunConfig = field(default_factory=RunConfig)
     tar: TarConfig = field(default_factory=TarConfig)
     random_mapping: RandomMappingConfig = field(default_factory=RandomMappingConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     preset: str = ""
 
     def __post_init__(self) -> None:

@@ -96,6 +96,15 @@ def one_of(obj: Any, name: str, choices: Sequence[str], *, optional: bool = Fals
         raise ConfigError(f"{type(obj).__name__}.{name} must be one of {tuple(choices)}, got {value!r}")
 
 
+def check_schedule_free(obj: Any) -> None:
+    """Checks the schedule-free AdamW fields of a section (lr, warmup_steps, b1, b2, eps, weight_decay)."""
+    positive(obj, "lr", "eps")
+    non_negative(obj, "warmup_steps", "weight_decay")
+    unit_interval(obj, "b1", "b2")
+    if obj.b1 == 0.0:
+        raise ConfigError(f"{type(obj).__name__}.b1 must be > 0 (schedule-free AdamW interpolates with weight b1)")
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved type annotation of every field of the dataclass ``cls``."""
     return typing.get_type_hints(cls)
@@ -107,7 +116,7 @@ def sections_of(cls: type) -> dict[str, type]:
     Example:
         >>> from jaxtar.config import DefenceConfig
         >>> list(sections_of(DefenceConfig))
-        ['model', 'data', 'run', 'tar', 'random_mapping']
+        ['model', 'data', 'run', 'tar', 'random_mapping', 'baseline']
     """
     hints = field_types(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}

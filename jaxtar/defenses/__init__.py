@@ -1,4 +1,5 @@
-"""Defences: the random-mapping initial safeguard and TAR, as resumable, checkpointed training runs.
+"""Defences: the random-mapping initial safeguard, TAR and the baselines of TAR's tables (max entropy, min
+posterior, LLMU, RMU), as resumable, checkpointed training runs.
 
 Example:
     >>> from jaxtar.config import load_config
@@ -10,6 +11,12 @@ Example:
 
 from jaxtar.defenses._inputs import InputError, check_tokenizer, load_model
 from jaxtar.defenses._loop import Phase, Selected, schedule_free_adamw, schedule_free_params
+from jaxtar.defenses.baselines import (
+    baseline_objective,
+    build_baseline_phases,
+    make_baseline_step,
+    run_baseline,
+)
 from jaxtar.defenses.random_mapping import (
     build_random_mapping_phases,
     make_random_mapping_step,
@@ -27,7 +34,7 @@ from jaxtar.defenses.tar import (
     train_suite,
 )
 
-METHODS = {"tar": run_tar, "random-mapping": run_random_mapping}
+METHODS = {"tar": run_tar, "random-mapping": run_random_mapping, "baseline": run_baseline}
 
 __all__ = [
     "METHODS",
@@ -39,14 +46,18 @@ __all__ = [
     "Loaded",
     "run_defence",
     "TarData",
+    "baseline_objective",
+    "build_baseline_phases",
     "build_random_mapping_phases",
     "build_tar_phases",
     "check_tokenizer",
     "load_model",
+    "make_baseline_step",
     "make_random_mapping_step",
     "make_sft_step",
     "make_tar_step",
     "random_mapping_objective",
+    "run_baseline",
     "run_random_mapping",
     "run_tar",
     "schedule_free_adamw",

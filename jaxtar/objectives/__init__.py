@@ -11,6 +11,16 @@ Example:
 """
 
 from jaxtar.objectives._chunks import head_logits
+from jaxtar.objectives.baselines import (
+    activation_mse,
+    gradient_ascent_loss,
+    kl_to_reference,
+    log_one_minus_p,
+    max_entropy_loss,
+    min_posterior_loss,
+    random_completion_loss,
+    rmu_steering_vector,
+)
 from jaxtar.objectives.calibration import calibrated_cross_entropy, remapped_cross_entropy, solve_calibration
 from jaxtar.objectives.dpo import DPOOutput, dpo_loss, dpo_loss_from_hidden, dpo_loss_from_logits, reference_log_probs
 from jaxtar.objectives.entropy import (
@@ -47,6 +57,14 @@ from jaxtar.objectives.representation import (
 )
 
 __all__ = [
+    "activation_mse",
+    "gradient_ascent_loss",
+    "kl_to_reference",
+    "log_one_minus_p",
+    "max_entropy_loss",
+    "min_posterior_loss",
+    "random_completion_loss",
+    "rmu_steering_vector",
     "calibrated_cross_entropy",
     "remapped_cross_entropy",
     "solve_calibration",
