@@ -97,6 +97,8 @@ class Workload:
     step_batched_dot_bytes: int | None = None
     tamper_dot_bytes: int | None = None
     tamper_batched_dot_bytes: int | None = None
+    batch_size: int | None = None  # attack batch rows (a mesh's data x fsdp must divide them), when known
+    gathered_params: int | None = None  # weights a step gathers at once under fsdp (two layers + embeddings)
 
     def __post_init__(self) -> None:
         for name in ("defended_params", "trainable_params", "steps", "records", "adversaries"):
@@ -158,6 +160,8 @@ class Workload:
             step_batched_dot_bytes=4 * batch_size * seq_len * (fwd_attn + bwd_attn),
             tamper_dot_bytes=4 * tb * seq_len * fwd_dots,
             tamper_batched_dot_bytes=4 * tb * seq_len * fwd_attn,
+            batch_size=batch_size,
+            gathered_params=2 * per_layer + embed,
         )
 
 
@@ -295,3 +299,116 @@ def compiled_peak_bytes(compiled: Any) -> int:
     ma = compiled.memory_analysis()
     total = ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
     return int(total - ma.alias_size_in_bytes)
+
+
+# ------------------------------------------------------------------------------ per-component, per-device view
+COMPONENTS = ("params", "gradients", "optimiser states", "attack state", "stored steps", "activations", "frozen base",
+              "fsdp gathers")  # fmt: skip
+
+
+def mesh_fits(w: Workload, mesh: tuple[int, int, int], chunk: int | None = None) -> str | None:
+    """Why a ``(data, fsdp, adversary)`` mesh cannot split the workload (None when it can): the attack batch rows
+    split across data x fsdp, the chunk of adversaries across the adversary axis.
+
+    Example:
+        >>> w = Workload(10**6, 10**6, 10**7, 10**7, steps=4, records=1, state_factor=2, batch_size=8)
+        >>> mesh_fits(w, (2, 2, 1)), mesh_fits(w, (3, 1, 1))
+        (None, 'data x fsdp = 3 does not divide the attack batch of 8 rows')
+    """
+    data, fsdp, adversary = mesh
+    c = min(chunk or w.adversaries, w.adversaries)
+    if min(mesh) < 1:
+        return f"mesh sizes must be >= 1, got {mesh}"
+    if w.batch_size is not None and w.batch_size % (data * fsdp):
+        return f"data x fsdp = {data * fsdp} does not divide the attack batch of {w.batch_size} rows"
+    if c % adversary:
+        return f"the adversary axis ({adversary}) does not divide the chunk of {c} adversaries"
+    return None
+
+
+def peak_components(
+    w: Workload, estimator: Estimator, chunk: int | None = None, mesh: tuple[int, int, int] = (1, 1, 1)
+) -> dict[str, float]:
+    """`predict_peak_bytes` by component (`COMPONENTS`), per device of a ``(data, fsdp, adversary)`` mesh.
+
+    On one device the parts sum to ``predict_peak_bytes(w, estimator, chunk).total``. On a mesh, parameter-sized
+    arrays (weights, gradients, the attack's params and moments, stored carries) are divided by fsdp; what grows
+    with the batch (activations, kept dot outputs) by data x fsdp; the chunk's adversaries are split across the
+    adversary axis. Under fsdp each adversary's step also gathers full weights (`Workload.gathered_params`: two
+    layers and the embeddings) -- "fsdp gathers".
+
+    Example:
+        >>> w = Workload(10**6, 10**6, 10**7, 10**7, steps=4, records=1, state_factor=2)
+        >>> one = peak_components(w, Estimator("exact"))
+        >>> round(sum(one.values())) == predict_peak_bytes(w, Estimator("exact")).total
+        True
+        >>> sum(peak_components(w, Estimator("exact"), mesh=(2, 2, 1)).values()) < sum(one.values())
+        True
+    """
+    data, fsdp, adversary = mesh
+    b = w.bytes_per_param
+    c = min(chunk or w.adversaries, w.adversaries)
+    big_d, p = w.defended_params * b, w.trainable_params * b
+    s, g, a, a_t = (1 + w.state_factor) * p, p, w.step_activation_bytes, w.tamper_activation_bytes
+    kind = estimator.kind
+    attack = stored_p = stored_a = 0.0
+    grads = big_d  # each adversary's own meta-gradient
+    if kind in ("exact", "truncated", "remat"):
+        (x_p, x_a), (xt_p, xt_a) = _policy_split(w, estimator.remat_policy if kind == "remat" else EXACT_POLICY, g)
+        outer, steps, records = _remat_stored(w, kind == "remat" and estimator.two_level)
+        if kind == "truncated":
+            steps = min(estimator.truncation, steps)
+        attack, acts = s + g, _ONE_STEP * a + 2 * a_t
+        stored_p, stored_a = outer * s + steps * (s + x_p) + records * xt_p, steps * x_a + records * xt_a
+    elif kind == "mixed":
+        stored_p, acts = w.steps * (s + g), _FWD_OVER_REV * a + 2 * a_t
+    elif kind == "first_order":
+        attack, acts = s + g, 2 * a + 1.6 * w.records * a_t
+    else:  # tar: one accumulator besides the meta-gradient
+        attack, acts, grads = s + g, 1.5 * a + a_t, 2 * big_d
+    per_dev = -(-c // adversary)
+    split = data * fsdp
+    gathers = per_dev * (w.gathered_params or 0) * b if fsdp > 1 else 0.0
+    return {
+        "params": big_d / fsdp,
+        "gradients": (per_dev * grads + (big_d if c < w.adversaries else 0)) / fsdp,
+        "optimiser states": 0.0,
+        "attack state": per_dev * attack / fsdp,
+        "stored steps": per_dev * (stored_p / fsdp + stored_a / split),
+        "activations": per_dev * acts / split,
+        "frozen base": 0.0,
+        "fsdp gathers": gathers,
+    }
+
+
+def _policy_split(w: Workload, policy: str, g: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """`_policy_keeps` split into (parameter-sized, batch-sized) bytes, per step and per record."""
+    x, x_t = _policy_keeps(w, policy, g)
+    x_p = 0.0 if policy == "nothing_saveable" else g
+    return (x_p, x - x_p), (0.0, x_t)
+
+
+def training_components(
+    w: Workload, *, optimizer_arrays: int, extra_param_copies: int = 0, mesh: tuple[int, int, int] = (1, 1, 1)
+) -> dict[str, float]:
+    """A plain training step's bytes by component (`COMPONENTS`), per device: params, gradient,
+    ``optimizer_arrays`` optimiser arrays and ``extra_param_copies`` frozen copies (all divided by fsdp), and two
+    steps' worth of activations (divided by data x fsdp) -- `jaxtar.defenses._fit.training_bytes` on one device.
+
+    Example:
+        >>> w = Workload(1000, 1000, 4000, 4000, steps=1, records=1, state_factor=2)
+        >>> sum(training_components(w, optimizer_arrays=3).values())
+        28000.0
+    """
+    data, fsdp, _ = mesh
+    d = w.defended_params * w.bytes_per_param / fsdp
+    return {
+        "params": d,
+        "gradients": d,
+        "optimiser states": optimizer_arrays * d,
+        "attack state": 0.0,
+        "stored steps": 0.0,
+        "activations": 2 * w.step_activation_bytes / (data * fsdp),
+        "frozen base": extra_param_copies * d,
+        "fsdp gathers": (w.gathered_params or 0) * w.bytes_per_param if fsdp > 1 else 0.0,
+    }

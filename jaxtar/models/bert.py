@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import Model, ModelOutput, Params, model_for_config
-from jaxtar.models.layers import ACTIVATIONS, attention, layer_norm, linear, upcast_dtype
+from jaxtar.models.layers import ACTIVATIONS, attention, check_attention_impl, layer_norm, linear, upcast_dtype
 from jaxtar.models.lora import LoraParams
 from jaxtar.models.modules import Dense, LayerNormParams, StackedLinear
 
@@ -63,8 +63,10 @@ class BertConfig:
     initializer_range: float = 0.02
     model_type: str = "bert"
     pad_token_id: int | None = 0
+    attention_impl: str = "reference"  # reference | xla | cudnn (jaxtar.models.layers; not part of the checkpoint)
 
     def __post_init__(self) -> None:
+        check_attention_impl(self.attention_impl)
         if self.model_type != "bert":
             raise ValueError(f"BertConfig needs model_type 'bert', got {self.model_type!r}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -168,7 +170,7 @@ class Bert(nnx.Module):
                               dropout_key=key)  # fmt: skip
 
             q, k, v = (proj(h, name).reshape(b, t, c.num_heads, c.head_dim) for name in ("query", "key", "value"))
-            a = proj(attention(q, k, v, allowed), "attn_out")
+            a = proj(attention(q, k, v, allowed, impl=c.attention_impl), "attn_out")
             h = layer_norm(a + h, lp["attn_norm"]["scale"], lp["attn_norm"]["bias"], c.layer_norm_eps)
             y = proj(act(proj(h, "intermediate")), "ffn_out")
             h = layer_norm(y + h, lp["ffn_norm"]["scale"], lp["ffn_norm"]["bias"], c.layer_norm_eps)

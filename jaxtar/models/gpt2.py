@@ -30,7 +30,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtar.models.functional import ModelOutput
-from jaxtar.models.layers import ACTIVATIONS, attention, causal_mask, layer_norm, linear, matmul, upcast_dtype
+from jaxtar.models.layers import (
+    ACTIVATIONS,
+    attention,
+    causal_mask,
+    check_attention_impl,
+    layer_norm,
+    linear,
+    matmul,
+    upcast_dtype,
+)
 from jaxtar.models.lora import LoraParams
 from jaxtar.models.modules import LayerNormParams, StackedLinear
 
@@ -57,8 +66,10 @@ class GPT2Config:
     bos_token_id: int | None = 50256
     eos_token_id: int | list[int] | None = 50256
     pad_token_id: int | None = None
+    attention_impl: str = "reference"  # reference | xla | cudnn (jaxtar.models.layers; not part of the checkpoint)
 
     def __post_init__(self) -> None:
+        check_attention_impl(self.attention_impl)
         if self.model_type != "gpt2":
             raise ValueError(f"GPT2Config needs model_type 'gpt2', got {self.model_type!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
@@ -179,7 +190,10 @@ class GPT2(nnx.Module):
                 }
                 k, v = layer_cache["k"], layer_cache["v"]
             scale = base_scale / (idx + 1).astype(jnp.float32) if c.scale_attn_by_inverse_layer_idx else base_scale
-            h = h + proj(attention(q, k.astype(dtype), v.astype(dtype), allowed_bts, scale=scale), "c_proj")
+            a = attention(
+                q, k.astype(dtype), v.astype(dtype), allowed_bts, scale=scale, impl=c.attention_impl, causal=True
+            )
+            h = h + proj(a, "c_proj")
             x = layer_norm(h, lp["ln_2"]["scale"], lp["ln_2"]["bias"], c.layer_norm_eps)
             h = h + proj(act(proj(x, "c_fc")), "mlp_c_proj")
             return h, (h if output_hidden_states else None, layer_cache)

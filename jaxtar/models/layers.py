@@ -2,10 +2,20 @@
 
 Weights are plain arrays; a linear layer is a dict ``{"kernel": [in, out], "bias": [out]?}`` (kernel in
 ``x @ kernel`` layout, i.e. the transpose of torch's ``out x in``).
+
+Attention has three implementations (`ATTENTION_IMPLS`, a model config's ``attention_impl``): ``reference``, the
+hand-written softmax attention every port has always used (the default: the parity tests' numbers, float64 kept);
+``xla``, `jax.nn.dot_product_attention` lowered to plain XLA ops (the same values and first- and second-order
+gradients to float32 rounding, tests/models/test_attention_impl.py; its softmax runs in float32 even for float64
+inputs); ``cudnn``, the same call with cuDNN's fused kernel (NVIDIA GPUs, bfloat16 / float16 compute only). cuDNN's
+kernel has no second derivative, so a second-order meta-gradient estimator (`SECOND_ORDER_KINDS`) runs ``xla``
+instead: `resolve_attention_impl` / `with_attention_impl` pick the implementation and log the reason once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +24,12 @@ import jax
 import jax.numpy as jnp
 
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)  # what transformers adds to masked scores
+ATTENTION_IMPLS = ("reference", "xla", "cudnn")
+# Estimators that differentiate through the attack's own gradients (double backward or forward-over-reverse);
+# `truncated` with T = 0 is first order (docs/meta-gradients.md#estimators).
+SECOND_ORDER_KINDS = ("exact", "remat", "mixed", "truncated")
+_log = logging.getLogger("jaxtar.models")
+_LOGGED: set[str] = set()
 
 # transformers' activation names (ACT2FN) -> jax functions. "gelu" is the exact erf form; the "new"/"tanh" ones are
 # the tanh approximation, which is what GPT-2 uses.
@@ -130,7 +146,9 @@ def attention(
     v_bskd: jax.Array,
     allowed_bts: jax.Array,
     *,
-    scale: float | None = None,
+    scale: float | jax.Array | None = None,
+    impl: str = "reference",
+    causal: bool = False,
 ) -> jax.Array:
     """Multi-head attention with grouped K/V heads (MHA, GQA and MQA); softmax in float32 (float64 stays).
 
@@ -139,19 +157,127 @@ def attention(
         k_bskd, v_bskd: keys and values ``[B, S, KV, hd]`` with ``H % KV == 0``.
         allowed_bts: boolean ``[B, T, S]``: may query ``t`` attend to key ``s``.
         scale: score scale, default ``hd ** -0.5``.
+        impl: ``reference``, ``xla`` or ``cudnn`` (see the module docstring).
+        causal: ``allowed_bts`` includes a causal mask: lets ``cudnn`` skip the future when ``T == S``.
 
     Returns:
         ``[B, T, H * hd]``.
     """
     b, t, h, hd = q_bthd.shape
     kv = k_bskd.shape[2]
-    q = q_bthd.reshape(b, t, kv, h // kv, hd)
     scale = hd**-0.5 if scale is None else scale
+    if impl != "reference":
+        return _library_attention(q_bthd, k_bskd, v_bskd, allowed_bts, scale, impl, causal)
+    q = q_bthd.reshape(b, t, kv, h // kv, hd)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd, preferred_element_type=upcast_dtype(q.dtype)) * scale
     scores = jnp.where(allowed_bts[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
     return out.reshape(b, t, h * hd)
+
+
+def _library_attention(q, k, v, allowed_bts, scale, impl, causal) -> jax.Array:
+    """`jax.nn.dot_product_attention` with ``implementation=impl`` and the ``[B, 1, T, S]`` mask."""
+    b, t, h, hd = q.shape
+    check_attention_impl(impl)
+    is_causal = False
+    if impl == "cudnn":
+        _check_cudnn(q.dtype)
+        if not isinstance(scale, (int, float)):  # a traced scale (GPT-2's per-layer one): cuDNN takes a constant
+            q, scale = q * jnp.asarray(scale, q.dtype), 1.0
+        is_causal = causal and t == k.shape[1]  # the mask still applies; this lets the kernel skip the future
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=allowed_bts[:, None], scale=scale, is_causal=is_causal, implementation=impl
+    )
+    return out.reshape(b, t, h * hd)
+
+
+def check_attention_impl(impl: str) -> None:
+    """Refuses a name outside `ATTENTION_IMPLS` (ValueError naming them).
+
+    Example:
+        >>> check_attention_impl("flash")
+        Traceback (most recent call last):
+        ...
+        ValueError: attention_impl must be one of ('reference', 'xla', 'cudnn'), got 'flash'
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+
+
+def _check_cudnn(dtype: Any, platform: str | None = None) -> None:
+    platform = platform or jax.default_backend()
+    if platform != "gpu":
+        raise ValueError(
+            f"attention_impl 'cudnn' needs an NVIDIA GPU (cuDNN's fused attention); this backend is {platform!r}: "
+            "use 'xla' (jax.nn.dot_product_attention without cuDNN) or 'reference'"
+        )
+    if dtype is not None and jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ValueError(
+            f"attention_impl 'cudnn' needs bfloat16 or float16 compute (cuDNN's kernel), got {jnp.dtype(dtype)}: "
+            "set the compute dtype to bfloat16, or use 'xla'"
+        )
+
+
+def needs_second_order(estimator: Any) -> bool:
+    """Does ``estimator`` (an `Estimator`, or its kind as text) differentiate through the attack's gradients?
+
+    Example:
+        >>> needs_second_order("exact"), needs_second_order("tar")
+        (True, False)
+    """
+    kind = getattr(estimator, "kind", estimator)
+    if kind == "truncated" and getattr(estimator, "truncation", None) == 0:
+        return False
+    return kind in SECOND_ORDER_KINDS
+
+
+def resolve_attention_impl(impl: str, estimator: Any = None, *, platform: str | None = None) -> str:
+    """The attention implementation a run uses: ``impl``, except ``cudnn`` under a second-order ``estimator``
+    (`needs_second_order`), which runs ``xla`` (cuDNN's kernel has no double backward; logged once per reason).
+
+    Raises:
+        ValueError: an unknown name, or ``cudnn`` where there is no GPU (``platform``: default JAX's backend).
+
+    Example:
+        >>> resolve_attention_impl("xla", "exact"), resolve_attention_impl("cudnn", "exact", platform="gpu")
+        ('xla', 'xla')
+    """
+    check_attention_impl(impl)
+    if impl != "cudnn":
+        return impl
+    _check_cudnn(None, platform)
+    if needs_second_order(estimator):
+        kind = getattr(estimator, "kind", estimator)
+        _log_once(
+            f"attention_impl 'cudnn' -> 'xla': the {kind!r} meta-gradient estimator differentiates through the "
+            "attack's gradients, and cuDNN's fused attention has no second derivative"
+        )
+        return "xla"
+    return impl
+
+
+def with_attention_impl(model: Any, impl: str, estimator: Any = None, *, platform: str | None = None) -> Any:
+    """``model`` (a `jaxtar.models.Model`) running attention with `resolve_attention_impl` ``(impl, estimator)``;
+    the parameters are unchanged, so the same params dict works with either.
+
+    Example:
+        >>> from jaxtar.models import LlamaConfig, model_for_config
+        >>> with_attention_impl(model_for_config(LlamaConfig.tiny()), "xla").config.attention_impl
+        'xla'
+    """
+    from jaxtar.models.functional import model_for_config
+
+    resolved = resolve_attention_impl(impl, estimator, platform=platform)
+    if getattr(model.config, "attention_impl", "reference") == resolved:
+        return model
+    return model_for_config(dataclasses.replace(model.config, attention_impl=resolved))
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        _log.warning(message)
 
 
 def causal_mask(

@@ -25,6 +25,7 @@ from jaxtar.models.layers import (
     apply_rope,
     attention,
     causal_mask,
+    check_attention_impl,
     linear,
     matmul,
     rms_norm,
@@ -62,8 +63,10 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
     pad_token_id: int | None = None
+    attention_impl: str = "reference"  # reference | xla | cudnn (jaxtar.models.layers; not part of the checkpoint)
 
     def __post_init__(self) -> None:
+        check_attention_impl(self.attention_impl)
         if self.model_type not in DECODER_TYPES:
             raise ValueError(f"model_type {self.model_type!r} is not a Llama-family decoder {DECODER_TYPES}")
         for name in (
@@ -188,7 +191,8 @@ class Llama(nnx.Module):
                     layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, 1
                 )
                 layer_cache = {"k": k, "v": v}
-            h = h + proj(attention(q, k.astype(dtype), v.astype(dtype), allowed_bts), "o_proj")
+            a = attention(q, k.astype(dtype), v.astype(dtype), allowed_bts, impl=c.attention_impl, causal=True)
+            h = h + proj(a, "o_proj")
             x = rms_norm(h, lp["mlp_norm"]["scale"], c.rms_norm_eps)
             h = h + proj(jax.nn.silu(proj(x, "gate_proj")) * proj(x, "up_proj"), "down_proj")
             return h, (h if output_hidden_states else None, layer_cache)
