@@ -7,6 +7,7 @@ Example:
     >>> print(results.summary("tar").worst_forget_after)  # doctest: +SKIP
 """
 
+from jaxtar.eval.durability import RecoveryCurve, forget_auc, steps_to_recover
 from jaxtar.eval.judge import Judge, JudgeResult, JudgeTask, judge_generations, refusal_keyword_judge
 from jaxtar.eval.mcq import (
     EvalSet,
@@ -41,6 +42,9 @@ from jaxtar.eval.report import (
 from jaxtar.eval.suites import adapt_suite, adversary_from_dict, load_suite, name_adversaries, toy_suite
 
 __all__ = [
+    "RecoveryCurve",
+    "forget_auc",
+    "steps_to_recover",
     "DOMAIN_SUBJECTS",
     "AttackRun",
     "EvalSet",
