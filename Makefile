@@ -35,7 +35,7 @@ lint: setup-test
 	$(BIN)/ruff format --check jaxtar tests benchmarks
 
 test: setup-test lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests notebooks --nbmake
 
 # Publish demo numbers: `make results RUN=runs/demo-X` copies a full run's demo.json to docs/results/demo.json (a
 # --quick run's to docs/results/demo-quick.json, the tests' snapshot) and rewrites the README's demo block from it;
