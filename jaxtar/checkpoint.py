@@ -5,6 +5,11 @@ A run folder holds ``run.json`` (the run's identity: method, model, data, method
 exported ``model/``. :func:`open_run_dir` refuses a folder that holds another run (or anything else) so nothing is
 ever overwritten, and on resume checks that the identity matches.
 
+Across processes (`jaxtar.parallel.initialize_distributed`) process 0 alone claims, locks and writes the run folder
+(the others wait for it and share its verdict), while every process takes part in each orbax save and restore of the
+global arrays (orbax's multi-host support: process 0 writes the metadata and commits the step; the folder must be
+on storage every process sees).
+
 Orbax writes every step under a temporary name and renames it when complete, so a run killed mid-save (even with
 ``kill -9``) leaves only whole checkpoints behind. Restores always pass an abstract target (shapes, dtypes,
 shardings): the tree structure comes back exactly (NamedTuple optimiser states, integer dict keys).
@@ -35,6 +40,7 @@ import jax
 
 from jaxtar.errors import RunDirError
 from jaxtar.files import write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
+from jaxtar.parallel import on_main_process
 from jaxtar.runlock import RunLock, claim_output_dir
 
 PyTree = Any
@@ -112,7 +118,23 @@ def open_run_dir(
         RunDirError: the folder holds another run (the differing fields are named), holds this run but
             ``resume`` is off, or is a non-empty folder that is not a run folder. Nothing is written then.
         RunLockedError: another live process is writing the folder.
+
+    With several processes, process 0 opens (and locks) the folder; the others wait for it and get a `RunDir`
+    without a lock, or the error process 0 raised.
     """
+    claimed: list[RunDir] = []
+
+    def claim() -> bool:
+        claimed.append(_open_run_dir(path, identity, resume=resume, optional=optional))
+        return claimed[0].resumed
+
+    resumed = on_main_process(claim, "open the run folder")
+    return claimed[0] if claimed else RunDir(Path(path), resumed=bool(resumed))
+
+
+def _open_run_dir(
+    path: str | os.PathLike, identity: dict[str, Any], *, resume: bool, optional: tuple[str, ...]
+) -> RunDir:
     path = Path(path)
     identity = json.loads(json.dumps(identity))  # normalise (tuples -> lists) for comparison
     run_file = path / RUN_FILE
@@ -172,7 +194,10 @@ class Checkpointer:
     Args:
         directory: where steps are written (created if needed).
         max_to_keep: how many recent steps to keep (older ones are deleted after a successful save).
-        async_save: write in a background thread (call :meth:`wait` or :meth:`close` before exiting).
+        async_save: write in a background thread (call :meth:`wait` or :meth:`close` before exiting); None: only
+            in a single process. Across processes saves are synchronous: orbax's barriers are collectives over
+            every device, and one issued from a background thread while the next step's collectives run could
+            start in a different order on each process.
 
     Example:
         >>> import tempfile, jax.numpy as jnp
@@ -182,8 +207,11 @@ class Checkpointer:
         >>> c.close()
     """
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool | None = None) -> None:
         import orbax.checkpoint as ocp
+
+        if async_save is None:
+            async_save = jax.process_count() == 1
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()

@@ -33,6 +33,7 @@ METHODS_HELP = {
     "mlac": "MLAC: meta-learned adversarial censoring of a BERT classifier (presets in jaxtar/configs/mlac)",
 }
 METHOD_NAMES = tuple(METHODS_HELP)
+EXPORT_NOTE = "a Hugging Face checkpoint; loading it with transformers needs PyTorch: pip install torch"
 _OWN_SECTION = {"tar": "tar", "random-mapping": "random_mapping", "baseline": "baseline"}
 
 
@@ -95,8 +96,10 @@ def run_defend(args: argparse.Namespace) -> int:
         return defend_mlac(args)
     from jaxtar.config import load_config
     from jaxtar.defenses import METHODS
+    from jaxtar.parallel import initialize_distributed
 
     config = load_config(args.preset, {**config_overrides(args), **shorthand_overrides(args)})
+    initialize_distributed(run=config.run)  # before any other JAX call: several processes form one mesh
     result = METHODS[args.method](config)  # bad input: a JaxtarError, exit 2 in jaxtar.cli.main
     if result.interrupted:
         print(
@@ -105,7 +108,11 @@ def run_defend(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    import jax
+
+    if jax.process_index() != 0:  # several processes: process 0 reports for all
+        return 0
     print(f"{args.method}: {_summary(result)}")
     if result.model_dir is not None:
-        print(f"model: {result.model_dir}")
+        print(f"model: {result.model_dir} ({EXPORT_NOTE})")
     return 0

@@ -32,6 +32,9 @@ def defend_mlac(args: argparse.Namespace) -> int:
     config = load_mlac_config(args.preset, overrides)
     if config.run.output_dir is None:
         raise ConfigError("--output DIR is required (a new folder, or this run's folder with --resume)")
+    from jaxtar.parallel import initialize_distributed
+
+    initialize_distributed(run=config.run)  # before any other JAX call: several processes form one mesh
     from jaxtar.defenses.mlac_run import run_mlac
 
     result = run_mlac(config)  # bad input: a JaxtarError / OSError, exit 2 in jaxtar.cli.main
@@ -44,6 +47,7 @@ def defend_mlac(args: argparse.Namespace) -> int:
     print(f"mlac: best step {summary['best_step']} (val score {summary['best_val_score']:.4g}); test desired "
           f"accuracy {acc['baseline']:.3f} (start) -> {acc['mlac']:.3f} (mlac)")  # fmt: skip
     print(f"model: {summary['model_dir']}\nbaseline: {summary['baseline_dir']}")
+    print("(Hugging Face checkpoints; loading them with transformers needs PyTorch: pip install torch)")
     return 0
 
 

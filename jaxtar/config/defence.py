@@ -28,6 +28,7 @@ import yaml
 
 from jaxtar.config.baseline import BASELINE_METHODS, LLMU_NORMAL_LOSSES, BaselineConfig  # noqa: F401 - re-exported
 from jaxtar.config.choices import ESTIMATOR_KINDS
+from jaxtar.config.run import RunConfig
 from jaxtar.config.sections import (
     PresetFolder,
     add_section_flags,
@@ -115,46 +116,6 @@ class DataConfig:
         positive(self, "max_length", "limit")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"DataConfig.heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Where and how a run executes (not part of a run's identity: may change on ``--resume``).
-
-    Args:
-        output_dir: the run folder (checkpoints, metrics.jsonl, the exported model in ``model/``).
-        seed: fixes the data order, adversary draws and every key (derived from (seed, step)).
-        checkpoint_every: save a checkpoint every this many steps (and on SIGINT / SIGTERM).
-        keep_checkpoints: how many recent checkpoints to keep.
-        log_every: write a metrics line every this many steps.
-        progress: show a tqdm progress bar.
-        tensorboard: also write TensorBoard events when ``tensorboardX`` or ``torch.utils.tensorboard`` is installed.
-        resume: continue the run in ``output_dir`` from its latest checkpoint.
-        export: write the final model as an HF checkpoint to ``output_dir/model``.
-        mesh_data, mesh_fsdp, mesh_adversary: a (data, fsdp, adversary) device mesh (`jaxtar.parallel.make_mesh`):
-            batches split across data x fsdp, params and optimiser state FSDP-sharded, TAR's adversaries split
-            across adversary. All 1: one device.
-        force: run even when the memory planner predicts that the run does not fit the devices' memory.
-    """
-
-    output_dir: str | None = None
-    seed: int = 0
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    progress: bool = True
-    tensorboard: bool = True
-    resume: bool = False
-    export: bool = True
-    mesh_data: int = 1
-    mesh_fsdp: int = 1
-    mesh_adversary: int = 1
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        check_values(self)
-        positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "mesh_data", "mesh_fsdp", "mesh_adversary")
-        non_negative(self, "seed")
 
 
 @dataclass(frozen=True)

@@ -89,12 +89,15 @@ def checkpoint_sha256(source: str | Path) -> str:
 
 
 def params_sha256(params: Any) -> str:
-    """A content hash of a parameter pytree (paths, dtypes, shapes and bytes), for weights handed in directly."""
+    """A content hash of a parameter pytree (paths, dtypes, shapes and bytes), for weights handed in directly; of
+    the gathered global values when they are sharded across processes (every process must call it then)."""
     import jax
+
+    from jaxtar.parallel import to_host
 
     digest = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        array = np.asarray(jax.device_get(leaf))
+        array = to_host(leaf)  # one leaf at a time in host memory
         digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

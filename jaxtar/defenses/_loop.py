@@ -28,7 +28,15 @@ from jaxtar.checkpoint import Checkpointer, RunDir
 from jaxtar.config import RunConfig
 from jaxtar.defenses._run_log import MetricsLog, Signals, last_record, progress_bar, write_result
 from jaxtar.errors import DivergedError, InputError
-from jaxtar.parallel import batch_shardings, param_shardings, shard
+from jaxtar.parallel import (
+    any_process,
+    batch_shardings,
+    is_main_process,
+    param_shardings,
+    replicated,
+    shard,
+    to_host,
+)
 
 PyTree = Any
 
@@ -181,8 +189,17 @@ def step_key(seed: int, step: int) -> jax.Array:
 
 
 def _scalars(metrics: PyTree) -> dict[str, float]:
-    host = jax.device_get(metrics)
-    return {k: float(np.asarray(v)) for k, v in host.items()}
+    return {k: float(v) for k, v in to_host(metrics).items()}
+
+
+class _NoLog:
+    """The metrics log of processes other than process 0 (which alone writes the run folder)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _state(params: PyTree, opt_state: PyTree, best: PyTree | None) -> dict[str, PyTree]:
@@ -211,7 +228,7 @@ def _restore(
     target = jax.eval_shape(
         lambda p: _state(p, phase.init_opt_state(p), _fresh_best(p) if phase.select else None), params0
     )
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: one, target) if mesh is None else param_shardings(target, mesh)
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
     state, meta = ckpt.restore(step, target)
@@ -232,11 +249,16 @@ def run_phases(
     unchanged (TAR: the same ``params0`` arrays, the frozen base model — no second copy). With a ``mesh`` params,
     optimiser state and ``frozen`` are FSDP-sharded and each step's batches placed by `shard_batches`.
 
+    Across processes (a ``mesh`` over every process's devices) every process runs the same steps on global arrays
+    and saves / restores the checkpoints together (orbax multi-host); process 0 alone writes ``metrics.jsonl``,
+    ``result.json`` and the progress bar, and a signal to any process stops all of them at the same step.
+
     Raises:
         DivergedError: a step produced a non-finite loss, weight or optimiser state (nothing of it is saved).
         InputError: the folder's run has more steps done than ``phases`` ask for.
     """
     t_start = time.perf_counter()
+    main = is_main_process()
     ckpt = Checkpointer(run_dir.checkpoint_dir, max_to_keep=run.keep_checkpoints)
     index, step, best = 0, 0, None
     selected: dict[str, Selected] = {}
@@ -250,7 +272,8 @@ def run_phases(
                 f"{run_dir.path} has {step} steps done, more than the {phases[index].stop} {asked} asked for; "
                 f"resume with at least as many (nothing was changed)"
             )
-        print(f"resumed from step {step} ({phases[index].name})", file=sys.stderr)
+        if main:
+            print(f"resumed from step {step} ({phases[index].name})", file=sys.stderr)
         validated_at_start = True
     else:
         params = jax.tree.map(lambda x: x.copy(), params0)  # trained separately from the frozen base
@@ -258,7 +281,12 @@ def run_phases(
         validated_at_start = False
     params, opt_state, frozen = place(params, mesh), place(opt_state, mesh), place(frozen, mesh)
     best = place(best, mesh)
-    log = MetricsLog(run_dir.metrics_path, step, run.tensorboard, phases[index].name if validated_at_start else None)
+    log = (
+        MetricsLog(run_dir.metrics_path, step, run.tensorboard, phases[index].name if validated_at_start else None)
+        if main
+        else _NoLog()
+    )
+    multiprocess = mesh is not None and jax.process_count() > 1
     last: dict[str, Any] = last_record(run_dir.metrics_path) if step >= total else {}
     interrupted = False
     loss = None  # the last step's "loss" metric (checked with the weights)
@@ -300,7 +328,11 @@ def run_phases(
                 best = place(chosen, mesh)
 
     try:
-        with Signals() as signals, progress_bar(total, step, run.progress, phases[index].name) as bar:
+        with Signals() as signals, progress_bar(total, step, run.progress and main, phases[index].name) as bar:
+
+            def stop_requested() -> bool:  # agreed by every process (a collective when there are several)
+                return any_process(signals.received is not None)
+
             while index < len(phases):
                 phase = phases[index]
                 start = phases[index - 1].stop if index else 0
@@ -311,13 +343,14 @@ def run_phases(
                     validate(phase)
                 validated_at_start = False
                 t_prev = time.perf_counter()
-                while step < phase.stop and signals.received is None:
+                while step < phase.stop and not stop_requested():
                     batches = phase.batches_fn(step)
                     if mesh is not None:
                         batches = shard_batches(batches, mesh, phase.batch_axes)
-                    params, opt_state, metrics = phase.step_fn(
-                        params, opt_state, batches, step_key(run.seed, step), frozen
-                    )
+                    key = step_key(run.seed, step)
+                    if multiprocess:
+                        key = shard(key, replicated(mesh))
+                    params, opt_state, metrics = phase.step_fn(params, opt_state, batches, key, frozen)
                     step += 1
                     loss = metrics.get("loss") if isinstance(metrics, Mapping) else None
                     if step % run.log_every == 0 or step == phase.stop:
@@ -342,7 +375,7 @@ def run_phases(
                         validate(phase)
                     if step % run.checkpoint_every == 0 or step == phase.stop:
                         save(phase)
-                if signals.received is not None and step < total:
+                if step < total and stop_requested():
                     save(phase)
                     interrupted = True
                     break
@@ -365,7 +398,8 @@ def run_phases(
     result = {"complete": True, "steps": step, "metrics": last}
     if selected:
         result["selected"] = {name: s.to_json() for name, s in selected.items()}
-    write_result(run_dir.path, result)  # a resumed, finished run is reported unchanged
+    if main:
+        write_result(run_dir.path, result)  # a resumed, finished run is reported unchanged
     return LoopResult(final, step, False, last, selected, opt_state, time.perf_counter() - t_start)
 
 

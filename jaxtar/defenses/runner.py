@@ -6,6 +6,10 @@ data — and nothing here names a method: TAR and random mapping (``jaxtar.defen
 and MLAC (``jaxtar.defenses.mlac_run.MLAC``) are such values.
 Everything that can be checked is checked before the run folder exists (sizes, memory, data), so a refused run
 writes nothing.
+
+Across processes (`jaxtar.parallel.initialize_distributed`) every process loads the inputs and runs the phases on
+the mesh over all processes' devices; process 0 alone writes the run folder — ``config.yaml``, metrics, the exported
+model (from the gathered weights), ``summary.json`` — while the others wait for it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from jaxtar.defenses._fit import check_memory
 from jaxtar.defenses._loop import Phase, Selected, place, run_phases
 from jaxtar.defenses._run_log import read_result
 from jaxtar.errors import InputError
-from jaxtar.parallel import make_mesh
+from jaxtar.parallel import check_mesh_size, is_main_process, make_mesh, on_main_process, to_host
 
 PyTree = Any
 
@@ -96,7 +100,9 @@ class RunResult:
 
 def _mesh(run: Any) -> Mesh | None:
     sizes = (run.mesh_data, run.mesh_fsdp, run.mesh_adversary)
-    if sizes == (1, 1, 1):
+    if jax.process_count() > 1:
+        check_mesh_size(sizes)  # a multi-process run always has a mesh, over every device
+    elif sizes == (1, 1, 1):
         return None
     try:
         return make_mesh(*sizes)
@@ -129,26 +135,33 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
     resident = sum(x.nbytes for x in jax.tree.leaves(params))
     check_memory({p.name: p.predicted_bytes for p in phases}, mesh, config.run.force, resident)
     with open_run_dir(config.run.output_dir, identity, resume=config.run.resume, optional=("inputs",)) as run_dir:
-        if not run_dir.resumed:
+        if not run_dir.resumed and is_main_process():
             defence.write_config(config, run_dir.path / "config.yaml")
         already_done = _complete(run_dir, phases[-1].stop)
         frozen = params if defence.frozen_base else None
         result = run_phases(phases, params, frozen, run_dir, config.run, mesh)
         model_dir = run_dir.model_dir if already_done else None
         if already_done:
-            print(f"{run_dir.path} was already complete ({result.steps} steps); nothing changed", file=sys.stderr)
+            if is_main_process():
+                print(f"{run_dir.path} was already complete ({result.steps} steps); nothing changed", file=sys.stderr)
         elif not result.interrupted and config.run.export:
-            model_dir = save_pretrained(
-                model, result.params, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed
-            )
-            print(f"wrote {model_dir}", file=sys.stderr)
+            weights = result.params if jax.process_count() == 1 else to_host(result.params)  # gathered on each
+
+            def export() -> str:
+                folder = save_pretrained(
+                    model, weights, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed
+                )
+                print(f"wrote {folder}", file=sys.stderr)
+                return str(folder)
+
+            model_dir = Path(on_main_process(export, "export the model"))
         summary, summary_path = {}, run_dir.path / "summary.json"
         if defence.finish is not None and not result.interrupted:
             if already_done and summary_path.is_file():  # a finished run resumed: reported, not redone
                 summary = json.loads(summary_path.read_text())
             else:
                 summary = defence.finish(config, run_dir, result, loaded)
-                write_json_atomic(summary_path, summary)
+                on_main_process(lambda: write_json_atomic(summary_path, summary), "write summary.json")
     return RunResult(run_dir.path, model_dir, model, result.params, tokenizer, result.steps, result.interrupted,
                      result.metrics, result.selected, summary)  # fmt: skip
 

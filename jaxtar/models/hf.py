@@ -147,7 +147,7 @@ def load_params(
 ) -> Params:
     """Streams the safetensors of ``folder`` into ``model``'s params tree (see the module docstring)."""
     weights, files, headers = _weight_files(folder)
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]
     with contextlib.ExitStack() as stack:
         handles: dict[Path, Any] = {}  # opened (mapped) on first read, after every check
 

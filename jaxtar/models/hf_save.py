@@ -102,7 +102,7 @@ def save_pretrained(
             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         )
         for name, shard in zip(names, shards, strict=True):  # one shard in host memory at a time
-            with jax.default_device(jax.devices("cpu")[0]):
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
                 arrays = {key: jnp.asarray(materialise()) for key, _, materialise in shard}
                 safetensors.flax.save_file(arrays, str(tmp / name), metadata={"format": "pt"})
                 del arrays

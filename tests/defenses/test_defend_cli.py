@@ -66,7 +66,9 @@ def test_tar_resumed_after_kill_9_equals_an_uninterrupted_run(tar_overrides, xla
     flags = ["tar", "--preset", "toy", *_flags({**tar_overrides, "tar.outer_steps": 6})]
 
     assert main(["defend", *flags, "--output", str(full)]) == 0
-    assert "model:" in capsys.readouterr().out and (full / "model" / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "model:" in printed and "needs PyTorch: pip install torch" in printed  # the export and how to load it
+    assert (full / "model" / "model.safetensors").is_file()
     assert {"run.json", "config.yaml", "metrics.jsonl", "result.json"} <= {p.name for p in full.iterdir()}
     from_pretrained(full / "model")  # the export is a loadable HF checkpoint
 

@@ -106,7 +106,8 @@ def test_a_diverging_defence_stops_exports_nothing_and_exits_3(base, tmp_path, c
 )
 def test_non_finite_and_out_of_range_config_values_exit_2_before_writing(tmp_path, capsys, flag, value, message):
     out = tmp_path / "run"
-    code, err = _defend(capsys, "tar", f"{flag}={value}", "--output", str(out))
+    method = "random-mapping" if flag.startswith("--random-mapping.") else "tar"  # each method takes its own flags
+    code, err = _defend(capsys, method, f"{flag}={value}", "--output", str(out))
     assert code == 2 and message in err, err
     assert not out.exists()
 

@@ -1,0 +1,99 @@
+"""Where and how a run executes: :class:`RunConfig`, the ``run`` section every defence (TAR, random mapping, the
+baselines, MLAC) shares — its folder, seed, checkpoints, logs, device mesh and the processes it spans.
+
+Example:
+    >>> RunConfig(mesh_data=2, mesh_fsdp=2).mesh_data
+    2
+    >>> check_coordinator_address("node-0:1234")
+    ('node-0', 1234)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from jaxtar.config.sections import check_values, non_negative, one_of, positive
+from jaxtar.errors import ConfigError
+
+DISTRIBUTED_MODES = ("auto", "on", "off")
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
+
+def check_coordinator_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``HOST:PORT`` coordinator address (an IPv6 host in brackets); `ConfigError` otherwise.
+
+    Example:
+        >>> check_coordinator_address("node-0:1234")
+        ('node-0', 1234)
+    """
+    match = _ADDRESS.match(address or "")
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise ConfigError(f"coordinator address must be HOST:PORT (port 1..65535), got {address!r}")
+    return match.group(1).strip("[]"), int(match.group(2))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a run executes (not part of a run's identity: may change on ``--resume``).
+
+    Args:
+        output_dir: the run folder (checkpoints, metrics.jsonl, the exported model in ``model/``).
+        seed: fixes the data order, adversary draws and every key (derived from (seed, step)).
+        checkpoint_every: save a checkpoint every this many steps (and on SIGINT / SIGTERM).
+        keep_checkpoints: how many recent checkpoints to keep.
+        log_every: write a metrics line every this many steps.
+        progress: show a tqdm progress bar.
+        tensorboard: also write TensorBoard events when ``tensorboardX`` or ``torch.utils.tensorboard`` is installed.
+        resume: continue the run in ``output_dir`` from its latest checkpoint.
+        export: write the final model as an HF checkpoint to ``output_dir/model``.
+        mesh_data, mesh_fsdp, mesh_adversary: a (data, fsdp, adversary) device mesh (`jaxtar.parallel.make_mesh`):
+            batches split across data x fsdp, params and optimiser state FSDP-sharded, TAR's adversaries split
+            across adversary. All 1: one device.
+        force: run even when the memory planner predicts that the run does not fit the devices' memory.
+        distributed: start JAX's multi-process runtime (`jaxtar.parallel.initialize_distributed`): ``auto`` when
+            the coordinator fields below or the environment (Slurm, Open MPI, a TPU pod, ``JAX_COORDINATOR_ADDRESS``
+            / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``) name several processes, ``on`` always, ``off`` never. The
+            mesh then spans every process's devices; process 0 writes the run folder.
+        coordinator: ``HOST:PORT`` of process 0's coordination service (None: from the environment).
+        num_processes: processes in the run (None: from the environment).
+        process_id: this process's index in ``[0, num_processes)`` (None: from the environment).
+        coordinator_timeout: seconds to wait at start-up for the coordinator and the other processes before giving
+            up with an error (exit 2).
+    """
+
+    output_dir: str | None = None
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+    resume: bool = False
+    export: bool = True
+    mesh_data: int = 1
+    mesh_fsdp: int = 1
+    mesh_adversary: int = 1
+    force: bool = False
+    distributed: str = "auto"
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    coordinator_timeout: int = 120
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "mesh_data", "mesh_fsdp", "mesh_adversary")
+        positive(self, "num_processes", "coordinator_timeout")
+        non_negative(self, "seed")
+        one_of(self, "distributed", DISTRIBUTED_MODES)
+        if self.process_id is not None and not (
+            0 <= self.process_id < (self.num_processes if self.num_processes is not None else self.process_id + 1)
+        ):
+            limit = f"[0, {self.num_processes})" if self.num_processes is not None else ">= 0"
+            raise ConfigError(f"RunConfig.process_id must be in {limit}, got {self.process_id}")
+        if self.coordinator is not None:
+            check_coordinator_address(self.coordinator)
+        given = [n for n in ("coordinator", "num_processes", "process_id") if getattr(self, n) is not None]
+        if self.distributed == "off" and given:
+            raise ConfigError(f"RunConfig.distributed is 'off' but {', '.join(given)} is set; use 'auto' or 'on'")
