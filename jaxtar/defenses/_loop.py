@@ -20,17 +20,24 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from jaxtar.checkpoint import Checkpointer, RunDir
 from jaxtar.config import RunConfig
 from jaxtar.defenses._run_log import MetricsLog, Signals, last_record, progress_bar, write_result
+from jaxtar.defenses._steps import (  # noqa: F401 - re-exported: the step pieces the loop runs
+    cached_step,
+    check_divides,
+    jit_step,
+    place,
+    schedule_free_adamw,
+    schedule_free_params,
+    shard_batches,
+    step_key,
+)
 from jaxtar.errors import DivergedError, InputError
 from jaxtar.parallel import (
     any_process,
-    batch_shardings,
     is_main_process,
     param_shardings,
     replicated,
@@ -112,80 +119,6 @@ class LoopResult(NamedTuple):
     selected: dict[str, Selected]
     final_opt_state: PyTree = None
     seconds: float = 0.0
-
-
-def schedule_free_adamw(
-    lr: float, warmup_steps: int, b1: float, b2: float, eps: float, weight_decay: float, max_grad_norm: float | None
-) -> optax.GradientTransformation:
-    """The outer optimiser: optax's schedule-free AdamW (with warmup), after optional global-norm clipping.
-
-    The state is ``(clip_state, ScheduleFreeState)``; :func:`schedule_free_params` gives the weights to export.
-
-    Example:
-        >>> opt = schedule_free_adamw(1e-3, 2, 0.9, 0.999, 1e-8, 0.0, None)
-        >>> state = opt.init({"w": jax.numpy.zeros(2)})
-    """
-    clip = optax.identity() if max_grad_norm is None else optax.clip_by_global_norm(max_grad_norm)
-    sf = optax.contrib.schedule_free_adamw(
-        learning_rate=lr, warmup_steps=warmup_steps or None, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
-    )
-    return optax.chain(clip, sf)
-
-
-def schedule_free_params(params: PyTree, opt_state: PyTree) -> PyTree:
-    """The evaluation (x-average) weights of a :func:`schedule_free_adamw` run."""
-    return optax.contrib.schedule_free_eval_params(opt_state[1], params)
-
-
-def _commit(tree: PyTree) -> PyTree:
-    """Arrays placed explicitly (committed): restored checkpoints are, so fresh state must be too, or a resumed
-    run would compile the step a second time for the other argument placement."""
-    return jax.tree.map(lambda x: x if getattr(x, "committed", True) else jax.device_put(x, x.sharding), tree)
-
-
-def jit_step(step: Callable, compiler_options: dict[str, Any] | None = None) -> Callable:
-    """``jax.jit(step)`` for ``step(params, opt_state, batches, key, frozen)``, called with committed state so that
-    fresh, resumed and hand-made inputs all hit one compiled executable (``.jitted`` is the jitted function)."""
-    jitted = jax.jit(step, compiler_options=compiler_options)
-
-    def call(params, opt_state, batches, key, frozen):
-        return jitted(_commit(params), _commit(opt_state), batches, key, _commit(frozen))
-
-    call.jitted = jitted
-    return call
-
-
-_STEPS: dict[tuple, tuple[Callable, Any]] = {}
-
-
-def cached_step(make: Callable, model: Any, *args: Any) -> tuple[Callable, Any]:
-    """``make(model, *args)``, reused across runs in one process for an equal model config (jit once, reuse)."""
-    key = (make.__name__, type(model.config), model.config, *args)
-    try:
-        hash(key)
-    except TypeError:  # e.g. a config holding a dict: no sharing
-        return make(model, *args)
-    if key not in _STEPS:
-        if len(_STEPS) >= 8:
-            _STEPS.pop(next(iter(_STEPS)))
-        _STEPS[key] = make(model, *args)
-    return _STEPS[key]
-
-
-def shard_batches(batches: dict[str, PyTree], mesh: Mesh, axes: Mapping[str, tuple[int, int | None]]) -> PyTree:
-    """Place a step's batches on a mesh: each role's batch axis across (data, fsdp) and its adversary axis, if any,
-    across adversary (``axes``: `Phase.batch_axes`); axes that do not divide stay replicated."""
-    return {name: shard(b, batch_shardings(b, mesh, *axes.get(name, (0, None)))) for name, b in batches.items()}
-
-
-def place(tree: PyTree, mesh: Mesh | None) -> PyTree:
-    """``tree`` FSDP-sharded on ``mesh`` (unchanged without one)."""
-    return tree if mesh is None or tree is None else shard(tree, param_shardings(tree, mesh))
-
-
-def step_key(seed: int, step: int) -> jax.Array:
-    """The key of global step ``step`` (a function of (seed, step) only)."""
-    return jax.random.fold_in(jax.random.key(seed), step)
 
 
 def _scalars(metrics: PyTree) -> dict[str, float]:
@@ -411,21 +344,3 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 
 _SHOWN = ("loss", "tamper_loss", "retain_ce", "representation", "random_mapping", "sft_ce", "attack_final")
-
-
-def check_divides(
-    mesh: Mesh | None, batch_sizes: Mapping[str, int], adversary_counts: Mapping[str, int] | None = None
-) -> None:
-    """Refuses (`InputError`) sizes a mesh axis would not split, instead of silently replicating them: batch sizes
-    across data x fsdp, adversary counts across adversary (``name -> value``; None values are skipped).
-
-    Example:
-        >>> check_divides(None, {"tamper_batch_size": 3})  # one device: anything goes
-    """
-    if mesh is None:
-        return
-    for sizes, axes in ((batch_sizes, ("data", "fsdp")), (adversary_counts or {}, ("adversary",))):
-        n = int(np.prod([mesh.shape[a] for a in axes]))
-        for name, value in sizes.items():
-            if value is not None and value % n:
-                raise InputError(f"{name} = {value} does not divide across the mesh's {' x '.join(axes)} = {n} devices")
