@@ -46,11 +46,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 def bench_config(args: argparse.Namespace) -> Any:
     """The `jaxtar.config.tools.BenchConfig` of ``--preset`` and the flags."""
-    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.sections import settings_from_flags
     from jaxtar.config.tools import BENCH_PRESETS, BenchConfig
 
     sections = {"bench": BenchConfig}
-    return load_preset(args.preset, sections, section_overrides(args, "bench"), presets=BENCH_PRESETS)[1]["bench"]
+    return settings_from_flags(args, sections, "bench", args.preset, BENCH_PRESETS)["bench"]
 
 
 def _model_config(config: Any):

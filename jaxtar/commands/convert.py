@@ -27,13 +27,13 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
-    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.sections import settings_from_flags
     from jaxtar.config.tools import ConvertConfig
     from jaxtar.models import from_pretrained, load_tokenizer, save_pretrained
     from jaxtar.models.hf_checks import check_export_dir
     from jaxtar.toy.named_models import resolve_model
 
-    config = load_preset(None, {"conversion": ConvertConfig}, section_overrides(args, "convert"))[1]["conversion"]
+    config = settings_from_flags(args, {"conversion": ConvertConfig}, "convert")["conversion"]
     check_export_dir(args.out)  # a bad OUT fails before a long load
     source = resolve_model(args.source)
     model, params = from_pretrained(source, dtype=getattr(jnp, config.dtype), allow_nonfinite=config.allow_nonfinite)

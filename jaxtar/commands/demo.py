@@ -25,10 +25,10 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     _configure_demo,
 )
 def run_demo(args: argparse.Namespace) -> int:
-    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.sections import settings_from_flags
     from jaxtar.config.tools import DemoConfig
     from jaxtar.demo import run_demo as demo
 
-    config = load_preset(None, {"demo": DemoConfig}, section_overrides(args, "demo"))[1]["demo"]
+    config = settings_from_flags(args, {"demo": DemoConfig}, "demo")["demo"]
     demo(config.output, quick=config.quick, seeds=config.seeds, progress=config.progress)
     return 0

@@ -26,13 +26,13 @@ def run_generate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.sections import settings_from_flags
     from jaxtar.config.tools import GenerateConfig
     from jaxtar.models import from_pretrained, load_tokenizer
     from jaxtar.models.generate import generate
     from jaxtar.toy.named_models import resolve_model
 
-    config = load_preset(None, {"generation": GenerateConfig}, section_overrides(args, "gen"))[1]["generation"]
+    config = settings_from_flags(args, {"generation": GenerateConfig}, "gen")["generation"]
     source = resolve_model(args.model)
     model, params = from_pretrained(source)
     tokenizer = load_tokenizer(source)

@@ -286,8 +286,8 @@ def _seconds(s: float) -> str:
 @subcommand("plan", "per-device memory, mesh and step time of a TAR run on given devices (nothing is run)", _configure)
 def run_plan(args: argparse.Namespace) -> int:
     from jaxtar.config.plan import PlanConfig
-    from jaxtar.config.sections import load_preset, section_overrides
+    from jaxtar.config.sections import settings_from_flags
 
-    config = load_preset(None, {"plan": PlanConfig}, section_overrides(args, "plan"))[1]["plan"]
+    config = settings_from_flags(args, {"plan": PlanConfig}, "plan")["plan"]
     print(format_plan(plan(config)))
     return 0

@@ -361,3 +361,25 @@ def load_preset(
         raw = read_preset(path, sections, external_sections)
     merge_overrides(raw, sections, overrides)
     return label, {name: build_section(name, cls, raw.get(name, {})) for name, cls in sections.items()}
+
+
+def settings_from_flags(
+    args: Any, sections: Mapping[str, type], tag: str, preset: str | Path | None = None,
+    presets: PresetFolder | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``{section: instance}`` from ``preset`` (None: the dataclass defaults) and the flags added with ``tag``
+    (`jaxtar.config.flags.add_section_flags`): what a command reads its settings with.
+
+    Example:
+        >>> import argparse
+        >>> from dataclasses import dataclass
+        >>> from jaxtar.config.flags import add_plain_flags
+        >>> @dataclass(frozen=True)
+        ... class Bench:
+        ...     k: int = 4
+        >>> p = argparse.ArgumentParser()
+        >>> add_plain_flags(p, {"bench": Bench}, tag="b")
+        >>> settings_from_flags(p.parse_args(["--k", "8"]), {"bench": Bench}, "b")["bench"]
+        Bench(k=8)
+    """
+    return load_preset(preset, sections, section_overrides(args, tag), presets=presets)[1]
