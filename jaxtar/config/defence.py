@@ -51,6 +51,8 @@ DEFENCE_PRESETS = PresetFolder(PRESET_DIR)
 DTYPES = ("float32", "bfloat16")
 TAMPER_LOSSES = ("entropy", "dpo")
 TAR_SETTINGS = ("bio", "cyber", "refusal")
+TAMPER_ROLES = ("forget", "forget_alt")
+EXPORT_ITERATES = ("x", "y")
 # Top-level preset sections owned by other commands (red team, demo); loaded presets may carry them.
 EXTERNAL_SECTIONS = ("redteam", "eval", "demo")
 
@@ -96,8 +98,15 @@ class DataConfig:
         preferences: refusal setting: preference pairs (chosen = refusal, rejected = harmful) for the DPO tamper loss.
         sft: refusal setting: text for the post-TAR SFT phase (default: ``retain``).
         max_length: tokens per row.
-        heldout_fraction: share of ``forget`` held out for the tamper loss (disjoint from the adversary's share).
+        heldout_fraction: share of each of ``tamper_roles`` held out for the tamper loss (disjoint from the
+            adversary's share).
+        tamper_roles: the roles whose held-out shares make up the tamper-loss data (x_TR); the official bio run holds
+            out 20 % of pile-bio and of camel-bio: ``[forget, forget_alt]``.
         limit: keep at most this many examples per source.
+
+    A text source may be a mixture, ``a + b`` (all rows of each) or ``a*2 + b*1`` (shares 2 : 1, as many rows as
+    the scarcest source allows, no row repeated): the official bio retain set is
+    ``pile-bio-retain*2 + magpie-bio-filtered*1`` (`jaxtar.data.mixture`).
     """
 
     forget: str | None = "toy:forget"
@@ -109,6 +118,7 @@ class DataConfig:
     sft: str | None = None
     max_length: int = 64
     heldout_fraction: float = 0.2
+    tamper_roles: tuple[str, ...] = ("forget",)
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -116,6 +126,12 @@ class DataConfig:
         positive(self, "max_length", "limit")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"DataConfig.heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
+        bad = [r for r in self.tamper_roles if r not in TAMPER_ROLES]
+        if not self.tamper_roles or bad or len(set(self.tamper_roles)) != len(self.tamper_roles):
+            raise ConfigError(
+                f"DataConfig.tamper_roles must be distinct roles among {list(TAMPER_ROLES)}, "
+                f"got {list(self.tamper_roles)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,12 @@ class TarConfig:
         estimator: meta-gradient estimator (``tar`` = the paper's first order; ``exact``/``remat`` = second order).
         truncation: T for ``estimator: truncated``.
         unmasked_losses: parity with the reference code (entropy and hidden-state losses over padding too).
+        retain_anchor: the frozen model of the representation loss: ``start`` (the weights TAR starts from, e.g. the
+            random-mapped model), ``base`` (the model those weights were made from, as the starting export's
+            ``jaxtar_provenance.json`` records) or a model path / Hub id (official: the original instruct model).
+            Loaded once, sharded like the weights; it must have the same architecture.
+        export_iterate: the schedule-free iterate handed on and exported: ``x`` (the average, what evaluation
+            mode uses) or ``y`` (the gradient point; the official code never switches to eval mode and saves it).
         max_grad_norm: clip the outer gradient to this global norm; None = no clipping (the paper's choice).
         loss_chunk_size: compute the LM losses (attack CE, tamper entropy / DPO, retain CE) this many tokens at a
             time from the final hidden states, so the [batch, seq, vocab] logits never exist at once (same values;
@@ -175,6 +197,8 @@ class TarConfig:
     estimator: str = "tar"
     truncation: int | None = None
     unmasked_losses: bool = False
+    retain_anchor: str = "start"
+    export_iterate: str = "x"
     max_grad_norm: float | None = None
     loss_chunk_size: int | None = None
     sft_steps: int = 0
@@ -196,6 +220,9 @@ class TarConfig:
         one_of(self, "tamper_loss", TAMPER_LOSSES)
         one_of(self, "setting", TAR_SETTINGS)
         one_of(self, "estimator", ESTIMATOR_KINDS)
+        one_of(self, "export_iterate", EXPORT_ITERATES)
+        if not self.retain_anchor:
+            raise ConfigError("TarConfig.retain_anchor must be 'start', 'base' or a model path, got ''")
         if (self.estimator == "truncated") != (self.truncation is not None):
             raise ConfigError("TarConfig.truncation must be set exactly when estimator is 'truncated'")
         if self.adversary_lrs is not None and not (self.adversary_lrs and all(lr > 0 for lr in self.adversary_lrs)):

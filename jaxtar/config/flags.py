@@ -124,7 +124,7 @@ def add_section_flags(
         for f in dataclasses.fields(cls):
             spec = f.metadata.get("flag", {})
             dest = f"{tag}::{section}.{f.name}"
-            text = spec.get("help") or docs.get(f.name) or type_name(hints[f.name])
+            text = (spec.get("help") or docs.get(f.name) or type_name(hints[f.name])).replace("%", "%%")  # argparse
             kwargs: dict[str, Any] = {"help": text, "default": None}
             if spec.get("const", dataclasses.MISSING) is not dataclasses.MISSING:
                 kwargs.update(action="store_const", const=spec["const"])
@@ -173,7 +173,7 @@ def describe_defaults(parser: Any, sections: Mapping[str, Any], label: str) -> N
         if action.const is not None and isinstance(value, bool):  # an on/off switch: say so when the preset sets it
             action.help = f"{text} [{label}: on]" if value == action.const else text
         else:
-            action.help = f"{text} [{label}: {_yaml_text(value)}]"
+            action.help = f"{text} [{label}: {_yaml_text(value).replace('%', '%%')}]"
 
 
 def _yaml_text(value: Any) -> str:

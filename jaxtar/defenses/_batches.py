@@ -44,6 +44,11 @@ class RowStream:
         self._iterator = BatchIterator(data, batch_size=1, seed=_stream_seed(seed, stream))
         self.num_rows = self._iterator.num_examples
 
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        """Every row of the stream (in the order given)."""
+        return self._iterator.data
+
     def take(self, position: int, count: int) -> Rows:
         """Rows at stream positions ``position .. position + count - 1``."""
         idx = self._iterator.indices(position, count)

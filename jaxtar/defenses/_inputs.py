@@ -111,22 +111,32 @@ def data_identity(data: DataConfig) -> dict[str, str]:
         >>> data_identity(DataConfig())
         {'forget': 'toy:forget', 'retain': 'toy:retain'}
     """
+    from jaxtar.data.mixture import parse_mixture
     from jaxtar.data.sources import DATASETS
+
+    def identity(source: str) -> str:
+        name, _, local = source.partition("@")
+        if source.startswith("toy:"):
+            return source
+        if local or Path(source).exists():
+            return f"{name if local else 'file'}@sha256:{_content_sha256(Path(local or source))}"
+        if name in DATASETS:
+            return f"{DATASETS[name].hub_id}@{DATASETS[name].revision}"
+        return source
 
     out = {}
     for role in ("forget", "forget_alt", "retain", "ood", "harmful", "preferences", "sft"):
         source = getattr(data, role)
         if source is None:
             continue
-        name, _, local = source.partition("@")
-        if source.startswith("toy:"):
-            out[role] = source
-        elif local or Path(source).exists():
-            out[role] = f"{name if local else 'file'}@sha256:{_content_sha256(Path(local or source))}"
-        elif name in DATASETS:
-            out[role] = f"{DATASETS[name].hub_id}@{DATASETS[name].revision}"
+        components = parse_mixture(source)
+        if components is None:
+            out[role] = identity(source)
         else:
-            out[role] = source
+            out[role] = " + ".join(identity(c.source) + ("" if c.weight is None else f"*{c.weight:g}")
+                                   for c in components)  # fmt: skip
+    if data.tamper_roles != ("forget",):
+        out["tamper_roles"] = ",".join(data.tamper_roles)
     return out
 
 
@@ -186,15 +196,21 @@ def load_role(source: str, kind: str = "text", limit: int | None = None) -> list
     """The examples of one data source: texts (``kind="text"``) or preference pairs (``kind="preference"``).
 
     Args:
-        source: ``toy:<role>``, a registry name, ``<registry name>@<local path>`` or a local text file.
+        source: ``toy:<role>``, a registry name, ``<registry name>@<local path>``, a local text file, or a mixture
+            of these (``a*2 + b*1``: `jaxtar.data.mixture`).
         kind: ``text`` or ``preference``.
-        limit: keep at most this many.
+        limit: keep at most this many (of each source of a mixture).
 
     Raises:
         InputError: the source is unknown, cannot be loaded (offline, missing file, missing field) or is empty.
     """
+    from jaxtar.data.mixture import mix, parse_mixture
     from jaxtar.data.sources import DataSourceError, load_preferences, load_texts
 
+    components = parse_mixture(source)
+    if components is not None:
+        parts = [load_role(c.source, kind, limit) for c in components]
+        return mix(parts, [c.weight for c in components])
     try:
         if source.startswith("toy:"):
             items = _toy(source[4:])

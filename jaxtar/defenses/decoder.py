@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from jaxtar.config import save_config
 from jaxtar.defenses._inputs import (
     check_tokenizer,
@@ -20,14 +23,51 @@ from jaxtar.defenses._inputs import (
     model_source,
     params_sha256,
 )
+from jaxtar.defenses.provenance import started_from
 from jaxtar.defenses.runner import Defence, Loaded
+from jaxtar.errors import InputError
+from jaxtar.toy.named_models import resolve_model
 
 
 def load_decoder(config: Any) -> Loaded:
     """`jaxtar.defenses.runner.Loaded` for a decoder defence (TAR, random mapping): ``config.model`` loaded and
     checked, with the checkpoint's content hash."""
     model, params, tokenizer = load_model(config.model)
-    return Loaded(model, params, tokenizer, checkpoint_sha256(model_source(config.model)))
+    source = model_source(config.model)
+    return Loaded(model, params, tokenizer, checkpoint_sha256(source), str(source))
+
+
+def load_retain_anchor(config: Any, loaded: Loaded) -> Loaded | None:
+    """TAR's frozen representation anchor as ``config.tar.retain_anchor`` names it: None for ``start`` (the
+    starting weights), else the model loaded once (``base``: the one the starting export was made from, read from
+    its ``jaxtar_provenance.json``).
+
+    Raises:
+        InputError: no provenance for ``base``, a model that cannot be loaded, or one with other parameter shapes.
+    """
+    from jaxtar.models import CheckpointError, from_pretrained
+
+    spec = config.tar.retain_anchor
+    if spec == "start":
+        return None
+    if spec == "base":
+        if loaded.source is None:
+            raise InputError("tar.retain_anchor base: the weights were handed in directly; name the anchor model")
+        spec = started_from(loaded.source)
+    source = resolve_model(spec)
+    try:
+        model, params = from_pretrained(source, dtype=getattr(jnp, config.model.dtype),
+                                        allow_nonfinite=config.model.allow_nonfinite)  # fmt: skip
+    except CheckpointError as err:
+        raise InputError(f"tar.retain_anchor {spec!r}: {err}") from err
+    shapes = [jax.tree.map(lambda x: tuple(x.shape), p) for p in (params, loaded.params)]
+    if model.config.model_type != loaded.model.config.model_type or shapes[0] != shapes[1]:
+        raise InputError(
+            f"tar.retain_anchor {spec!r} is not the same architecture as the model ({model.config.model_type} vs "
+            f"{loaded.model.config.model_type}, or other parameter shapes): the representation loss compares "
+            "their hidden states layer by layer"
+        )
+    return Loaded(model, params, None, checkpoint_sha256(source), str(source))
 
 
 def given_model(model: Any, params: Any, tokenizer: Any) -> Loaded | None:
@@ -40,10 +80,10 @@ def given_model(model: Any, params: Any, tokenizer: Any) -> Loaded | None:
     return Loaded(model, params, tokenizer, params_sha256(params))
 
 
-def decoder_defence(name: str, build: Any, *, frozen_base: bool = False) -> Defence:
+def decoder_defence(name: str, build: Any, *, frozen_base: bool = False, load_anchor: Any = None) -> Defence:
     """A `jaxtar.defenses.runner.Defence` for a decoder LM and a `DefenceConfig` (TAR, random mapping): the model
     from ``config.model``, data identities from ``config.data``, ``build(config, model, params, tokenizer, mesh)
-    -> (phases, extra)``."""
+    -> (phases, extra)``; ``frozen_base`` / ``load_anchor``: see `Defence`."""
     return Defence(
         name,
         load=load_decoder,
@@ -51,4 +91,5 @@ def decoder_defence(name: str, build: Any, *, frozen_base: bool = False) -> Defe
         data_identity=lambda config: data_identity(config.data),
         write_config=save_config,
         frozen_base=frozen_base,
+        load_anchor=load_anchor,
     )

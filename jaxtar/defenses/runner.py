@@ -28,6 +28,7 @@ from jaxtar.checkpoint import RunDir, open_run_dir, write_json_atomic
 from jaxtar.defenses._fit import check_memory
 from jaxtar.defenses._loop import Phase, Selected, place, run_phases
 from jaxtar.defenses._run_log import read_result
+from jaxtar.defenses.provenance import PROVENANCE_FILE, provenance
 from jaxtar.errors import InputError
 from jaxtar.parallel import check_mesh_size, is_main_process, make_mesh, on_main_process, to_host
 
@@ -35,12 +36,14 @@ PyTree = Any
 
 
 class Loaded(NamedTuple):
-    """A defence's starting point: the model, its weights and tokenizer, and a content hash of the weights."""
+    """A defence's starting point: the model, its weights and tokenizer, a content hash of the weights and where
+    they came from (a path or Hub id; None for weights handed in directly)."""
 
     model: Any
     params: PyTree
     tokenizer: Any
     sha256: str
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ class Defence:
             `jaxtar.errors.JaxtarError` kinds) before the folder exists.
         data_identity: ``config -> {role: identity}`` of the data (pinned revisions, file hashes): a resume must match.
         write_config: ``(config, path)`` writes the run's ``config.yaml``.
-        frozen_base: pass the starting weights to every step (TAR's representation anchor, held once).
+        frozen_base: pass frozen weights to every step (TAR's representation anchor, held once, sharded): the
+            starting weights, or ``load_anchor(config, loaded)`` when that returns a `Loaded`.
+        load_anchor: ``(config, loaded) -> Loaded | None``: other frozen weights (None: the starting ones).
         finish: ``(config, run_dir, result, loaded) -> dict`` after a complete run (e.g. test-set metrics,
             ``result`` a `jaxtar.defenses._loop.LoopResult`); the runner writes it to ``summary.json`` and returns
             it in `RunResult.summary` (a finished run resumed reads it back instead).
@@ -66,6 +71,7 @@ class Defence:
     data_identity: Callable[[Any], dict[str, str]]
     write_config: Callable[[Any, Path], Any]
     frozen_base: bool = False
+    load_anchor: Callable[[Any, Loaded], Loaded | None] | None = None
     finish: Callable[..., dict[str, Any]] | None = None
 
 
@@ -129,16 +135,20 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
     model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
     identity = config.identity(defence.name)
     identity["inputs"] = {"model_sha256": loaded.sha256, "data": defence.data_identity(config)}  # resume must match
+    anchor = defence.load_anchor(config, loaded) if defence.frozen_base and defence.load_anchor else None
+    if anchor is not None:
+        identity["inputs"]["anchor_sha256"] = anchor.sha256
     mesh = _mesh(config.run)
     params = place(params, mesh)  # the base model is held once, sharded (no full copy left on one device)
+    frozen = None if not defence.frozen_base else params if anchor is None else place(anchor.params, mesh)
     phases = defence.build(config, model, params, tokenizer, mesh)  # every input validated before the folder
     resident = sum(x.nbytes for x in jax.tree.leaves(params))
+    resident += 0 if anchor is None else sum(x.nbytes for x in jax.tree.leaves(frozen))
     check_memory({p.name: p.predicted_bytes for p in phases}, mesh, config.run.force, resident)
     with open_run_dir(config.run.output_dir, identity, resume=config.run.resume, optional=("inputs",)) as run_dir:
         if not run_dir.resumed and is_main_process():
             defence.write_config(config, run_dir.path / "config.yaml")
         already_done = _complete(run_dir, phases[-1].stop)
-        frozen = params if defence.frozen_base else None
         result = run_phases(phases, params, frozen, run_dir, config.run, mesh)
         model_dir = run_dir.model_dir if already_done else None
         if already_done:
@@ -148,9 +158,9 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
             weights = result.params if jax.process_count() == 1 else to_host(result.params)  # gathered on each
 
             def export() -> str:
-                folder = save_pretrained(
-                    model, weights, run_dir.model_dir, tokenizer=tokenizer, overwrite=run_dir.resumed
-                )
+                record = json.dumps(provenance(defence.name, loaded.source, loaded.sha256), indent=2) + "\n"
+                folder = save_pretrained(model, weights, run_dir.model_dir, tokenizer=tokenizer,
+                                         overwrite=run_dir.resumed, extra_files={PROVENANCE_FILE: record})  # fmt: skip
                 print(f"wrote {folder}", file=sys.stderr)
                 return str(folder)
 

@@ -48,7 +48,7 @@ from jaxtar.defenses._loop import (
     schedule_free_adamw,
     schedule_free_params,
 )
-from jaxtar.defenses.decoder import decoder_defence, given_model
+from jaxtar.defenses.decoder import decoder_defence, given_model, load_retain_anchor
 from jaxtar.defenses.runner import RunResult, run_defence
 from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
 from jaxtar.objectives import (
@@ -245,23 +245,26 @@ class TarData:
         self.config, self.suite, self.seed = tar, suite, seed
         roles = sorted({src for a in suite for src in a.sources})
         self.streams: dict[str, RowStream] = {}
-        tamper_rows = None
+        held_out = {}  # entropy tamper loss: x_TR = the held-out shares of data.tamper_roles, never trained on
+        for role in data.tamper_roles if tar.tamper_loss == "entropy" else ():
+            if getattr(data, role) is None:
+                raise _inputs.InputError(f"the entropy tamper loss holds out data.{role} (tamper_roles): set it")
+            rest, held_out[role] = _inputs.split_rows(
+                _inputs.tokenize_role(tokenizer, getattr(data, role), data), data.heldout_fraction, seed
+            )
+            if role in roles:
+                self.streams[role] = RowStream(rest, seed, 100 + roles.index(role))
         for i, role in enumerate(roles):
+            if role in self.streams:
+                continue
             source = getattr(data, role, None)
             if source is None:
                 raise _inputs.InputError(f"the {tar.setting!r} adversaries train on data.{role}, which is not set")
             kind = "sft" if role == "harmful" else "text"
-            rows = _inputs.tokenize_role(tokenizer, source, data, kind)
-            if role == "forget" and tar.tamper_loss == "entropy":
-                rows, tamper_rows = _inputs.split_rows(rows, data.heldout_fraction, seed)
-            self.streams[role] = RowStream(rows, seed, 100 + i)
+            self.streams[role] = RowStream(_inputs.tokenize_role(tokenizer, source, data, kind), seed, 100 + i)
         if tar.tamper_loss == "entropy":
-            if tamper_rows is None:
-                if data.forget is None:
-                    raise _inputs.InputError("the entropy tamper loss needs held-out forget text: set data.forget")
-                _, tamper_rows = _inputs.split_rows(
-                    _inputs.tokenize_role(tokenizer, data.forget, data), data.heldout_fraction, seed
-                )
+            parts = list(held_out.values())
+            tamper_rows = {key: np.concatenate([rows[key] for rows in parts]) for key in parts[0]}
         else:
             if data.preferences is None:
                 raise _inputs.InputError("the DPO tamper loss needs preference pairs: set data.preferences")
@@ -363,7 +366,7 @@ def build_tar_phases(
             step,
             data.batches,
             optimizer.init,
-            schedule_free_params,
+            schedule_free_params if tar.export_iterate == "x" else (lambda params, opt_state: params),
             data.tokens_per_step(),
             batch_axes=TAR_BATCH_AXES,
             predicted_bytes=tar_bytes(model, tar, config.data.max_length, template.optimizer),
@@ -395,4 +398,4 @@ def run_tar(config: DefenceConfig, *, model: Any = None, params: PyTree = None, 
     return run_defence(TAR, config, given_model(model, params, tokenizer))
 
 
-TAR = decoder_defence("tar", build_tar_phases, frozen_base=True)
+TAR = decoder_defence("tar", build_tar_phases, frozen_base=True, load_anchor=load_retain_anchor)

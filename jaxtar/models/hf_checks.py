@@ -49,7 +49,8 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 EXPORT_FILES = re.compile(
     r"(config\.json|model\.safetensors|model-\d+-of-\d+\.safetensors|model\.safetensors\.index\.json"
     r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|tokenizer\.model"
-    r"|vocab\.json|vocab\.txt|merges\.txt|chat_template\.(jinja|json)|generation_config\.json)"
+    r"|vocab\.json|vocab\.txt|merges\.txt|chat_template\.(jinja|json)|generation_config\.json"
+    r"|jaxtar_provenance\.json)"
 )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +63,16 @@ def save_pretrained(
     tokenizer: Any = None,
     max_shard_bytes: int = 4 * 1024**3,
     overwrite: bool = False,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes ``config.json`` + safetensors (sharded with an index past ``max_shard_bytes``) that transformers loads.
 
     The folder is written under a temporary name beside ``out_dir`` and renamed into place when complete, and only
     onto an absent or empty folder (`hf_checks.staged_export`): a non-empty ``out_dir`` is refused
     (`RunDirError`, also when another writer filled it meanwhile) unless ``overwrite=True`` and it holds a previous
-    export, whose own files are then replaced (others stay). A symlink is written through. Every file gets the mode
-    a plain write would (``0o666`` less the umask: 0644 at umask 022), the safetensors included.
+    export, whose own files are then replaced (others stay). ``extra_files`` (``{name: text}``, e.g. a defence's
+    ``jaxtar_provenance.json``) are written into the same staged folder. A symlink is written through. Every file
+    gets the mode a plain write would (``0o666`` less the umask: 0644 at umask 022), the safetensors included.
 
     Example:
         >>> import tempfile
@@ -114,6 +116,8 @@ def save_pretrained(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         for path in tmp.iterdir():  # safetensors writes 0600: every file gets a plain write's mode (0644 at umask 022)
             if path.is_file() and not path.is_symlink():
                 follow_umask(path)
