@@ -244,11 +244,20 @@ class Checkpointer:
 
     def restore(self, step: int, target: PyTree) -> tuple[PyTree, dict[str, Any]]:
         """``(state, meta)`` of ``step``; ``target`` gives the structure, shapes, dtypes and shardings (arrays or
-        ``jax.ShapeDtypeStruct`` s; only its abstract form is used)."""
+        ``jax.ShapeDtypeStruct`` s; only its abstract form is used).
+
+        Raises:
+            RunDirError: the checkpoint's tree or shapes are not the target's (orbax refuses to pad or truncate), so a
+                run never continues from state that is not its own.
+        """
+        abstract = abstract_like(target)
         args = self._ocp.args.Composite(
-            state=self._ocp.args.StandardRestore(abstract_like(target)), meta=self._ocp.args.JsonRestore()
+            state=self._ocp.args.StandardRestore(abstract), meta=self._ocp.args.JsonRestore()
         )
-        out = self._manager.restore(step, args=args)
+        try:
+            out = self._manager.restore(step, args=args)
+        except ValueError as err:
+            raise RunDirError(f"checkpoint {step} in {self.directory} does not hold this run's state: {err}") from err
         return out["state"], dict(out["meta"])
 
     def wait(self) -> None:

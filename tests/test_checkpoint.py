@@ -57,6 +57,15 @@ def test_an_unfinished_save_is_ignored(tmp_path):
     again.close()
 
 
+def test_a_checkpoint_of_other_shapes_or_tree_is_refused_by_name(tmp_path):
+    ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)
+    ckpt.save(1, {"w": jnp.zeros(2), "b": jnp.ones(3)}, {})
+    for target in ({"w": jnp.zeros(3), "b": jnp.ones(3)}, {"w": jnp.zeros(2)}):
+        with pytest.raises(RunDirError, match="does not hold this run's state"):
+            ckpt.restore(1, target)
+    ckpt.close()
+
+
 def test_run_folder_rules(tmp_path):
     path = tmp_path / "run"
     identity = {"method": "tar", "config": {"lr": 1e-3, "lrs": (1, 2)}}
