@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from jaxtar.config.baseline import BASELINE_METHODS, LLMU_NORMAL_LOSSES, BaselineConfig  # noqa: F401 - re-exported
-from jaxtar.config.choices import ESTIMATOR_KINDS
+from jaxtar.config.choices import ATTENTION_IMPLS, ESTIMATOR_KINDS
 from jaxtar.config.run import RunConfig
 from jaxtar.config.sections import (
     PresetFolder,
@@ -66,6 +66,9 @@ class ModelConfig:
         tokenizer: tokenizer folder / id; None = the one beside the model (the toy world's for ``toy``).
         dtype: parameter (master-weight) dtype.
         compute_dtype: activation dtype (``bfloat16`` = mixed precision); None = the parameter dtype.
+        attention_impl: ``reference`` (jaxtar's own einsum attention), ``xla`` (``jax.nn.dot_product_attention``)
+            or ``cudnn`` (its fused cuDNN kernel: NVIDIA GPUs, bf16 compute; a second-order TAR estimator runs
+            ``xla`` instead, as cuDNN's kernel has no second derivative, and says so).
         allow_nonfinite: load weights that hold NaN / inf (with a warning) instead of refusing them.
     """
 
@@ -73,6 +76,7 @@ class ModelConfig:
     tokenizer: str | None = None
     dtype: str = "float32"
     compute_dtype: str | None = None
+    attention_impl: str = "reference"
     allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
@@ -81,6 +85,9 @@ class ModelConfig:
             raise ConfigError("ModelConfig.path must be non-empty")
         one_of(self, "dtype", DTYPES)
         one_of(self, "compute_dtype", DTYPES, optional=True)
+        one_of(self, "attention_impl", ATTENTION_IMPLS)
+        if self.attention_impl == "cudnn" and (self.compute_dtype or self.dtype) == "float32":
+            raise ConfigError("ModelConfig.attention_impl 'cudnn' needs bfloat16 compute: set compute_dtype bfloat16")
 
 
 @dataclass(frozen=True)

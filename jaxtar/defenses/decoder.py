@@ -29,10 +29,17 @@ from jaxtar.errors import InputError
 from jaxtar.toy.named_models import resolve_model
 
 
-def load_decoder(config: Any) -> Loaded:
+def load_decoder(config: Any, estimator: str | None = None) -> Loaded:
     """`jaxtar.defenses.runner.Loaded` for a decoder defence (TAR, random mapping): ``config.model`` loaded and
-    checked, with the checkpoint's content hash."""
+    checked, with the checkpoint's content hash, running ``config.model.attention_impl`` (``estimator``: the
+    meta-gradient estimator the run differentiates with, which may rule out cuDNN's attention)."""
+    from jaxtar.models.layers import with_attention_impl
+
     model, params, tokenizer = load_model(config.model)
+    try:
+        model = with_attention_impl(model, config.model.attention_impl, estimator)
+    except ValueError as err:  # cudnn without a GPU
+        raise InputError(f"model.attention_impl: {err}") from err
     source = model_source(config.model)
     return Loaded(model, params, tokenizer, checkpoint_sha256(source), str(source))
 
@@ -80,13 +87,16 @@ def given_model(model: Any, params: Any, tokenizer: Any) -> Loaded | None:
     return Loaded(model, params, tokenizer, params_sha256(params))
 
 
-def decoder_defence(name: str, build: Any, *, frozen_base: bool = False, load_anchor: Any = None) -> Defence:
+def decoder_defence(
+    name: str, build: Any, *, frozen_base: bool = False, load_anchor: Any = None, estimator_of: Any = None
+) -> Defence:
     """A `jaxtar.defenses.runner.Defence` for a decoder LM and a `DefenceConfig` (TAR, random mapping): the model
     from ``config.model``, data identities from ``config.data``, ``build(config, model, params, tokenizer, mesh)
-    -> (phases, extra)``; ``frozen_base`` / ``load_anchor``: see `Defence`."""
+    -> (phases, extra)``; ``frozen_base`` / ``load_anchor``: see `Defence`; ``estimator_of(config)``: the
+    meta-gradient estimator of a run that differentiates through attacks (TAR)."""
     return Defence(
         name,
-        load=load_decoder,
+        load=lambda config: load_decoder(config, estimator_of(config) if estimator_of else None),
         build=lambda config, model, params, tokenizer, mesh: build(config, model, params, tokenizer, mesh)[0],
         data_identity=lambda config: data_identity(config.data),
         write_config=save_config,

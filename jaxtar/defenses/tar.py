@@ -398,4 +398,5 @@ def run_tar(config: DefenceConfig, *, model: Any = None, params: PyTree = None, 
     return run_defence(TAR, config, given_model(model, params, tokenizer))
 
 
-TAR = decoder_defence("tar", build_tar_phases, frozen_base=True, load_anchor=load_retain_anchor)
+TAR = decoder_defence("tar", build_tar_phases, frozen_base=True, load_anchor=load_retain_anchor,
+                      estimator_of=lambda config: config.tar.estimator)  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 
 from jaxtar.cli import main
 from jaxtar.config import ConfigError, PresetFolder, add_section_flags, load_preset, section_overrides
-from jaxtar.config.choices import CALIBRATION_METHODS, ESTIMATOR_KINDS
+from jaxtar.config.choices import ATTENTION_IMPLS, CALIBRATION_METHODS, ESTIMATOR_KINDS
 from jaxtar.config.sections import check_sections, plain, sections_of
 
 
@@ -103,9 +103,11 @@ def test_flags_are_never_prefix_matched(argv, capsys):
 
 def test_names_mirror_the_jax_side_and_config_does_not_import_jax():
     from jaxtar.meta import ESTIMATORS
+    from jaxtar.models.layers import ATTENTION_IMPLS as MODEL_ATTENTION_IMPLS
     from jaxtar.objectives.calibration import METHODS
 
     assert (tuple(ESTIMATORS), tuple(METHODS)) == (ESTIMATOR_KINDS, CALIBRATION_METHODS)
+    assert MODEL_ATTENTION_IMPLS == ATTENTION_IMPLS
     code = "import sys, jaxtar.config; assert not [m for m in sys.modules if m.split('.')[0] == 'jax'], 'jax'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
