@@ -74,13 +74,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt as err:
-        print(f"jaxtar {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"{process_tag()}jaxtar {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:
         if os.environ.get("JAXTAR_DEBUG") and not isinstance(err, JaxtarError):
             raise  # a ValueError / OSError that is not ours may be a bug: JAXTAR_DEBUG=1 shows its traceback
-        print(f"jaxtar {args.command}: error: {err}", file=sys.stderr)
+        print(f"{process_tag()}jaxtar {args.command}: error: {err}", file=sys.stderr)
         return max(exit_code(err), 2)
+    except BaseException:
+        if process_tag():  # the traceback follows; say which process of the run it comes from
+            print(f"{process_tag()}jaxtar {args.command}: unexpected error", file=sys.stderr)
+        raise
+
+
+def process_tag() -> str:
+    """``[process I/N] `` in a run that spans processes (each prints its own errors to its console), else ''.
+
+    Example:
+        >>> process_tag()  # one process
+        ''
+    """
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return ""
+    return f"[process {jax.process_index()}/{jax.process_count()}] "
 
 
 if __name__ == "__main__":

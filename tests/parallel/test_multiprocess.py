@@ -200,13 +200,15 @@ def test_unreachable_coordinator_exits_2_in_bounded_time(tmp_path, capsys):
 
 
 def test_mesh_not_spanning_all_processes_exits_2(tmp_path):
-    """Two processes (8 devices in all) asked for a 2-device mesh: both exit 2 naming the sizes; nothing written."""
+    """Two processes (8 devices in all) asked for a 2-device mesh: both exit 2 naming the sizes and their process;
+    nothing written."""
     out = tmp_path / "run"
     t = time.perf_counter()
     results = _finish(_processes(2, [*_FLAGS, "--run.mesh-data", "2", "--output", str(out)], devices=4), 300)
     elapsed = time.perf_counter() - t
-    for rc, _, err in results:
+    for i, (rc, _, err) in enumerate(results):
         assert rc == 2, err[-2000:]
         assert "= 2 devices, but the 2 processes have 8 devices in all (4 each)" in err
+        assert f"[process {i}/2] jaxtar defend: error:" in err  # each process's error says which process it is
     assert elapsed < 120, elapsed
     assert not out.exists()
