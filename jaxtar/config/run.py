@@ -60,6 +60,9 @@ class RunConfig:
         process_id: this process's index in ``[0, num_processes)`` (None: from the environment).
         coordinator_timeout: seconds to wait at start-up for the coordinator and the other processes before giving
             up with an error (exit 2).
+        compilation_cache: keep compiled steps in JAX's persistent compilation cache, ``.jaxtar-xla-cache`` beside
+            the run folder, so a resume or the next run with the same shapes skips compilation (a cache the user set,
+            e.g. ``JAX_COMPILATION_CACHE_DIR``, is used instead). The cache is trusted code: keep it in your own folder.
     """
 
     output_dir: str | None = None
@@ -80,6 +83,7 @@ class RunConfig:
     num_processes: int | None = None
     process_id: int | None = None
     coordinator_timeout: int = 120
+    compilation_cache: bool = True
 
     def __post_init__(self) -> None:
         check_values(self)

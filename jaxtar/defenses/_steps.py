@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -39,6 +40,27 @@ def schedule_free_adamw(
         learning_rate=lr, warmup_steps=warmup_steps or None, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
     )
     return optax.chain(clip, sf)
+
+
+COMPILATION_CACHE_DIR = ".jaxtar-xla-cache"
+
+
+def use_compilation_cache(run_dir: str | Path) -> Path | None:
+    """Turns on JAX's persistent compilation cache in ``COMPILATION_CACHE_DIR`` beside ``run_dir`` (returned),
+    unless a cache is already configured (``JAX_COMPILATION_CACHE_DIR`` or the user's own ``jax.config``: None).
+
+    Example:
+        >>> use_compilation_cache("runs/tar")  # doctest: +SKIP
+        PosixPath('/home/me/runs/.jaxtar-xla-cache')
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir:
+        return None
+    folder = Path(run_dir).absolute().parent / COMPILATION_CACHE_DIR
+    compilation_cache.set_cache_dir(str(folder))
+    compilation_cache.reset_cache()  # JAX decides once per process whether a cache is in use: decide again
+    return folder
 
 
 def schedule_free_params(params: PyTree, opt_state: PyTree) -> PyTree:

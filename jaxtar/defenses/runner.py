@@ -28,6 +28,7 @@ from jaxtar.checkpoint import RunDir, open_run_dir, write_json_atomic
 from jaxtar.defenses._fit import check_memory
 from jaxtar.defenses._loop import Phase, Selected, place, run_phases
 from jaxtar.defenses._run_log import read_result
+from jaxtar.defenses._steps import use_compilation_cache
 from jaxtar.defenses.provenance import PROVENANCE_FILE, provenance
 from jaxtar.errors import InputError
 from jaxtar.parallel import check_mesh_size, is_main_process, make_mesh, on_main_process, to_host
@@ -131,6 +132,8 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
 
     if config.run.output_dir is None:
         raise InputError("run.output_dir is required (--output DIR)")
+    if config.run.compilation_cache:
+        use_compilation_cache(config.run.output_dir)
     loaded = defence.load(config) if loaded is None else loaded
     model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
     identity = config.identity(defence.name)
