@@ -142,7 +142,12 @@ def _state(params: PyTree, opt_state: PyTree, best: PyTree | None) -> dict[str, 
 def _fresh_best(params: PyTree, start: int = 0) -> dict[str, PyTree]:
     """The selection state of a phase before its first validation: its start weights and step, score +inf (kept
     when no validation is finite)."""
-    return {"params": params, "score": jnp.asarray(jnp.inf, jnp.float32), "step": jnp.asarray(start, jnp.int32)}
+    return {"params": _copy(params), "score": jnp.asarray(jnp.inf, jnp.float32), "step": jnp.asarray(start, jnp.int32)}
+
+
+def _copy(params: PyTree) -> PyTree:
+    """Weights kept past the next step (the best so far), which donates the current ones (`jit_step`)."""
+    return jax.tree.map(lambda x: x.copy(), params)
 
 
 def _restore(
@@ -254,7 +259,7 @@ def run_phases(
             score = values[phase.select]
             if math.isfinite(score) and score < float(best["score"]):
                 chosen = {
-                    "params": params,
+                    "params": _copy(params),
                     "score": jnp.asarray(score, jnp.float32),
                     "step": jnp.asarray(step, jnp.int32),
                 }
@@ -283,7 +288,8 @@ def run_phases(
                     key = step_key(run.seed, step)
                     if multiprocess:
                         key = shard(key, replicated(mesh))
-                    params, opt_state, metrics = phase.step_fn(params, opt_state, batches, key, frozen)
+                    step_fn = getattr(phase.step_fn, "donating", phase.step_fn)  # in place where it can
+                    params, opt_state, metrics = step_fn(params, opt_state, batches, key, frozen)
                     step += 1
                     loss = metrics.get("loss") if isinstance(metrics, Mapping) else None
                     if step % run.log_every == 0 or step == phase.stop:

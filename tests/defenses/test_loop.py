@@ -135,3 +135,32 @@ def test_best_validation_selection_is_exported_and_survives_resume(tmp_path):
         assert again.selected == result.selected, stop
         np.testing.assert_array_equal(np.asarray(again.params["w"]), np.asarray(result.params["w"]))
         assert lines(copy) == lines(run_dir), stop
+
+
+def test_the_loop_donates_its_weights_and_keeps_the_callers(tmp_path):
+    """Each step runs in place (`jit_step(...).donating`): the loop's own weights are deleted after every step, the
+    caller's starting weights (and TAR's frozen copy of them) are not, and the result equals the plain steps'."""
+    phases = _phases()
+    seen = []
+    for phase in phases:
+        donating = phase.step_fn.donating
+
+        def spy(params, *rest, _donating=donating):
+            out = _donating(params, *rest)
+            seen.append(params["w"])
+            return out
+
+        phase.step_fn.donating = spy
+    params0 = {"w": jnp.zeros(3)}
+    # no checkpoint in between: on CPU a checkpoint's host view of the weights keeps XLA from reusing their buffer
+    config = RunConfig(checkpoint_every=100, progress=False, tensorboard=False)
+    with open_run_dir(tmp_path / "donated", {"method": "synthetic"}) as run_dir:
+        donated = run_phases(phases, params0, params0, run_dir, config)
+    assert len(seen) == 11 and all(w.is_deleted() for w in seen)  # every step updated its inputs in place
+    assert not params0["w"].is_deleted()
+    plain = [dataclasses.replace(p, step_fn=jit_step(p.step_fn.jitted.__wrapped__)) for p in _phases()]
+    for p in plain:
+        del p.step_fn.donating  # the loop falls back to the plain step
+    with open_run_dir(tmp_path / "plain", {"method": "synthetic"}) as run_dir:
+        reference = run_phases(plain, params0, params0, run_dir, config)
+    np.testing.assert_array_equal(np.asarray(donated.params["w"]), np.asarray(reference.params["w"]))
