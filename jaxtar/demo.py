@@ -81,6 +81,19 @@ QUICK = DemoBudget(
     attack_steps=4,
     mcq_limit=40,
 )  # fmt: skip
+# The baselines' budget in a quick demo (the full demo runs the toy preset's `baseline` section as shipped).
+QUICK_BASELINE = {"baseline.steps": 2, "baseline.warmup_steps": 0, "baseline.forget_batch_size": 4,
+                  "baseline.retain_batch_size": 4}  # fmt: skip
+
+
+def baseline_label(method: str) -> str:
+    """A baseline's model name in the demo's tables (``max_entropy`` -> ``max-entropy``).
+
+    Example:
+        >>> baseline_label("min_posterior")
+        'min-posterior'
+    """
+    return method.replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,15 +183,19 @@ def run_demo(
     *,
     quick: bool = False,
     seeds: Sequence[int] | None = None,
+    baselines: Sequence[str] = (),
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
-    """The whole demo: base -> random mapping -> TAR -> red team of all three -> table, plots and summary.
+    """The whole demo: base -> random mapping -> TAR (-> baselines) -> red team of them all -> table, plots and
+    summary.
 
     Args:
         out_dir: a new (or empty) folder; None = a fresh ``runs/demo-YYYYmmdd-HHMMSS``.
         quick: tiny budgets (a plumbing check: the numbers mean nothing).
         seeds: seeds per adversary (default: the budget's, one seed).
+        baselines: methods of `jaxtar.config.BASELINE_METHODS` to train from the base model (the toy preset's
+            ``baseline`` section) and red-team beside TAR, each in ``baseline-<method>/``.
         progress: tqdm bars of the defences and attacks.
         log: printer for stage headers and the final table.
 
@@ -191,7 +208,8 @@ def run_demo(
         >>> print(result.summary)  # doctest: +SKIP
     """
     from jaxtar.config import load_config
-    from jaxtar.defenses import run_random_mapping, run_tar
+    from jaxtar.config.baseline import BASELINE_METHODS
+    from jaxtar.defenses import run_baseline, run_random_mapping, run_tar
     from jaxtar.eval import RedTeamData, red_team
     from jaxtar.toy import toy_base_model_path
 
@@ -200,8 +218,12 @@ def run_demo(
         if not seeds:
             raise ValueError("seeds must name at least one seed")
         budget = dataclasses.replace(budget, seeds=tuple(int(s) for s in seeds))
+    unknown = sorted(set(baselines) - set(BASELINE_METHODS))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINE_METHODS)}")
     out = check_demo_dir(default_output_dir() if out_dir is None else out_dir)
     suite = _suite(budget)
+    n = 5 if baselines else 4  # stages
     run = {"run.progress": progress, "run.tensorboard": False}
     rm_cfg = load_config("toy", {**budget.overrides, **run, "run.output_dir": str(out / "random-mapping")})
     t0 = time.time()
@@ -213,14 +235,14 @@ def run_demo(
             log(QUICK_WARNING)
 
         t = time.time()
-        log("\n== [1/4] base model: the shipped toy-world Llama (knows both domains) ==")
+        log(f"\n== [1/{n}] base model: the shipped toy-world Llama (knows both domains) ==")
         base_dir = toy_base_model_path(0, log=log)
         log(f"   {base_dir}")
         stages["base"] = time.time() - t
 
         t = time.time()
         rm = rm_cfg.random_mapping
-        log(f"\n== [2/4] random mapping: {rm.steps} steps, batch {rm.forget_batch_size} forget + "
+        log(f"\n== [2/{n}] random mapping: {rm.steps} steps, batch {rm.forget_batch_size} forget + "
             f"{rm.retain_batch_size} retain ==")  # fmt: skip
         rm_result = _finished(run_random_mapping(rm_cfg), "random mapping")
         stages["random_mapping"] = time.time() - t
@@ -229,15 +251,26 @@ def run_demo(
         tar_cfg = load_config("toy", {**budget.overrides, **run, "run.output_dir": str(out / "tar"),
                                       "model.path": str(rm_result.model_dir)})  # fmt: skip
         tc = tar_cfg.tar
-        log(f"\n== [3/4] TAR from the random-mapped model: {tc.outer_steps} outer steps, {tc.adversaries_per_step} "
+        log(f"\n== [3/{n}] TAR from the random-mapped model: {tc.outer_steps} outer steps, {tc.adversaries_per_step} "
             f"adversary x {tc.inner_steps} inner steps each (AdamW, lr {', '.join(map(str, tc.adversary_lrs or ()))}; "
             f"forget SFT or retain->forget) ==")  # fmt: skip
         tar_result = _finished(run_tar(tar_cfg), "TAR")
         stages["tar"] = time.time() - t
 
-        t = time.time()
         models = {"base": str(base_dir), "random-mapping": str(rm_result.model_dir), "tar": str(tar_result.model_dir)}
-        log(f"\n== [4/4] red team: {len(models)} models x {len(suite)} held-out adversaries x {len(budget.seeds)} "
+        if baselines:
+            t = time.time()
+            log(f"\n== [4/{n}] the paper's baselines from the base model: {', '.join(baselines)} ==")
+            for method in baselines:
+                folder = out / f"baseline-{baseline_label(method)}"
+                overrides = {**(QUICK_BASELINE if quick else {}), **run, "baseline.method": method}
+                cfg = load_config("toy", {**overrides, "run.output_dir": str(folder)})
+                result = _finished(run_baseline(cfg), f"the {method} baseline")
+                models[baseline_label(method)] = str(result.model_dir)
+            stages["baselines"] = time.time() - t
+
+        t = time.time()
+        log(f"\n== [{n}/{n}] red team: {len(models)} models x {len(suite)} held-out adversaries x {len(budget.seeds)} "
             f"seed(s), {'/'.join(str(s) for s in sorted({a.steps for a in suite}))} attack steps ==")  # fmt: skip
         data = RedTeamData.toy(0, mcq_limit=budget.mcq_limit)
         results = red_team(models, suite, data, seeds=budget.seeds, out_dir=out / "redteam", progress=progress)
@@ -263,6 +296,7 @@ def run_demo(
             start=start, end=end, cpu_count=os.cpu_count(), machine=platform.machine(), cpu=_cpu_name(),
             date=time.strftime("%Y-%m-%d"), models=models, overrides=budget.overrides,
             adversaries=[a.name for a in suite], seeds=list(budget.seeds), mcq_limit=budget.mcq_limit,
+            **({"baselines": list(baselines)} if baselines else {}),
             verdict=verdict(results), numbers=demo_numbers(results), results=results.to_dict(),
         ))  # fmt: skip
         log("\n" + summary)

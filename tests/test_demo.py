@@ -112,6 +112,27 @@ def test_an_existing_output_folder_is_refused_and_left_alone(quick, tmp_path, ca
     assert check_demo_dir(tmp_path / "empty") == tmp_path / "empty"  # an empty folder is fine
 
 
+def test_quick_demo_red_teams_the_papers_baselines_beside_tar(tmp_path, capsys):
+    out = tmp_path / "with-baselines"
+    assert main(["demo", "--quick", "--no-progress", "--baselines", "max_entropy", "rmu", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "[4/5] the paper's baselines from the base model: max_entropy, rmu" in printed and "[5/5] red team" in printed
+    )
+    meta = json.loads((out / "demo.json").read_text())
+    assert sorted(meta["models"]) == ["base", "max-entropy", "random-mapping", "rmu", "tar"]
+    assert meta["baselines"] == ["max_entropy", "rmu"] and meta["stage_seconds"]["baselines"] > 0
+    for name in ("max-entropy", "rmu"):
+        assert meta["models"][name] == str(out / f"baseline-{name}" / "model")
+        assert (out / f"baseline-{name}" / "model" / "model.safetensors").is_file()
+        assert f"| {name} |" in (out / "summary.md").read_text()  # a row of the table, measured like TAR's
+    results = RedTeamResults.load(out / "redteam")
+    assert set(results.models) == set(meta["models"]) and all(math.isfinite(results.summary(m).mean_forget_after)
+                                                               for m in results.models)  # fmt: skip
+    assert main(["demo", "--quick", "--baselines", "dropout", "--output", str(tmp_path / "bad")]) == 2
+    assert "unknown ['dropout']" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_default_output_folder_is_new(tmp_path):
     first = default_output_dir(tmp_path)
     assert first.parent == tmp_path and first.name.startswith("demo-") and not first.exists()

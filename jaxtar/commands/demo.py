@@ -30,5 +30,5 @@ def run_demo(args: argparse.Namespace) -> int:
     from jaxtar.demo import run_demo as demo
 
     config = settings_from_flags(args, {"demo": DemoConfig}, "demo")["demo"]
-    demo(config.output, quick=config.quick, seeds=config.seeds, progress=config.progress)
+    demo(config.output, quick=config.quick, seeds=config.seeds, baselines=config.baselines, progress=config.progress)
     return 0

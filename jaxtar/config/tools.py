@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jaxtar.config.baseline import BASELINE_METHODS
 from jaxtar.config.choices import ESTIMATOR_KINDS
 from jaxtar.config.flags import flag
 from jaxtar.config.sections import PresetFolder, check_values
@@ -83,12 +84,17 @@ class DemoConfig:
         output: a new (or empty) folder for everything the demo writes (null = a fresh runs/demo-<time>).
         quick: a few steps per stage: checks the plumbing in 1-2 CPU-minutes; the numbers mean nothing.
         seeds: seeds per red-team adversary (null = one; each extra seed adds about two minutes).
+        baselines: also train these baselines of the TAR paper from the base model (toy preset's ``baseline``
+            section) and red-team them beside TAR; ``all`` = the four. Each adds about 2 CPU-minutes.
         progress: progress bars.
     """
 
     output: str | None = field(default=None, metadata=flag(name="--output"))
     quick: bool = field(default=False, metadata=flag(const=True))
     seeds: tuple[int, ...] | None = field(default=None, metadata=flag(nargs="+"))
+    baselines: tuple[str, ...] = field(
+        default=(), metadata=flag(nargs="+", metavar="{" + ",".join((*BASELINE_METHODS, "all")) + "}")
+    )
     progress: bool = field(
         default=True,
         metadata=flag(name="--no-progress", const=False, help="no progress bars (stages and table)"),
@@ -96,6 +102,13 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         check_values(self)
+        unknown = [b for b in self.baselines if b not in (*BASELINE_METHODS, "all")]
+        if unknown:
+            raise ConfigError(f"DemoConfig.baselines: unknown {unknown}; choose from {[*BASELINE_METHODS, 'all']}")
+        if "all" in self.baselines:
+            object.__setattr__(self, "baselines", BASELINE_METHODS)
+        elif len(set(self.baselines)) != len(self.baselines):
+            raise ConfigError(f"DemoConfig.baselines names a method twice: {list(self.baselines)}")
 
 
 @dataclass(frozen=True)
