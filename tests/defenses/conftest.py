@@ -1,8 +1,6 @@
-"""Shared fixtures of the defence tests: a small toy-world base model (trained once per session), the TAR settings
-every TAR test uses (so one compiled outer step serves them all), and a persistent XLA compilation cache.
-
-The cache is switched on around each test of this folder only (and shared with the subprocesses the CLI tests
-start, and across pytest-xdist workers); it changes no numbers, only how often the same step is compiled.
+"""Shared fixtures of the defence tests: a small toy-world base model (trained once per session) and the TAR settings
+every TAR test uses (so one compiled outer step serves them all, through the session's persistent XLA compilation
+cache of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -10,10 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
 import pytest
 from filelock import FileLock
-from jax.experimental.compilation_cache import compilation_cache
 
 from jaxtar.toy import ToyTrainConfig, toy_world, train_toy_base_model
 
@@ -45,16 +41,3 @@ def toy_base_dir(tmp_path_factory) -> Path:
 def tar_overrides(toy_base_dir) -> dict:
     """Config overrides (on the toy preset) shared by every TAR test: K = 4, s = 2, A = 2 adversaries."""
     return {**TAR_TEST_OVERRIDES, "model.path": str(toy_base_dir)}
-
-
-@pytest.fixture(scope="session")
-def xla_cache_dir(tmp_path_factory) -> Path:
-    return _shared_root(tmp_path_factory) / "defenses-xla-cache"
-
-
-@pytest.fixture(autouse=True)
-def _compilation_cache(xla_cache_dir):
-    compilation_cache.set_cache_dir(str(xla_cache_dir))
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()

@@ -1,7 +1,7 @@
 """``jaxtar defend``: both subcommands on the toy world, resume after ``kill -9`` and after SIGTERM.
 
 A TAR run killed with SIGKILL mid-run (a subprocess, which loads the compiled step from the persistent compilation
-cache of tests/defenses/conftest.py) and resumed must end with bit-identical parameters and metrics to an
+cache of tests/conftest.py) and resumed must end with bit-identical parameters and metrics to an
 uninterrupted run.
 """
 
@@ -47,22 +47,21 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def _env(cache):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1")
-    return env
+def _env():
+    return dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")  # with the session's compilation cache
 
 
-def _defend(args, cache, **kw):
+def _defend(args, **kw):
     cmd = [sys.executable, "-c", _LAUNCH, "defend", *args]
-    return subprocess.Popen(cmd, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _steps(folder):
     return sorted(int(p.name) for p in (folder / "checkpoints").glob("[0-9]*") if p.name.isdigit())
 
 
-def test_tar_resumed_after_kill_9_equals_an_uninterrupted_run(tar_overrides, xla_cache_dir, tmp_path, capsys):
-    cache, full, killed = xla_cache_dir, tmp_path / "full", tmp_path / "killed"
+def test_tar_resumed_after_kill_9_equals_an_uninterrupted_run(tar_overrides, tmp_path, capsys):
+    full, killed = tmp_path / "full", tmp_path / "killed"
     flags = ["tar", "--preset", "toy", *_flags({**tar_overrides, "tar.outer_steps": 6})]
 
     assert main(["defend", *flags, "--output", str(full)]) == 0
@@ -72,9 +71,7 @@ def test_tar_resumed_after_kill_9_equals_an_uninterrupted_run(tar_overrides, xla
     assert {"run.json", "config.yaml", "metrics.jsonl", "result.json"} <= {p.name for p in full.iterdir()}
     from_pretrained(full / "model")  # the export is a loadable HF checkpoint
 
-    proc = _defend(
-        [*flags, "--output", str(killed), "--run.checkpoint-every", "1", "--run.keep-checkpoints", "3"], cache
-    )
+    proc = _defend([*flags, "--output", str(killed), "--run.checkpoint-every", "1", "--run.keep-checkpoints", "3"])
     while proc.poll() is None and not [s for s in _steps(killed) if s >= 2]:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
