@@ -105,6 +105,8 @@ class MLACConfig:
         desired_key: the dataset column of the desired labels.
         harmful_key: the dataset column of the harmful labels.
         seed: seed of the outer loop's batches, attacker heads and attacks.
+        compute_dtype: activation dtype of the encoder (bfloat16 = mixed precision: float32 master weights,
+            optimiser state and logits; null = the weights' float32).
         parity: jaxtar or official: sets the four switches below (docs/mlac.md lists each difference).
         inner_lr_objective: defence or harmful_ce (null = follow parity); see above.
         inner_clip: through or detached (null = follow parity); see above.
@@ -148,6 +150,7 @@ class MLACConfig:
     desired_key: str = "profession"
     harmful_key: str = "gender"
     seed: int = 0
+    compute_dtype: str | None = None
     parity: str = "jaxtar"
     inner_lr_objective: str | None = None
     inner_clip: str | None = None
@@ -162,6 +165,7 @@ class MLACConfig:
         for name, choices in PARITY_SWITCHES.items():
             one_of(self, name, choices, optional=True)
         one_of(self, "calibration_method", CALIBRATION_METHODS)
+        one_of(self, "compute_dtype", ("float32", "bfloat16"), optional=True)
         for name in ("inner_steps", "outer_steps", "eval_every", "outer_batch_size", "val_attacks", "num_desired",
                      "num_harmful", "calibration_steps"):  # fmt: skip
             low = 0 if name == "inner_steps" else 1

@@ -153,9 +153,14 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)  # finite derivative at 0
 
 
+def _dtype(cfg: MLACConfig) -> Any:
+    """The encoder's compute dtype (None: the weights' own)."""
+    return None if cfg.compute_dtype is None else jnp.dtype(cfg.compute_dtype)
+
+
 def released_logits(model: Model, params: Params, batch: Arrays, cfg: MLACConfig) -> tuple[jax.Array, jax.Array]:
     """(desired logits [B, num_desired], harmful logits [B, num_harmful]) of the released model."""
-    pooled = model.apply(params, batch["input_ids"], batch["attention_mask"]).pooled_output
+    pooled = model.apply(params, batch["input_ids"], batch["attention_mask"], dtype=_dtype(cfg)).pooled_output
     kernel = params["classifier"]["kernel"].astype(pooled.dtype)
     logits = jnp.dot(pooled, kernel, preferred_element_type=accumulation_dtype(pooled))  # the port's logits are float32
     return logits[:, : cfg.num_desired], logits[:, cfg.num_desired :]
@@ -189,7 +194,8 @@ def attacker(model: Model, cfg: MLACConfig) -> tuple[AttackProblem, Callable[[ja
 
     def logits(flat: jax.Array, batch: Arrays) -> jax.Array:
         t = unflatten(flat)
-        pooled = trunk_model.apply(t["trunk"], batch["input_ids"], batch["attention_mask"]).pooled_output
+        pooled = trunk_model.apply(t["trunk"], batch["input_ids"], batch["attention_mask"], dtype=_dtype(cfg))
+        pooled = pooled.pooled_output
         return jnp.dot(pooled, t["head"].astype(pooled.dtype), preferred_element_type=accumulation_dtype(pooled))
 
     def attack_init(defended_flat: jax.Array, key: jax.Array) -> jax.Array:
