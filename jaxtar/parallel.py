@@ -380,6 +380,26 @@ def _broadcast_text(text: str) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))[:n]).decode()
 
 
+def gather_json(value: Any) -> list[Any]:
+    """Every process's JSON-able ``value``, in process order, on every process (a collective; one process:
+    ``[value]``).
+
+    Example:
+        >>> gather_json({"runs": 3})
+        [{'runs': 3}]
+    """
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
+    buffer = np.zeros(max(int(sizes.max()), 1), np.uint8)
+    buffer[: len(data)] = data
+    rows = np.asarray(multihost_utils.process_allgather(buffer)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes, strict=True)]
+
+
 def on_main_process(fn: Callable[[], Any], what: str) -> Any:
     """``fn()`` run by process 0 only; every other process waits for it (a barrier) and gets its JSON-able result,
     or raises the `jaxtar.errors` kind process 0 raised, with its message. One process: just ``fn()``.

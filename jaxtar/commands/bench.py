@@ -142,11 +142,15 @@ def run_bench_command(args: argparse.Namespace) -> int:
     import jax
 
     from jaxtar.checkpoint import write_text_atomic
+    from jaxtar.parallel import initialize_distributed, is_main_process
 
+    initialize_distributed()  # before any other JAX call; each process times its own devices, process 0 reports
     config = bench_config(args)
     if config.json is not None and os.path.exists(config.json):
         raise FileExistsError(f"{config.json} already exists; choose a new --json path")
     rows = run_bench(config)
+    if not is_main_process():
+        return 0
     r = rows[0]
     print(f"device {jax.devices()[0]} ({os.cpu_count()} CPUs), load average {os.getloadavg()[0]:.1f}; "
           f"Llama {r['layers']} layers d={r['hidden_size']} ({r['params']:,} params), batch {config.batch} x "

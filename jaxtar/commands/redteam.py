@@ -82,12 +82,15 @@ def run_redteam(args: argparse.Namespace) -> int:
     from jaxtar.eval.redteam_inputs import check_models
     from jaxtar.eval.report import check_output_dir, markdown_table
     from jaxtar.eval.suites import adapt_suite, load_suite
+    from jaxtar.parallel import initialize_distributed, is_main_process, on_main_process
 
+    initialize_distributed()  # before any other JAX call: from the environment (JAX_COORDINATOR_ADDRESS, Slurm, ...)
     config = _config(args, red_team=True)
     attack, output = config.attack, config.output
     models = resolve_models(model_args(args.models))
     check_models(models)
-    check_output_dir(output.out, output.overwrite)  # red_team checks again and locks the folder before any compute
+    # red_team checks again and locks the folder before any compute; across processes process 0 checks for all
+    on_main_process(lambda: check_output_dir(output.out, output.overwrite) and None, "use the results folder")
     suite = load_suite(attack.suite)
     if attack.only_keys():
         suite = tuple(a for a in suite if any(k in a.name for k in attack.only_keys()))
@@ -100,8 +103,9 @@ def run_redteam(args: argparse.Namespace) -> int:
                        max_retain_drop=attack.max_retain_drop, eval_batch_size=config.data.eval_batch_size,
                        progress=output.progress, eval_every=attack.eval_every, recover_margin=attack.recover_margin,
                        reference_model=attack.reference_model)  # fmt: skip
-    print(markdown_table(results))
-    print(f"wrote {output.out}")
+    if is_main_process():  # every process ran its share of the grid; process 0 wrote the report
+        print(markdown_table(results))
+        print(f"wrote {output.out}")
     return 0
 
 
@@ -131,7 +135,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from jaxtar.eval.redteam import evaluate_models
     from jaxtar.eval.redteam_inputs import check_models
     from jaxtar.eval.report import strict_json
+    from jaxtar.parallel import initialize_distributed, is_main_process
 
+    initialize_distributed()  # before any other JAX call (each process scores every model; process 0 reports)
     config = _config(args, red_team=False)
     models = resolve_models(model_args(args.models))
     check_models(models)
@@ -140,6 +146,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
     data = _data(config.data)
     scores = evaluate_models(models, data, batch_size=config.data.eval_batch_size)
+    if not is_main_process():
+        return 0
     print(_eval_table(scores, data.eval_set.chance))
     if out is not None:
         payload = dict(data=data.name, chance=data.eval_set.chance, scores={k: v.to_dict() for k, v in scores.items()})

@@ -28,6 +28,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -57,12 +58,13 @@ from jaxtar.eval.report import (
     check_max_retain_drop,
     write_report,
 )
-from jaxtar.eval.results_dir import open_results_dir
+from jaxtar.eval.results_dir import check_results_dir, open_results_dir
 from jaxtar.eval.suites import load_suite, name_adversaries
 from jaxtar.files import progress_bar, progress_write
 from jaxtar.meta.vectorize import group_adversaries
 from jaxtar.models import Model, merge_lora
 from jaxtar.objectives.lm import batch_cross_entropy
+from jaxtar.parallel import gather_json, is_main_process, on_main_process
 
 
 # ---------------------------------------------------------------------------------------------------- attacks
@@ -287,14 +289,19 @@ def red_team(
     if reference_model is not None and reference_model not in models:
         raise InputError(f"reference model {reference_model!r} is not one of the models {list(models)}")
     check_models(models)
-    with open_results_dir(out_dir, overwrite=overwrite, writes=ALL_RESULT_FILES) as lock:  # before any compute
+    progress = progress and is_main_process()  # bars and run lines from process 0 only
+    if jax.process_count() > 1 and out_dir is not None:  # every process agrees before any compute
+        on_main_process(lambda: check_results_dir(Path(out_dir), overwrite, writes=ALL_RESULT_FILES) and None,
+                        "use the results folder")  # fmt: skip
+    writer = out_dir if is_main_process() else None  # process 0 writes; the others run their share of the grid
+    with open_results_dir(writer, overwrite=overwrite, writes=ALL_RESULT_FILES) as lock:  # before any compute
         results = _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch_size, judge, progress,
                               eval_every)  # fmt: skip
         metadata = {**results.metadata, "data_sources": dict(data.sources)}
         results = dataclasses.replace(results, metadata=metadata, max_retain_drop=max_retain_drop,
                                       reference_model=reference_model, recover_margin=recover_margin)  # fmt: skip
-        if lock is not None:
-            write_report(results, out_dir, lock=lock)
+        if out_dir is not None:
+            on_main_process(lambda: write_report(results, out_dir, lock=lock) and None, "write the red-team report")
     return results
 
 
@@ -303,14 +310,21 @@ def _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch
     every ``eval_every`` steps)."""
     groups = group_adversaries(adversaries)
     reference = {a: g.reference for g in groups for a in g.adversaries}
+    ordered = [a for g in groups for a in g.adversaries]  # group order: compiled functions stay hot
+    # across processes, (model, adversary) job j runs on process j % P, which also scores that model before
+    jobs = [(name, adv) for name in models for adv in ordered]
+    share = {(name, id(adv)) for j, (name, adv) in enumerate(jobs) if j % jax.process_count() == jax.process_index()}
     t0 = time.time()
     before: dict[str, Scores] = {}
     runs: list[AttackRun] = []
     for name, spec in models.items():
+        mine = [adv for adv in ordered if (name, id(adv)) in share]
+        if not mine:  # another process runs (and scores) this model
+            continue
         model, params, tokenizer = load_model(name, spec, data.tokenizer)
         prepared, arrays = data.eval_set.prepare(tokenizer), data.arrays(tokenizer)
         before[name] = _scores(model, params, tokenizer, prepared, judge, eval_batch_size)
-        for adv in [a for g in groups for a in g.adversaries]:  # group order: compiled functions stay hot
+        for adv in mine:
             start, points = time.time(), [(0, before[name])]
             on_eval = None if eval_every is None else _recorder(model, prepared, eval_batch_size, points)
             with progress_bar(adv.steps, desc=f"{name} | {adv.name} | seed {adv.seed}", enabled=progress,
@@ -327,6 +341,11 @@ def _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch
             if progress:
                 progress_write(run.describe())
         del params
+    if jax.process_count() > 1:  # every process's share, on every process
+        shares = gather_json({"before": {k: v.to_dict() for k, v in before.items()},
+                              "runs": [r.to_dict() for r in runs]})  # fmt: skip
+        before = {k: Scores.from_dict(v) for share_ in shares for k, v in share_["before"].items()}
+        runs = [AttackRun.from_dict(r) for share_ in shares for r in share_["runs"]]
     order = {(a.name, a.seed): i for i, a in enumerate(adversaries)}
     runs.sort(key=lambda r: (list(models).index(r.model), order[(r.adversary, r.seed)]))
     device = jax.devices()[0]
@@ -339,6 +358,7 @@ def _attack_all(models, adversaries, data, suite, seeds, chunk_steps, eval_batch
         jax_version=jax.__version__,
         chunk_steps=chunk_steps,
         **({} if eval_every is None else {"eval_every": eval_every}),
+        **({} if jax.process_count() == 1 else {"processes": jax.process_count()}),
         seconds=round(time.time() - t0, 2),
         date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
