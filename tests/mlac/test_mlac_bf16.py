@@ -8,7 +8,7 @@ import numpy as np
 from jaxtar.config import MLACConfig
 from jaxtar.defenses.mlac import init_state, make_outer_step
 
-STEPS = 30
+STEPS = 20
 BOUND = 0.02  # nats, on curves of ~0.4 (loss) and ~1.1 (desired CE)
 
 
