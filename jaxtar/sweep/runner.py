@@ -21,14 +21,13 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxtar.config.sweep import SweepConfig, sweep_hash
 from jaxtar.errors import ConfigError, DivergedError, InputError, RunDirError
-from jaxtar.files import progress_bar, progress_write
+from jaxtar.files import progress_bar, progress_write, write_text_atomic
 from jaxtar.runlock import claim_output_dir, is_new_or_empty
 from jaxtar.sweep.grid import (
     Job,
@@ -115,23 +114,9 @@ def claim_sweep_dir(out_dir: Path, record: dict[str, Any], resume: bool) -> Any:
 
 
 def _write_synced(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path``, fsyncs it and renames it into place (then fsyncs the
-    folder): after a kill or a crash the file holds the old text or the new, whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """``text`` written atomically and fsynced (`jaxtar.files.write_text_atomic`): after a kill or a crash the file
+    holds the old text or the new, whole."""
+    write_text_atomic(path, text, sync=True)
 
 
 def read_rows(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
