@@ -120,7 +120,7 @@ def _workloads(inputs: dict[str, Any], optimizer: str) -> tuple[Any, Any]:
         view, batch_size=tar.adversary_batch_size, seq_len=seq, steps=tar.inner_steps,
         records=tar.inner_steps // tar.tamper_every, optimizer=optimizer,
         adversaries=tar.adversaries_per_step, tamper_batch_size=tar.tamper_batch_size * (2 if tar.tamper_loss == "dpo"
-        else 1), loss_chunk=tar.loss_chunk_size,
+        else 1), loss_chunk=tar.loss_chunk_size, lora_rank=tar.adversary_lora_rank,
     )  # fmt: skip
     retain = Workload.for_llama(view, batch_size=2 * tar.retain_batch_size, seq_len=seq, steps=1)
     return meta, retain

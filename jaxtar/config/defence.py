@@ -49,7 +49,8 @@ from jaxtar.files import write_text_atomic
 PRESET_DIR = Path(__file__).parent.parent / "configs"
 DEFENCE_PRESETS = PresetFolder(PRESET_DIR)
 DTYPES = ("float32", "bfloat16")
-TAMPER_LOSSES = ("entropy", "dpo")
+TAMPER_LOSSES = ("entropy", "ce_ascent", "dpo")
+TRAIN_ADVERSARY_SCHEDULES = ("constant", "warmup_cosine")
 TAR_SETTINGS = ("bio", "cyber", "refusal")
 TAMPER_ROLES = ("forget", "forget_alt")
 EXPORT_ITERATES = ("x", "y")
@@ -154,10 +155,17 @@ class TarConfig:
         tamper_rate: weight exp(rate * (j - K)) of the record after step j.
         lambda_tr, lambda_retain: weights of the tamper-resistance and retain gradients.
         lambda_representation: weight of the representation distance inside the retain loss (paper: 1).
-        tamper_loss: ``entropy`` (knowledge restriction) or ``dpo`` (refusal).
+        tamper_loss: ``entropy`` (knowledge restriction, the paper's: the attacked model's negative entropy on held-out
+            forget text), ``ce_ascent`` (the attacked model's negative cross-entropy on the same text: gradient
+            ascent on the attacker's own loss, the alternative the paper reports as weaker) or ``dpo`` (refusal).
         dpo_beta: DPO inverse temperature.
         setting: train-time adversary suite of `jaxtar.attacks.tar_train_adversaries`.
         adversary_lrs: replace the suite's learning rates (e.g. for a toy model); None keeps them.
+        adversary_lora_rank: the train-time adversaries fine-tune LoRA adapters of this rank (alpha = 2 x rank, no
+            dropout, on every projection) instead of every weight; None = full-parameter attacks (the paper's).
+        adversary_schedule: the train-time adversaries' learning-rate schedule: ``constant`` (the paper's) or
+            ``warmup_cosine`` (linear warmup over K // 8 steps, then cosine decay to 0 at step K, like Qi et al.'s
+            attack).
         adversaries_per_step: A adversaries drawn per outer step, vmapped (their meta-gradients are averaged).
         adversary_chunk_size: run the A adversaries in chunks of this many, one chunk after another: bounds memory to
             a chunk's, same result up to float rounding. None = all A as one vmap (on a 2-core CPU one vmap was
@@ -196,6 +204,8 @@ class TarConfig:
     dpo_beta: float = 0.1
     setting: str = "bio"
     adversary_lrs: tuple[float, ...] | None = None
+    adversary_lora_rank: int | None = None
+    adversary_schedule: str = "constant"
     adversaries_per_step: int = 1
     adversary_chunk_size: int | None = None
     adversary_batch_size: int = 32
@@ -216,7 +226,7 @@ class TarConfig:
         check_values(self)
         positive(self, "outer_steps", "inner_steps", "tamper_every", "dpo_beta", "adversaries_per_step")
         positive(self, "adversary_batch_size", "tamper_batch_size", "retain_batch_size", "sft_lr", "sft_batch_size")
-        positive(self, "max_grad_norm", "adversary_chunk_size", "loss_chunk_size")
+        positive(self, "max_grad_norm", "adversary_chunk_size", "loss_chunk_size", "adversary_lora_rank")
         non_negative(self, "lambda_tr", "lambda_retain", "lambda_representation", "sft_steps", "tamper_rate")
         check_schedule_free(self)
         if self.tamper_every > self.inner_steps:
@@ -225,6 +235,7 @@ class TarConfig:
                 "no tamper loss would be recorded"
             )
         one_of(self, "tamper_loss", TAMPER_LOSSES)
+        one_of(self, "adversary_schedule", TRAIN_ADVERSARY_SCHEDULES)
         one_of(self, "setting", TAR_SETTINGS)
         one_of(self, "estimator", ESTIMATOR_KINDS)
         one_of(self, "export_iterate", EXPORT_ITERATES)

@@ -83,6 +83,7 @@ def tar_bytes(model: Any, tar: Any, seq_len: int, optimizer: str = "adamw") -> i
         adversaries=tar.adversaries_per_step,
         tamper_batch_size=tar.tamper_batch_size * (2 if tar.tamper_loss == "dpo" else 1),
         loss_chunk=tar.loss_chunk_size,
+        lora_rank=tar.adversary_lora_rank,
     )
     estimator = Estimator(tar.estimator, truncation=tar.truncation)
     meta = predict_peak_bytes(w, estimator, tar.adversary_chunk_size).total

@@ -35,7 +35,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxtar.attacks import Adversary, model_attack_problem, sample_adversary, tar_train_adversaries
+from jaxtar.attacks import (
+    Adversary,
+    LoraSpec,
+    Schedule,
+    model_attack_problem,
+    sample_adversary,
+    tar_train_adversaries,
+)
 from jaxtar.config import DefenceConfig, TarConfig
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
@@ -70,20 +77,30 @@ def train_suite(config: TarConfig) -> tuple[Adversary, ...]:
     """The train-time adversaries: `tar_train_adversaries(setting)` with K steps, the batch size and (optionally)
     other learning rates.
 
+    ``adversary_lora_rank`` turns every one into a LoRA attack, ``adversary_schedule`` gives every one the schedule.
+
     Example:
         >>> [a.lr for a in train_suite(TarConfig(setting="cyber", adversary_lrs=(1e-3,)))]
         [0.001, 0.001]
+        >>> [a.name for a in train_suite(TarConfig(setting="cyber", adversary_lora_rank=4))][:1]
+        ['tar-cyber-forget-2e-05-lora4']
     """
     suite = tar_train_adversaries(config.setting, steps=config.inner_steps, batch_size=config.adversary_batch_size)
-    if config.adversary_lrs is None:
-        return suite
-    sources = list(dict.fromkeys(a.data for a in suite))
-    template = suite[0]
-    return tuple(
-        dataclasses.replace(template, lr=lr, data=src, name=f"tar-{config.setting}-{src}-{lr:g}")
-        for src in sources
-        for lr in config.adversary_lrs
-    )
+    if config.adversary_lrs is not None:
+        sources = list(dict.fromkeys(a.data for a in suite))
+        suite = tuple(
+            dataclasses.replace(suite[0], lr=lr, data=src, name=f"tar-{config.setting}-{src}-{lr:g}")
+            for src in sources
+            for lr in config.adversary_lrs
+        )
+    kind = {}
+    if config.adversary_lora_rank is not None:
+        rank = config.adversary_lora_rank
+        kind["lora"] = LoraSpec(rank=rank, alpha=2.0 * rank, dropout=0.0)
+    if config.adversary_schedule == "warmup_cosine":
+        kind["schedule"] = Schedule("warmup_cosine", warmup_steps=config.inner_steps // 8)
+    tag = "".join(f"-lora{config.adversary_lora_rank}" if k == "lora" else "-cosine" for k in kind)
+    return tuple(dataclasses.replace(a, name=a.name + tag, **kind) for a in suite)
 
 
 def _dtype(name: str | None):
@@ -114,6 +131,9 @@ def tar_losses(model: Any, config: TarConfig, compute_dtype: str | None = None) 
         return negative_entropy_loss_from_hidden(out.last_hidden_state, model.lm_head(params), mask,
                                                  unmasked=config.unmasked_losses, chunk=chunk)  # fmt: skip
 
+    def ce_ascent(params, batch, lora):  # the defender maximises the attacked model's loss on the forget text
+        return -cross_entropy(params, apply(params, batch, lora=lora), batch)
+
     def dpo(params, batch, lora):
         chosen, rejected = apply(params, batch, "chosen_", lora), apply(params, batch, "rejected_", lora)
         if chunk is None:
@@ -132,7 +152,8 @@ def tar_losses(model: Any, config: TarConfig, compute_dtype: str | None = None) 
         )
         return ce + config.lambda_representation * rep, (ce, rep)
 
-    return {"attack": attack, "tamper": entropy if config.tamper_loss == "entropy" else dpo, "retain": retain}
+    tamper = {"entropy": entropy, "ce_ascent": ce_ascent, "dpo": dpo}[config.tamper_loss]
+    return {"attack": attack, "tamper": tamper, "retain": retain}
 
 
 def _global_norm(tree: PyTree) -> jax.Array:
@@ -245,10 +266,12 @@ class TarData:
         self.config, self.suite, self.seed = tar, suite, seed
         roles = sorted({src for a in suite for src in a.sources})
         self.streams: dict[str, RowStream] = {}
-        held_out = {}  # entropy tamper loss: x_TR = the held-out shares of data.tamper_roles, never trained on
-        for role in data.tamper_roles if tar.tamper_loss == "entropy" else ():
+        held_out = {}  # entropy / CE-ascent tamper loss: x_TR = the held-out shares of data.tamper_roles
+        for role in data.tamper_roles if tar.tamper_loss != "dpo" else ():
             if getattr(data, role) is None:
-                raise _inputs.InputError(f"the entropy tamper loss holds out data.{role} (tamper_roles): set it")
+                raise _inputs.InputError(
+                    f"the {tar.tamper_loss} tamper loss holds out data.{role} (tamper_roles): set it"
+                )
             rest, held_out[role] = _inputs.split_rows(
                 _inputs.tokenize_role(tokenizer, getattr(data, role), data), data.heldout_fraction, seed
             )
@@ -262,7 +285,7 @@ class TarData:
                 raise _inputs.InputError(f"the {tar.setting!r} adversaries train on data.{role}, which is not set")
             kind = "sft" if role == "harmful" else "text"
             self.streams[role] = RowStream(_inputs.tokenize_role(tokenizer, source, data, kind), seed, 100 + i)
-        if tar.tamper_loss == "entropy":
+        if tar.tamper_loss != "dpo":
             parts = list(held_out.values())
             tamper_rows = {key: np.concatenate([rows[key] for rows in parts]) for key in parts[0]}
         else:
@@ -332,8 +355,6 @@ def _check_suite(suite: tuple[Adversary, ...]) -> Adversary:
     keys = {a.static_key() for a in suite}
     if len(keys) != 1:
         raise _inputs.InputError(f"TAR's train-time adversaries must share one optimiser/schedule to vmap: {keys}")
-    if any(a.lora is not None for a in suite):
-        raise _inputs.InputError("TAR's train-time adversaries are full-parameter attacks")
     return suite[0]
 
 
