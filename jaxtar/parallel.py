@@ -235,8 +235,9 @@ def initialize_distributed(
             device count.
         timeout_s: how long to wait for the coordinator and the other processes (bounded: no hang).
         force: same as ``mode="on"``.
-        run: a `jaxtar.config.RunConfig`: its ``coordinator``, ``num_processes``, ``process_id``, ``distributed``,
-            ``coordinator_timeout`` and ``mesh_*`` fields replace the arguments above (what the commands pass).
+        run: a `jaxtar.config.RunConfig` or `jaxtar.config.run.ProcessesConfig`: its ``coordinator``,
+            ``num_processes``, ``process_id``, ``distributed``, ``coordinator_timeout`` (and a RunConfig's ``mesh_*``)
+            fields replace the arguments above (what the commands pass).
 
     Returns:
         True if the distributed runtime is up (several processes), False for a single-process run.
@@ -254,7 +255,9 @@ def initialize_distributed(
 
     if run is not None:
         coordinator_address, num_processes, process_id = run.coordinator, run.num_processes, run.process_id
-        mode, mesh = run.distributed, (run.mesh_data, run.mesh_fsdp, run.mesh_adversary)
+        mode = run.distributed
+        if hasattr(run, "mesh_data"):  # a RunConfig; a ProcessesConfig (red team, eval, bench) has no mesh
+            mesh = (run.mesh_data, run.mesh_fsdp, run.mesh_adversary)
         timeout_s = run.coordinator_timeout
     if mode not in DISTRIBUTED_MODES:
         raise ConfigError(f"run.distributed must be one of {DISTRIBUTED_MODES}, got {mode!r}")

@@ -28,29 +28,40 @@ SIZES = {  # LlamaConfig.tiny overrides; "tiny" is overhead-bound, "small" compu
 }
 
 
+def _sections() -> dict[str, type]:
+    from jaxtar.config.run import ProcessesConfig
+    from jaxtar.config.tools import BenchConfig
+
+    return {"bench": BenchConfig, "run": ProcessesConfig}  # --k, ...; --run.coordinator, ...
+
+
 def _sections_of(preset):
     from jaxtar.config.sections import load_preset
-    from jaxtar.config.tools import BENCH_PRESETS, BenchConfig
+    from jaxtar.config.tools import BENCH_PRESETS
 
-    label, sections = load_preset(preset, {"bench": BenchConfig}, presets=BENCH_PRESETS)
+    label, sections = load_preset(preset, _sections(), presets=BENCH_PRESETS)
     return label or "default", sections
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
     from jaxtar.config.flags import add_preset_flag, add_section_flags
-    from jaxtar.config.tools import BENCH_PRESETS, BenchConfig
+    from jaxtar.config.tools import BENCH_PRESETS
 
     add_preset_flag(p, default=None, names=BENCH_PRESETS.names(), sections_of=_sections_of, kind="bench preset")
-    add_section_flags(p, {"bench": BenchConfig}, tag="bench", prefixes={"bench": ""}, title="{section}")
+    add_section_flags(p, _sections(), tag="bench", prefixes={"bench": ""}, title="{section}")
+
+
+def bench_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"bench": BenchConfig, "run": ProcessesConfig}`` of ``--preset`` and the flags."""
+    from jaxtar.config.sections import settings_from_flags
+    from jaxtar.config.tools import BENCH_PRESETS
+
+    return settings_from_flags(args, _sections(), "bench", args.preset, BENCH_PRESETS)
 
 
 def bench_config(args: argparse.Namespace) -> Any:
     """The `jaxtar.config.tools.BenchConfig` of ``--preset`` and the flags."""
-    from jaxtar.config.sections import settings_from_flags
-    from jaxtar.config.tools import BENCH_PRESETS, BenchConfig
-
-    sections = {"bench": BenchConfig}
-    return settings_from_flags(args, sections, "bench", args.preset, BENCH_PRESETS)["bench"]
+    return bench_settings(args)["bench"]
 
 
 def _model_config(config: Any):
@@ -144,8 +155,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from jaxtar.checkpoint import write_text_atomic
     from jaxtar.parallel import initialize_distributed, is_main_process
 
-    initialize_distributed()  # before any other JAX call; each process times its own devices, process 0 reports
-    config = bench_config(args)
+    settings = bench_settings(args)
+    initialize_distributed(run=settings["run"])  # before any other JAX call; each process times its own devices
+    config = settings["bench"]
     if config.json is not None and os.path.exists(config.json):
         raise FileExistsError(f"{config.json} already exists; choose a new --json path")
     rows = run_bench(config)

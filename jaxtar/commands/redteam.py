@@ -51,7 +51,8 @@ def _add_config(p: argparse.ArgumentParser, *, red_team: bool) -> None:
                    "(several allowed)")  # fmt: skip
     add_preset_flag(p, default="toy", names=REDTEAM_PRESETS.names(), sections_of=_sections_of(load, tuple(sections)),
                     kind="red-team preset")  # fmt: skip
-    add_section_flags(p, sections, tag="rt", prefixes=dict.fromkeys(sections, ""), title="{section}")
+    prefixes = {name: "run" if name == "run" else "" for name in sections}  # --steps, ...; --run.coordinator, ...
+    add_section_flags(p, sections, tag="rt", prefixes=prefixes, title="{section}")
 
 
 def _config(args: argparse.Namespace, *, red_team: bool):
@@ -84,8 +85,8 @@ def run_redteam(args: argparse.Namespace) -> int:
     from jaxtar.eval.suites import adapt_suite, load_suite
     from jaxtar.parallel import initialize_distributed, is_main_process, on_main_process
 
-    initialize_distributed()  # before any other JAX call: from the environment (JAX_COORDINATOR_ADDRESS, Slurm, ...)
     config = _config(args, red_team=True)
+    initialize_distributed(run=config.run)  # before any other JAX call: --run.* flags or the environment
     attack, output = config.attack, config.output
     models = resolve_models(model_args(args.models))
     check_models(models)
@@ -137,8 +138,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from jaxtar.eval.report import strict_json
     from jaxtar.parallel import initialize_distributed, is_main_process
 
-    initialize_distributed()  # before any other JAX call (each process scores every model; process 0 reports)
     config = _config(args, red_team=False)
+    initialize_distributed(run=config.run)  # before any other JAX call (each process scores every model)
     models = resolve_models(model_args(args.models))
     check_models(models)
     out = Path(config.output.out) if config.output.out else None

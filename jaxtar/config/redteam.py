@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxtar.config.flags import flag
+from jaxtar.config.run import ProcessesConfig
 from jaxtar.config.sections import MAX_SEED, PresetFolder, check_sections, check_values, load_preset
 from jaxtar.errors import ConfigError, InputError
 
@@ -169,6 +170,7 @@ class RedTeamConfig:
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     output: RedTeamOutput = field(default_factory=RedTeamOutput)
+    run: ProcessesConfig = field(default_factory=ProcessesConfig)
     preset: str = ""
 
     def __post_init__(self) -> None:
@@ -181,14 +183,15 @@ class EvalConfig:
 
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     output: EvalOutput = field(default_factory=EvalOutput)
+    run: ProcessesConfig = field(default_factory=ProcessesConfig)
     preset: str = ""
 
     def __post_init__(self) -> None:
         check_sections(self)
 
 
-REDTEAM_SECTIONS = {"data": EvalDataConfig, "attack": AttackConfig, "output": RedTeamOutput}
-EVAL_SECTIONS = {"data": EvalDataConfig, "output": EvalOutput}
+REDTEAM_SECTIONS = {"data": EvalDataConfig, "attack": AttackConfig, "output": RedTeamOutput, "run": ProcessesConfig}
+EVAL_SECTIONS = {"data": EvalDataConfig, "output": EvalOutput, "run": ProcessesConfig}
 
 
 def load_redteam_config(preset: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RedTeamConfig:

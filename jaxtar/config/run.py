@@ -1,5 +1,6 @@
 """Where and how a run executes: :class:`RunConfig`, the ``run`` section every defence (TAR, random mapping, the
-baselines, MLAC) shares — its folder, seed, checkpoints, logs, device mesh and the processes it spans.
+baselines, MLAC) shares — its folder, seed, checkpoints, logs, device mesh and the processes it spans
+(:class:`ProcessesConfig`, alone the ``run`` section of the red team, ``eval`` and ``bench``).
 
 Example:
     >>> RunConfig(mesh_data=2, mesh_fsdp=2).mesh_data
@@ -34,7 +35,53 @@ def check_coordinator_address(address: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class ProcessesConfig:
+    """The processes a command spans (JAX's multi-process runtime): the ``run`` section of ``jaxtar redteam``,
+    ``eval`` and ``bench``, and part of every defence's `RunConfig`. Flags: ``--run.distributed``,
+    ``--run.coordinator``, ``--run.num-processes``, ``--run.process-id``, ``--run.coordinator-timeout``.
+
+    Args:
+        distributed: start JAX's multi-process runtime (`jaxtar.parallel.initialize_distributed`): ``auto`` when
+            the coordinator fields below or the environment (Slurm, Open MPI, a TPU pod, ``JAX_COORDINATOR_ADDRESS``
+            / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``) name several processes, ``on`` always, ``off`` never. The
+            mesh then spans every process's devices; process 0 writes the outputs.
+        coordinator: ``HOST:PORT`` of process 0's coordination service (None: from the environment).
+        num_processes: processes in the run (None: from the environment).
+        process_id: this process's index in ``[0, num_processes)`` (None: from the environment).
+        coordinator_timeout: seconds to wait at start-up for the coordinator and the other processes before giving
+            up with an error (exit 2).
+
+    Example:
+        >>> ProcessesConfig(coordinator="node-0:1234", num_processes=2, process_id=1).process_id
+        1
+    """
+
+    distributed: str = "auto"
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    coordinator_timeout: int = 120
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        positive(self, "num_processes", "coordinator_timeout")
+        one_of(self, "distributed", DISTRIBUTED_MODES)
+        if self.process_id is not None and not (
+            0 <= self.process_id < (self.num_processes if self.num_processes is not None else self.process_id + 1)
+        ):
+            limit = f"[0, {self.num_processes})" if self.num_processes is not None else ">= 0"
+            raise ConfigError(f"{type(self).__name__}.process_id must be in {limit}, got {self.process_id}")
+        if self.coordinator is not None:
+            check_coordinator_address(self.coordinator)
+        given = [n for n in ("coordinator", "num_processes", "process_id") if getattr(self, n) is not None]
+        if self.distributed == "off" and given:
+            raise ConfigError(
+                f"{type(self).__name__}.distributed is 'off' but {', '.join(given)} is set; use 'auto' or 'on'"
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig(ProcessesConfig):
     """Where and how a run executes (not part of a run's identity: may change on ``--resume``).
 
     Args:
@@ -78,26 +125,9 @@ class RunConfig:
     mesh_fsdp: int = 1
     mesh_adversary: int = 1
     force: bool = False
-    distributed: str = "auto"
-    coordinator: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    coordinator_timeout: int = 120
     compilation_cache: bool = True
 
     def __post_init__(self) -> None:
-        check_values(self)
+        super().__post_init__()  # the processes' fields (and every field's type)
         positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "mesh_data", "mesh_fsdp", "mesh_adversary")
-        positive(self, "num_processes", "coordinator_timeout")
         non_negative(self, "seed")
-        one_of(self, "distributed", DISTRIBUTED_MODES)
-        if self.process_id is not None and not (
-            0 <= self.process_id < (self.num_processes if self.num_processes is not None else self.process_id + 1)
-        ):
-            limit = f"[0, {self.num_processes})" if self.num_processes is not None else ">= 0"
-            raise ConfigError(f"RunConfig.process_id must be in {limit}, got {self.process_id}")
-        if self.coordinator is not None:
-            check_coordinator_address(self.coordinator)
-        given = [n for n in ("coordinator", "num_processes", "process_id") if getattr(self, n) is not None]
-        if self.distributed == "off" and given:
-            raise ConfigError(f"RunConfig.distributed is 'off' but {', '.join(given)} is set; use 'auto' or 'on'")

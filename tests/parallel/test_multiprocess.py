@@ -199,6 +199,24 @@ def test_unreachable_coordinator_exits_2_in_bounded_time(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["redteam", "eval", "bench"])
+def test_tool_commands_take_the_process_flags_and_refuse_bad_ones(command, tmp_path, capsys):
+    """`jaxtar redteam`, `eval` and `bench` take defend's --run.* process flags: an out-of-range process id exits 2
+    at once, an unreachable coordinator after --run.coordinator-timeout; nothing is written."""
+    out = tmp_path / "out"
+    argv = {"redteam": ["redteam", "toy", "--out", str(out)], "eval": ["eval", "toy", "--out", str(out)],
+            "bench": ["bench", "--json", str(out)]}[command]  # fmt: skip
+    assert main([*argv, "--run.num-processes", "2", "--run.process-id", "2"]) == 2
+    assert "process_id must be in [0, 2)" in capsys.readouterr().err
+    port = _free_port()  # nothing listens there
+    t = time.perf_counter()
+    code = main([*argv, "--run.coordinator", f"localhost:{port}", "--run.num-processes", "2", "--run.process-id", "1",
+                 "--run.coordinator-timeout", "2"])  # fmt: skip
+    assert code == 2 and 2 <= time.perf_counter() - t < 30
+    assert f"the coordinator localhost:{port} is unreachable" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_mesh_not_spanning_all_processes_exits_2(tmp_path):
     """Two processes (8 devices in all) asked for a 2-device mesh: both exit 2 naming the sizes and their process;
     nothing written."""
@@ -219,9 +237,10 @@ _REDTEAM = ["redteam", "a=toy", "b=toy", "--suite", "toy", "--only", "toy-adamw-
 
 
 def test_red_team_grid_across_two_processes_equals_one_process(tmp_path):
-    """`jaxtar redteam` started by two processes from JAX's standard variables (JAX_COORDINATOR_ADDRESS /
-    JAX_NUM_PROCESSES / JAX_PROCESS_ID): each attacks its half of the 2 models x 2 adversaries x 2 seeds grid, process
-    0 gathers every run and writes one results.json equal to the one-process run's (timings aside; losses to 1e-5)."""
+    """`jaxtar redteam` across two processes, process 0 started from JAX's standard variables (JAX_COORDINATOR_ADDRESS
+    / JAX_NUM_PROCESSES / JAX_PROCESS_ID), process 1 from the --run.* flags: each attacks its half of the 2 models x 2
+    adversaries x 2 seeds grid, process 0 gathers every run and writes one results.json equal to the one-process
+    run's (timings aside; losses to 1e-5)."""
     port = _free_port()
     launch = "import sys; from jaxtar.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -231,7 +250,11 @@ def test_red_team_grid_across_two_processes_equals_one_process(tmp_path):
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     shared = {"JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2"}
-    procs = [start([*_REDTEAM, "--out", str(tmp_path / "two")], {**shared, "JAX_PROCESS_ID": str(i)}) for i in (0, 1)]
+    flags = ["--run.coordinator", f"localhost:{port}", "--run.num-processes", "2", "--run.process-id", "1"]
+    procs = [
+        start([*_REDTEAM, "--out", str(tmp_path / "two")], {**shared, "JAX_PROCESS_ID": "0"}),
+        start([*_REDTEAM, "--out", str(tmp_path / "two"), *flags], {}),
+    ]
     procs.append(start([*_REDTEAM, "--out", str(tmp_path / "one")], {}))
     results = _finish(procs)
     _ok(results)
