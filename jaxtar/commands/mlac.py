@@ -122,9 +122,10 @@ def _write_report(out: Path, result: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(out / "blocking.png", dpi=120)
     plt.close(fig)
+    how = "a TPE" if result.get("search_method") == "tpe" else "a grid"
     notes = (f"\nBest-checkpoint accuracy on val2 ({result['eval_examples']} examples), mean ± std over "
              f"{result['config']['data_seeds']} data seeds x {result['config']['reruns']} reruns; the attacker's mode, "
-             "lr and step budget come from a grid search with early stopping (jaxtar.eval.blocking).\n")  # fmt: skip
+             f"lr and step budget come from {how} search with early stopping (jaxtar.eval.blocking).\n")  # fmt: skip
     (out / "results.md").write_text("\n".join(lines) + "\n" + notes)
 
 

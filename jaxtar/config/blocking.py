@@ -1,6 +1,6 @@
 """The settings of MLAC's blocking evaluation (``jaxtar redteam-classifier``, `jaxtar.eval.blocking`): the attacker
-grid (:class:`BlockingConfig`), which data the classifiers are attacked on (:class:`BlockingDataConfig`) and the
-command's outputs (:class:`BlockingOutput`).
+search (:class:`BlockingConfig`: a grid or Optuna's TPE), which data the classifiers are attacked on
+(:class:`BlockingDataConfig`) and the command's outputs (:class:`BlockingOutput`).
 
 Example:
     >>> BlockingConfig(ns=(20, 50)).ns, BlockingDataConfig().data
@@ -16,6 +16,7 @@ from jaxtar.config.sections import check_values
 from jaxtar.errors import ConfigError
 
 MODES = ("probe", "full")
+SEARCHES = ("grid", "tpe")
 
 
 def log_grid(low: float, high: float, count: int) -> tuple[float, ...]:
@@ -37,13 +38,18 @@ class BlockingConfig:
 
     Args:
         ns: the attacker's training-set sizes n.
-        lrs: the learning-rate grid of the attacker's Adam.
+        lrs: the learning-rate grid of the attacker's Adam (with search tpe: its min and max bound the lr).
         steps: the step budgets searched (multiples of eval_every).
         modes: probe (a linear head on the frozen encoder) and / or full (encoder and head fine-tuned).
         batch_size: attacker examples per step (drawn with replacement).
         eval_every: attacker steps between scored checkpoints.
         patience: early stopping after this many checkpoints without improvement (null = off).
         search_runs: runs per (mode, lr) in the search stage.
+        search: how the attacker's lr is searched: grid (every lr of lrs) or tpe (Optuna's TPE sampler, lr
+            log-uniform between min(lrs) and max(lrs); needs pip install 'jaxtar[sweep]').
+        tpe_trials: with search tpe, the trials (lrs tried) per n and mode.
+        tpe_batch: with search tpe, the trials per n asked and run together (one vectorised call) before TPE is
+            told their scores; the first batch is TPE's random start-up.
         reruns: reruns per data seed of the winning setting.
         data_seeds: subsets of val1 drawn for the final stage.
         eval_examples: val2 examples scored (null = all).
@@ -57,6 +63,12 @@ class BlockingConfig:
     Example:
         >>> BlockingConfig().lrs
         (1e-05, 0.0001, 0.001, 0.01)
+        >>> BlockingConfig(search="tpe", tpe_trials=8).search
+        'tpe'
+        >>> BlockingConfig(search="random")
+        Traceback (most recent call last):
+        ...
+        jaxtar.errors.ConfigError: BlockingConfig.search must be one of ('grid', 'tpe'), got 'random'
     """
 
     ns: tuple[int, ...] = field(default=(20, 50, 100, 200), metadata=flag(nargs="+"))
@@ -67,6 +79,9 @@ class BlockingConfig:
     eval_every: int = 50
     patience: int | None = 5
     search_runs: int = 2
+    search: str = field(default="grid", metadata=flag(metavar="{grid,tpe}"))
+    tpe_trials: int = 16
+    tpe_batch: int = 4
     reruns: int = 15
     data_seeds: int = 6
     eval_examples: int | None = 1000
@@ -100,6 +115,20 @@ class BlockingConfig:
             raise ValueError(f"BlockingConfig.patience must be >= 1 or None, got {self.patience}")
         if self.eval_examples is not None and self.eval_examples < 1:
             raise ValueError(f"BlockingConfig.eval_examples must be >= 1 or None, got {self.eval_examples}")
+        self._check_search()
+
+    def _check_search(self) -> None:
+        if self.search not in SEARCHES:
+            raise ConfigError(f"BlockingConfig.search must be one of {SEARCHES}, got {self.search!r}")
+        for name in ("tpe_trials", "tpe_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"BlockingConfig.{name} must be an int >= 1, got {value!r}")
+        if self.search == "tpe" and min(self.lrs) == max(self.lrs):
+            raise ConfigError(
+                f"BlockingConfig.search tpe draws the lr between min(lrs) and max(lrs): give two different lrs, "
+                f"got {self.lrs}"
+            )
 
     @property
     def num_evals(self) -> int:

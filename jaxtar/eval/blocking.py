@@ -6,13 +6,17 @@ its pooled features are computed once) or a **full fine-tune** (encoder + head) 
 ``eval_every`` steps. Its score is the best ``val2`` accuracy over checkpoints (the attacker-favourable protocol of
 the paper: the attacker's own test split picks the checkpoint and the hyper-parameters).
 
-Hyper-parameters come from a documented grid instead of TPE: learning rates (default log-spaced 1e-5 ... 1e-2),
-step budgets (100 ... 1000) and probe vs full. A step budget costs nothing extra: the learning rate is constant, so
-a budget of s steps is the prefix of the longest run (same seeds), and early stopping (stop after ``patience``
-evaluations without improvement) only depends on the prefix too. Two stages per (model, n):
+Hyper-parameters come from a documented grid by default: learning rates (default log-spaced 1e-5 ... 1e-2), step
+budgets (100 ... 1000) and probe vs full. With ``search="tpe"`` the learning rate is instead drawn by Optuna's TPE
+sampler, as in the MLAC paper: ``tpe_trials`` per (mode, n), log-uniform between min(lrs) and max(lrs), asked
+``tpe_batch`` at a time per n so that each round is one vectorised run (`jaxtar.eval.blocking_search`; needs
+``pip install 'jaxtar[sweep]'``). A step budget costs nothing extra: the learning rate is constant, so a budget of s
+steps is the prefix of the longest run (same seeds), and early stopping (stop after ``patience`` evaluations without
+improvement) only depends on the prefix too. Two stages per (model, n):
 
-1. search: every (mode, lr) runs ``search_runs`` times (different data subsets / head inits / batch orders);
-   the (mode, lr, budget) with the best mean best-checkpoint accuracy wins;
+1. search: every (mode, lr) - each grid lr, or each TPE trial's - runs ``search_runs`` times (different data
+   subsets / head inits / batch orders; the same seeds for every lr); the (mode, lr, budget) with the best mean
+   best-checkpoint accuracy wins (a TPE trial's value is its best budget's);
 2. final: the winner runs ``data_seeds x reruns`` times (subset of val1 by data seed; head init and batch order by
    rerun) and the mean and standard deviation of the best-checkpoint accuracy are reported.
 
@@ -145,6 +149,7 @@ class _Attacks:
 
     def __init__(self, cfg: BlockingConfig, val1: Mapping, val2: Mapping, compiler_options: dict | None):
         self.cfg, self.opts, self.runners = cfg, compiler_options, {}
+        self.cached: dict[str, tuple[Params, tuple]] = {}  # mode -> (params, data): the last model's features
         self.pool, self.evalset = _inputs(val1, cfg.label_key), _inputs(val2, cfg.label_key, cfg.eval_examples)
 
     def runner(self, model: Model, mode: str) -> Callable:
@@ -154,6 +159,11 @@ class _Attacks:
         return self.runners[key]
 
     def data(self, model: Model, params: Params, mode: str) -> tuple[Any, dict, dict]:
+        """The runner's (base, pool, evalset); the probe's features are computed once per (params, mode) and reused
+        by every later call (a TPE search calls once per round)."""
+        cached = self.cached.get(mode)
+        if cached is not None and cached[0] is params:
+            return cached[1]
         trunk = {k: v for k, v in params.items() if k != "classifier"}
         if mode == "full":
             return trunk, self.pool, self.evalset
@@ -161,7 +171,8 @@ class _Attacks:
         feats = jax.jit(lambda p, i, m: tm.apply(p, i, m).pooled_output)
         y = self.cfg.label_key
         mk = lambda d: {"x": feats(trunk, d["input_ids"], d["attention_mask"]), y: d[y]}
-        return None, mk(self.pool), mk(self.evalset)
+        self.cached[mode] = (params, (None, mk(self.pool), mk(self.evalset)))
+        return self.cached[mode][1]
 
     def run(self, model, params, mode, ns, lrs, data_seeds, run_seeds) -> np.ndarray:
         base, pool, evalset = self.data(model, params, mode)
@@ -173,20 +184,53 @@ class _Attacks:
         return np.asarray(out)
 
 
+def _scores(accs: np.ndarray, cfg: BlockingConfig) -> list[float]:
+    """The mean best-checkpoint accuracy of ``search_runs`` runs [search_runs, J] for every step budget."""
+    return [float(best_checkpoint(accs, s // cfg.eval_every, cfg.patience).mean()) for s in cfg.steps]
+
+
+def _search(att: _Attacks, model: Model, params: Params, mode: str) -> dict[int, list[dict]]:
+    """Stage 1 for one mode: n -> rows ``{"mode", "lr", "steps", "score", "trial"}`` (trial: the lr's index in the
+    grid, or the TPE trial's number)."""
+    cfg, runs = att.cfg, range(att.cfg.search_runs)
+
+    def evaluate(points: list[tuple[int, float]]) -> np.ndarray:  # every (n, lr) x search_runs in one vmapped call
+        grid = [(n, lr, r) for n, lr in points for r in runs]
+        accs = att.run(model, params, mode, *zip(*grid), [10_000 + r for _, _, r in grid])
+        return np.array([_scores(a, cfg) for a in accs.reshape(len(points), len(runs), -1)])
+
+    if cfg.search == "grid":
+        points = list(itertools.product(cfg.ns, cfg.lrs))
+        trials = {n: [] for n in cfg.ns}
+        for (n, lr), scores in zip(points, evaluate(points)):
+            trials[n].append({"trial": len(trials[n]), "lr": lr, "scores": scores})
+    else:
+        from jaxtar.eval.blocking_search import tpe_search
+
+        trials = tpe_search(evaluate, cfg.ns, low=min(cfg.lrs), high=max(cfg.lrs), trials=cfg.tpe_trials,
+                            batch=cfg.tpe_batch, seed=(cfg.seed, MODES.index(mode)))  # fmt: skip
+    return {n: [{"mode": mode, "lr": t["lr"], "steps": steps, "score": float(score), "trial": t["trial"]}
+                for t in trials[n] for steps, score in zip(cfg.steps, t["scores"])] for n in cfg.ns}  # fmt: skip
+
+
+def _trials(rows: list[dict]) -> list[dict]:
+    """One entry per searched (mode, lr): its best step budget (the first of ties), in search order."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["mode"], r["trial"])
+        if key not in best or r["score"] > best[key]["score"]:
+            best[key] = {k: r[k] for k in ("mode", "trial", "lr", "steps", "score")}
+    return list(best.values())
+
+
 def _evaluate_model(att: _Attacks, model: Model, params: Params, log: Callable[[str], None]) -> dict[str, Any]:
     cfg = att.cfg
-    budgets = [s // cfg.eval_every for s in cfg.steps]
     search: dict[int, list[dict]] = {n: [] for n in cfg.ns}
-    for mode in cfg.modes:  # stage 1: every (n, lr) x search_runs in one vmapped call
-        grid = list(itertools.product(cfg.ns, cfg.lrs, range(cfg.search_runs)))
-        accs = att.run(model, params, mode, *zip(*grid), [10_000 + r for _, _, r in grid])
-        for (n, lr), rows in itertools.groupby(zip(grid, accs), key=lambda g: g[0][:2]):
-            rows = np.stack([a for _, a in rows])
-            for steps, b in zip(cfg.steps, budgets):
-                score = float(best_checkpoint(rows, b, cfg.patience).mean())
-                search[n].append({"mode": mode, "lr": lr, "steps": steps, "score": score})
+    for mode in cfg.modes:  # stage 1
+        for n, rows in _search(att, model, params, mode).items():
+            search[n] += rows
     winners = {n: max(search[n], key=lambda r: r["score"]) for n in cfg.ns}
-    log(f"  search done: { ({n: (w['mode'], w['lr'], w['steps']) for n, w in winners.items()}) }")
+    log(f"  {cfg.search} search done: { ({n: (w['mode'], w['lr'], w['steps']) for n, w in winners.items()}) }")
     harmful: dict[str, Any] = {}
     reps = list(itertools.product(range(cfg.data_seeds), range(cfg.reruns)))
     for mode in cfg.modes:  # stage 2: the winners, data_seeds x reruns each
@@ -201,7 +245,8 @@ def _evaluate_model(att: _Attacks, model: Model, params: Params, log: Callable[[
                 accs[i * len(reps) : (i + 1) * len(reps)], w["steps"] // cfg.eval_every, cfg.patience
             )
             harmful[str(n)] = {"mean": float(best.mean()), "std": float(best.std()), "runs": len(best),
-                               "mode": mode, "lr": w["lr"], "steps": w["steps"], "search": search[n]}  # fmt: skip
+                               "mode": mode, "lr": w["lr"], "steps": w["steps"], "search": search[n],
+                               "trials": _trials(search[n])}  # fmt: skip
     return {"harmful": {str(n): harmful[str(n)] for n in cfg.ns}}
 
 
@@ -247,8 +292,10 @@ def blocking_eval(
         log: progress messages.
 
     Returns:
-        A JSON-ready dict: ``config``, ``chance`` (majority-class rate of val2) and per model ``harmful`` (per n:
-        mean, std, runs, the winning mode / lr / steps and the search table) and ``desired_accuracy``.
+        A JSON-ready dict: ``config``, ``search_method`` (grid or tpe), ``chance`` (majority-class rate of val2)
+        and per model ``harmful`` (per n: mean, std, runs, the winning mode / lr / steps, the search table -
+        one row per (mode, lr, step budget), with its ``trial`` - and ``trials``, one per (mode, lr) at its best
+        budget, the winner's among them) and ``desired_accuracy``.
     """
     if not models:
         raise ValueError("blocking_eval needs at least one model")
@@ -261,13 +308,18 @@ def blocking_eval(
             raise ValueError(
                 f"{name}[{cfg.label_key!r}] must lie in [0, {cfg.num_classes}), got [{labels.min()}, {labels.max()}]"
             )
+    if cfg.search == "tpe":  # before any attacker runs: a missing optuna says how to install it
+        from jaxtar.eval.blocking_search import require_optuna
+
+        require_optuna()
     pool_size = len(val1[cfg.label_key])
     if max(cfg.ns) > pool_size:
         raise ValueError(f"n = {max(cfg.ns)} exceeds the {pool_size} examples of val1")
     att = _Attacks(cfg, val1, val2, compiler_options)
     y2 = np.asarray(att.evalset[cfg.label_key])
-    out: dict[str, Any] = {"config": dataclasses.asdict(cfg), "chance": float(np.bincount(y2).max() / len(y2)),
-                           "eval_examples": len(y2), "models": {}}  # fmt: skip
+    out: dict[str, Any] = {"config": dataclasses.asdict(cfg), "search_method": cfg.search,
+                           "chance": float(np.bincount(y2).max() / len(y2)), "eval_examples": len(y2),
+                           "models": {}}  # fmt: skip
     for name, (model, params) in models.items():
         t0 = time.perf_counter()
         log(f"blocking eval of {name!r}")
