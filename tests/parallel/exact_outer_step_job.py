@@ -1,0 +1,43 @@
+"""One TAR outer step with the exact second-order meta-gradient on a data 2 x fsdp 2 x adversary 2 mesh, run as a
+job of `test_multiprocess.py` (in one process with 8 devices, or in each of two processes with 4): writes the step's
+metrics and new weights (gathered to host) to ``OUT.npz`` from process 0.
+
+    python exact_outer_step_job.py OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]
+"""
+
+import sys
+
+import numpy as np
+
+from jaxtar.parallel import initialize_distributed, is_main_process, make_mesh, to_host
+
+if len(sys.argv) == 5:
+    initialize_distributed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), mesh=(2, 2, 2), timeout_s=300)
+
+import jax  # noqa: E402 - after the distributed runtime
+
+from jaxtar.config import load_config  # noqa: E402
+from jaxtar.defenses import build_tar_phases, load_model  # noqa: E402
+from jaxtar.defenses._steps import place, shard_batches, step_key  # noqa: E402
+
+OVERRIDES = {
+    "model.path": "toy", "tar.estimator": "exact", "tar.inner_steps": 2, "tar.tamper_every": 1,
+    "tar.adversaries_per_step": 2, "tar.adversary_batch_size": 8, "tar.tamper_batch_size": 8,
+    "tar.retain_batch_size": 8, "tar.warmup_steps": 0, "tar.eps": 1e-4, "run.mesh_data": 2, "run.mesh_fsdp": 2,
+    "run.mesh_adversary": 2,
+}  # fmt: skip
+
+config = load_config("toy", OVERRIDES)
+mesh = make_mesh(2, 2, 2)
+model, params, tokenizer = load_model(config.model)
+phases, data = build_tar_phases(config, model, params, tokenizer, mesh)
+phase = phases[0]
+params = place(params, mesh)
+new, _, metrics = phase.step_fn(
+    params, place(phase.init_opt_state(params), mesh), shard_batches(data.batches(0), mesh, phase.batch_axes),
+    step_key(0, 0), params,
+)  # fmt: skip
+host = to_host({"params": new, "metrics": metrics})
+if is_main_process():
+    flat = {"/".join(str(k) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(host)}
+    np.savez(sys.argv[1], **flat)
