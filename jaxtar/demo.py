@@ -6,11 +6,14 @@ Stages (each a library call a user can also make):
 1. the shipped toy base model (`jaxtar.toy.toy_base_model_path`);
 2. the random-mapping safeguard (`jaxtar.defenses.run_random_mapping`, toy preset);
 3. TAR from the random-mapped model (`jaxtar.defenses.run_tar`, toy preset);
-4. the held-out red team `jaxtar.eval.toy_suite` against base / random mapping / TAR (`jaxtar.eval.red_team`).
+4. the held-out red team `jaxtar.eval.toy_suite` against base / random mapping / TAR (`jaxtar.eval.red_team`), every
+   attack also scored every 20 steps (``eval_every``): the recovery curve of the 160-step attack and its steps to
+   recover (`jaxtar.eval.durability`).
 
 Everything lands in one new folder: ``random-mapping/`` and ``tar/`` (run folders with ``model/``), ``redteam/``
-(results.json, results.md, attack_loss.png, forget_accuracy.png), ``summary.md`` and ``demo.json``. Only budgets
-differ between the full and the ``quick`` run (steps, adversaries, seeds); the evaluation is the same.
+(results.json, results.md, attack_loss.png, forget_accuracy.png, recovery.png), ``summary.md`` and ``demo.json``.
+Only budgets differ between the full and the ``quick`` run (steps, adversaries, seeds, scoring interval); the
+evaluation is the same.
 
 Example:
     >>> result = run_demo("runs/my-demo", quick=True, progress=False)  # doctest: +SKIP
@@ -41,7 +44,9 @@ from jaxtar.demo_report import (  # noqa: F401 - re-exported: the demo's report
     export_note,
     key_numbers,
     longer_attack_command,
+    plots_note,
     readme_results,
+    recovery_numbers,
     verdict,
     with_readme_results,
 )
@@ -61,6 +66,8 @@ class DemoBudget:
         attack_steps: rescale every attack to this many steps (None = the suite's own).
         seeds: seeds per adversary.
         mcq_limit: score at most this many questions per domain (None = all).
+        eval_every: also score every attack every this many steps (`jaxtar.eval.red_team`'s ``eval_every``: the
+            recovery curves; the full demo's 160-step attack at 0, 20, ..., 160, its 40-step ones at 0, 20, 40).
     """
 
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -68,6 +75,7 @@ class DemoBudget:
     attack_steps: int | None = None
     seeds: tuple[int, ...] = (0,)
     mcq_limit: int | None = None
+    eval_every: int | None = 20
 
 
 FULL = DemoBudget()
@@ -80,6 +88,7 @@ QUICK = DemoBudget(
     adversaries=("toy-adamw-1e-3", "toy-r2f-adamw-1e-3"),
     attack_steps=4,
     mcq_limit=40,
+    eval_every=2,
 )  # fmt: skip
 # The baselines' budget in a quick demo (the full demo runs the toy preset's `baseline` section as shipped).
 QUICK_BASELINE = {"baseline.steps": 2, "baseline.warmup_steps": 0, "baseline.forget_batch_size": 4,
@@ -270,10 +279,13 @@ def run_demo(
             stages["baselines"] = time.time() - t
 
         t = time.time()
+        lengths = "/".join(str(s) for s in sorted({a.steps for a in suite}))
+        scored = f", scored every {budget.eval_every}" if budget.eval_every else ""
         log(f"\n== [{n}/{n}] red team: {len(models)} models x {len(suite)} held-out adversaries x {len(budget.seeds)} "
-            f"seed(s), {'/'.join(str(s) for s in sorted({a.steps for a in suite}))} attack steps ==")  # fmt: skip
+            f"seed(s), {lengths} attack steps{scored} ==")  # fmt: skip
         data = RedTeamData.toy(0, mcq_limit=budget.mcq_limit)
-        results = red_team(models, suite, data, seeds=budget.seeds, out_dir=out / "redteam", progress=progress)
+        results = red_team(models, suite, data, seeds=budget.seeds, out_dir=out / "redteam", progress=progress,
+                           eval_every=budget.eval_every, reference_model="base")  # fmt: skip
         stages["red_team"] = time.time() - t
 
         seconds = time.time() - t0
@@ -296,10 +308,11 @@ def run_demo(
             start=start, end=end, cpu_count=os.cpu_count(), machine=platform.machine(), cpu=_cpu_name(),
             date=time.strftime("%Y-%m-%d"), models=models, overrides=budget.overrides,
             adversaries=[a.name for a in suite], seeds=list(budget.seeds), mcq_limit=budget.mcq_limit,
-            **({"baselines": list(baselines)} if baselines else {}),
-            verdict=verdict(results), numbers=demo_numbers(results), results=results.to_dict(),
+            eval_every=budget.eval_every, **({"baselines": list(baselines)} if baselines else {}),
+            verdict=verdict(results), numbers=demo_numbers(results), recovery=recovery_numbers(results),
+            results=results.to_dict(),
         ))  # fmt: skip
         log("\n" + summary)
-        log(f"Plots: {out / 'redteam' / 'forget_accuracy.png'}, {out / 'redteam' / 'attack_loss.png'}")
+        log(plots_note(out, results))
         log(f"Everything: {out}")
         return DemoResult(out, results, summary, seconds, stages)

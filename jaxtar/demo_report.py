@@ -1,6 +1,6 @@
-"""What the demo reports: its table, the verdict, the explanation printed under it, the notes (quick run, PyTorch for
-transformers, retain loss) and the README's generated demo block (`readme_results`, used by
-``scripts/update_results.py``).
+"""What the demo reports: its table (with the recovery curve of its longest attack), the verdict, the explanation
+printed under it, the notes (quick run, PyTorch for transformers, retain loss), the plots it wrote and the README's
+generated demo block (`readme_results`, used by ``scripts/update_results.py``).
 
 Example:
     >>> README_START
@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jaxtar.eval.durability import RECOVERY_PLOT, describe_steps
+
 
 def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
@@ -25,7 +27,8 @@ def _loss(x: float) -> str:
 
 def demo_table(results: Any) -> str:
     """Per model: forget / retain accuracy before, forget after (mean and worst case), retain after, and the retain
-    loss before / after; then forget accuracy after each adversary. Markdown.
+    loss before / after; then forget accuracy after each adversary; then (attacks scored during the attack) the
+    longest attack's recovery curve and steps to recover (`recovery_table`). Markdown.
 
     Example:
         >>> print(demo_table(RedTeamResults.load("runs/demo-x/redteam")))  # doctest: +SKIP
@@ -51,7 +54,91 @@ def demo_table(results: Any) -> str:
     for adv in results.adversaries:
         cells = [f"{_pct(per[m][adv]['forget_after'])} ({_pct(per[m][adv]['retain_after'])})" for m in results.models]
         lines.append(f"| {adv} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + recovery_table(results)
+
+
+def recovery_adversary(results: Any) -> str | None:
+    """The adversary whose recovery curve the demo reports: its longest attack scored during the attack (the first
+    of them on a tie), e.g. ``toy-adamw-1e-3-160steps``; None when no attack was scored during the attack."""
+    steps = {r.adversary: int(r.spec.get("steps", 0)) for r in results.runs if r.curve is not None}
+    return max(steps, key=steps.get) if steps else None
+
+
+def _recovery(results: Any) -> tuple[str, list[int], dict[str, dict[str, Any] | None]] | None:
+    """(adversary, its scored steps, per model its `jaxtar.eval.durability.recovery_stats` or None when every seed
+    diverged), or None without curves."""
+    adv = recovery_adversary(results)
+    if adv is None:
+        return None
+    grid = next(list(r.curve.steps) for r in results.runs if r.adversary == adv and r.curve is not None)
+    return adv, grid, {m: results.recovery(m).get(adv) for m in results.models}
+
+
+def recovery_table(results: Any) -> str:
+    """Forget accuracy at each scored step of the longest attack (`recovery_adversary`) and each model's steps to
+    recover (`jaxtar.eval.durability`: the first scored step at or above the reference model's pre-attack forget
+    accuracy minus the margin); "" when the attacks were not scored during the attack. Markdown."""
+    found = _recovery(results)
+    if found is None:
+        return ""
+    adv, grid, stats = found
+    reference, threshold = results.recovery_reference()
+    every = results.metadata.get("eval_every")
+    lines = [
+        "",
+        f"Forget accuracy during {adv} ({grid[-1]} steps), scored every {every} steps (mean over seeds). Steps to "
+        f"recover = the first scored step at which it is back to {_pct(threshold)} % ({reference}'s before minus "
+        f"{100 * results.recover_margin:g} points); the true step lies after the previous scored one:",
+        "",
+        "| model | " + " | ".join([f"step {grid[0]}", *map(str, grid[1:])]) + " | steps to recover |",
+        "|---|" + "---:|" * (len(grid) + 1),
+    ]
+    for m, st in stats.items():
+        if st is None:
+            lines.append(f"| {m} | " + " | ".join(["n/a"] * len(grid)) + " | every run diverged |")
+            continue
+        cells = [_pct(x) for x in st["forget_acc"]]
+        lines.append(
+            f"| {m} | " + " | ".join(cells) + f" | **{describe_steps(st['steps_to_recover'], st['budget'])}** |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def recovery_numbers(results: Any) -> dict[str, Any] | None:
+    """demo.json's ``recovery``: the longest attack's recovery curve per model (seed means: ``steps``,
+    ``forget_acc``, ``retain_acc``), ``steps_to_recover`` (None: not within ``attack_steps``) and ``forget_auc``, with
+    the recovery threshold; None when the attacks were not scored during the attack."""
+    found = _recovery(results)
+    if found is None:
+        return None
+    adv, grid, stats = found
+    reference, threshold = results.recovery_reference()
+    models = {
+        m: None if st is None else dict(
+            steps=list(st["steps"]), forget_acc=[_r(x) for x in st["forget_acc"]],
+            retain_acc=[_r(x) for x in st["retain_acc"]], steps_to_recover=st["steps_to_recover"],
+            forget_auc=_r(st["forget_auc"]),
+        )
+        for m, st in stats.items()
+    }  # fmt: skip
+    return dict(adversary=adv, attack_steps=grid[-1], steps=grid, eval_every=results.metadata.get("eval_every"),
+                reference_model=reference, recover_margin=results.recover_margin, recover_threshold=_r(threshold),
+                models=models)  # fmt: skip
+
+
+def plots_note(out_dir: str | os.PathLike, results: Any) -> str:
+    """The line naming the demo's plots (recovery.png too when the attacks were scored during the attack).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> print(plots_note("runs/demo", SimpleNamespace(has_curves=False)))
+        Plots: runs/demo/redteam/forget_accuracy.png, runs/demo/redteam/attack_loss.png
+    """
+    folder = Path(out_dir) / "redteam"
+    plots = [str(folder / "forget_accuracy.png"), str(folder / "attack_loss.png")]
+    if results.has_curves:
+        plots.append(f"{folder / RECOVERY_PLOT} (forget accuracy during the attacks, steps to recover)")
+    return "Plots: " + ", ".join(plots)
 
 
 RETAIN_LOSS_NOTE = (
@@ -210,6 +297,17 @@ def key_numbers(results: Any) -> list[str]:
         lines.append(
             f"After {a} ({specs[a].get('steps')} steps): forget "
             + ", ".join(f"{m} {_pct(per[m][a]['forget_after'])} %" for m in results.models)
+            + "."
+        )
+    found = _recovery(results)
+    if found is not None:
+        adv, _, stats = found
+        steps = {m: "n/a" if st is None else describe_steps(st["steps_to_recover"], st["budget"])
+                 for m, st in stats.items()}  # fmt: skip
+        lines.append(
+            f"Steps to recover during {adv} (forget accuracy back to {_pct(results.recovery_reference()[1])} %, scored "
+            f"every {results.metadata.get('eval_every')} steps): "
+            + ", ".join(f"{m} {v}" for m, v in steps.items())
             + "."
         )
     if on_forget:

@@ -5,6 +5,7 @@ committed snapshot docs/results/demo-quick.json (a drift guard on the code)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -16,6 +17,8 @@ import pytest
 
 from jaxtar.cli import main
 from jaxtar.demo import (
+    FULL,
+    LONG_ATTACK_STEPS,
     MODELS,
     QUICK,
     QUICK_WARNING,
@@ -24,11 +27,15 @@ from jaxtar.demo import (
     check_demo_dir,
     default_output_dir,
     demo_table,
+    key_numbers,
     longer_attack_command,
+    recovery_numbers,
     run_demo,
     verdict,
 )
-from jaxtar.eval import RedTeamResults, Scores
+from jaxtar.demo import _suite as demo_suite
+from jaxtar.eval import RecoveryCurve, RedTeamResults, Scores
+from jaxtar.eval.durability import DEFAULT_RECOVER_MARGIN, attack_chunk, eval_points
 from jaxtar.eval.report import AttackRun
 from jaxtar.files import default_file_mode
 from jaxtar.toy import shipped_toy_model_dir
@@ -52,7 +59,7 @@ def test_quick_demo_writes_results_table_and_plots(quick):
     out = result.out_dir
     for name in ("summary.md", "demo.json", "redteam/results.json", "redteam/results.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 100, name
-    for name in ("attack_loss.png", "forget_accuracy.png"):
+    for name in ("attack_loss.png", "forget_accuracy.png", "recovery.png"):
         data = (out / "redteam" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     for run in ("random-mapping", "tar"):
@@ -90,6 +97,87 @@ def test_quick_demo_writes_results_table_and_plots(quick):
     assert meta["quick"] is True and meta["seeds"] == [0] and meta["verdict"] == verdict(saved)
     assert set(meta["stage_seconds"]) == {"base", "random_mapping", "tar", "red_team"}
     assert meta["seconds"] > 0 and len(meta["end"]["load_average"]) == 3
+
+
+def _steps_to_recover(steps: list[int], forget: list[float], threshold: float) -> int | None:
+    """The rule, restated: the first scored step whose forget accuracy is at or above the threshold."""
+    return next((s for s, f in zip(steps, forget) if f >= threshold - 1e-9), None)
+
+
+def test_quick_demo_records_the_recovery_curve_of_its_longest_attack(quick):
+    result, printed, _ = quick
+    out = result.out_dir
+    meta = json.loads((out / "demo.json").read_text())
+    saved = RedTeamResults.load(out / "redteam")
+    rec, grid = meta["recovery"], list(range(0, QUICK.attack_steps + 1, QUICK.eval_every))
+    assert grid == [0, 2, 4] and meta["eval_every"] == rec["eval_every"] == QUICK.eval_every
+    # all quick attacks are 4 steps: the first of them is the one reported
+    assert rec["adversary"] == QUICK.adversaries[0] and rec["steps"] == grid and rec["attack_steps"] == 4
+    assert all(r.curve is not None and list(r.curve.steps) == grid for r in saved.runs)  # every attack scored
+    threshold = saved.before["base"].forget_acc - DEFAULT_RECOVER_MARGIN  # the base's level minus the margin
+    assert rec["reference_model"] == "base" and rec["recover_threshold"] == pytest.approx(threshold, abs=1e-4)
+    assert set(rec["models"]) == set(MODELS)
+    for m in MODELS:
+        c = rec["models"][m]
+        assert c["steps"] == grid and len(c["forget_acc"]) == len(c["retain_acc"]) == len(grid)
+        assert all(0.0 <= x <= 1.0 for x in c["forget_acc"] + c["retain_acc"])
+        # the curve starts at the model's before-score and ends at its after-score
+        assert c["forget_acc"][0] == pytest.approx(saved.before[m].forget_acc, abs=1e-4)
+        after = meta["numbers"][m]["per_adversary"][rec["adversary"]]["forget_after"]
+        assert c["forget_acc"][-1] == pytest.approx(after, abs=1e-4)
+        assert c["steps_to_recover"] == _steps_to_recover(c["steps"], c["forget_acc"], threshold)
+        assert 0.0 <= c["forget_auc"] <= 1.0
+        shown = "not within 4" if c["steps_to_recover"] is None else str(c["steps_to_recover"])
+        row = f"| {m} | " + " | ".join(f"{100 * x:.1f}" for x in c["forget_acc"]) + f" | **{shown}** |"
+        assert row in result.summary and row in (out / "summary.md").read_text()
+    assert rec["models"]["base"]["steps_to_recover"] == 0  # the reference is at its own level before the attack
+    assert f"Forget accuracy during {rec['adversary']} (4 steps), scored every 2 steps" in printed
+    assert f"{out / 'redteam' / 'recovery.png'} (forget accuracy during the attacks" in printed
+    assert "## Durability" in (out / "redteam" / "results.md").read_text()
+
+
+def test_the_full_demo_scores_its_160_step_attack_every_20_steps():
+    long = [a for a in demo_suite(FULL) if a.steps == LONG_ATTACK_STEPS]
+    assert [a.name for a in long] == [f"toy-adamw-1e-3-{LONG_ATTACK_STEPS}steps"] and FULL.eval_every == 20
+    assert eval_points(LONG_ATTACK_STEPS, FULL.eval_every) == list(range(0, 161, 20))
+    assert attack_chunk(50, LONG_ATTACK_STEPS, FULL.eval_every) == 20  # red_team's default chunks line up
+
+
+def _curve(forget: list[float], every: int = 20) -> RecoveryCurve:
+    n = len(forget)
+    return RecoveryCurve(tuple(range(0, every * n, every)), tuple(forget), (0.9,) * n, (1.0,) * n, (1.0,) * n)
+
+
+def test_the_demo_table_reports_steps_to_recover_of_the_long_attack():
+    def scores(acc: float) -> Scores:
+        return Scores(acc, 0.0, 240, 0.95, 0.0, 240, 1.0, 1.0)
+
+    tar = [0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.93]  # never back to 95 % within 160 steps
+    rm = [0.95, 0.9, 0.92, 0.94, 0.96, 1.0, 1.0, 1.0, 1.0]  # at the threshold before the attack
+    curves = {"base": [1.0] * 9, "random-mapping": rm, "tar": tar}
+    before = {m: scores(c[0]) for m, c in curves.items()}
+    runs = tuple(
+        run
+        for m, c in curves.items()
+        for run in (
+            AttackRun(m, "short", 0, {"steps": 40}, before[m], scores(c[2]), (1.0,), curve=_curve(c[:3])),
+            AttackRun(m, "long-160", 0, {"steps": 160}, before[m], scores(c[-1]), (1.0,), curve=_curve(c)),
+        )
+    )
+    results = RedTeamResults(before, runs, 0.25, metadata={"eval_every": 20}, reference_model="base")
+    table = demo_table(results)
+    assert "Forget accuracy during long-160 (160 steps), scored every 20 steps" in table
+    assert "| model | step 0 | 20 | 40 | 60 | 80 | 100 | 120 | 140 | 160 | steps to recover |" in table
+    assert "| tar | 25.0 | 30.0 | 40.0 | 50.0 | 60.0 | 70.0 | 80.0 | 90.0 | 93.0 | **not within 160** |" in table
+    assert "| random-mapping | 95.0 | 90.0 | 92.0 | 94.0 | 96.0 | 100.0 | 100.0 | 100.0 | 100.0 | **0** |" in table
+    rec = recovery_numbers(results)
+    assert rec["adversary"] == "long-160" and rec["steps"] == list(range(0, 161, 20)) and rec["attack_steps"] == 160
+    assert {m: c["steps_to_recover"] for m, c in rec["models"].items()} == {"base": 0, "random-mapping": 0, "tar": None}
+    assert "Steps to recover during long-160" in "\n".join(key_numbers(results))
+    assert "tar not within 160" in "\n".join(key_numbers(results))
+    # without curves (a red team without eval_every): no section, no numbers
+    plain = RedTeamResults(before, tuple(dataclasses.replace(r, curve=None) for r in runs), 0.25)
+    assert "scored every" not in demo_table(plain) and recovery_numbers(plain) is None
 
 
 def test_an_existing_output_folder_is_refused_and_left_alone(quick, tmp_path, capsys):
