@@ -404,8 +404,9 @@ def gather_json(value: Any) -> list[Any]:
 
 
 def on_main_process(fn: Callable[[], Any], what: str) -> Any:
-    """``fn()`` run by process 0 only; every other process waits for it (a barrier) and gets its JSON-able result,
-    or raises the `jaxtar.errors` kind process 0 raised, with its message. One process: just ``fn()``.
+    """``fn()`` run by process 0 only; every other process waits for it (a barrier) and gets its result through JSON
+    (with several processes every process gets the JSON round trip: a Path arrives as its ``str``), or raises the
+    `jaxtar.errors` kind process 0 raised, with its message. One process: just ``fn()``.
 
     Example:
         >>> on_main_process(lambda: 3, "count")
@@ -424,7 +425,7 @@ def on_main_process(fn: Callable[[], Any], what: str) -> Any:
             failure = err
             kind = type(err).__name__ if isinstance(err, errors.JaxtarError) else "JaxtarError"
             status = {"error": kind, "message": str(err)}
-    status = json.loads(_broadcast_text(json.dumps(status)))
+    status = json.loads(_broadcast_text(json.dumps(status, default=str)))  # e.g. a Path: its str on every process
     if failure is not None:
         raise failure
     if "error" in status:

@@ -32,8 +32,9 @@ from jaxtar.config import MLACConfig, MLACRunConfig, save_config
 from jaxtar.defenses._inputs import params_sha256
 from jaxtar.defenses._loop import Phase, check_divides
 from jaxtar.defenses.mlac_train import mlac_phase
-from jaxtar.defenses.runner import Defence, Loaded, RunResult, run_defence
+from jaxtar.defenses.runner import Defence, Loaded, RunResult, export_model, run_defence
 from jaxtar.errors import InputError
+from jaxtar.parallel import on_main_process
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 BERT_TINY = "google/bert_uncased_L-2_H-128_A-2"
@@ -117,8 +118,6 @@ def warmup_config(config: MLACRunConfig) -> MLACConfig:
 
 
 def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh: Mesh | None) -> list[Phase]:
-    from jaxtar.models import save_pretrained
-
     s, cfg = config.mlac_run, config.mlac
     if mesh is not None and mesh.shape["adversary"] > 1:
         raise InputError("MLAC's validation attacks are not split across devices: run.mesh_adversary must be 1")
@@ -129,8 +128,8 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
     opts = FAST_COMPILE if s.fast_compile else None
     baseline = Path(config.run.output_dir) / "baseline"
 
-    def write_baseline(best: Any) -> None:
-        save_pretrained(model, best, baseline, tokenizer=tokenizer, overwrite=True)
+    def write_baseline(best: Any) -> None:  # every process calls it (a collective across processes)
+        export_model(model, best, baseline, tokenizer=tokenizer, overwrite=True)
 
     phases = []
     if s.warmup_steps:
@@ -144,11 +143,11 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
 def _finish(config: MLACRunConfig, run_dir: RunDir, result: Any, loaded: Loaded) -> dict[str, Any]:
     """``baseline/`` (when there was no warm-up) and the summary: best steps and the test accuracies."""
     from jaxtar.eval.blocking import desired_accuracy
-    from jaxtar.models import from_pretrained, save_pretrained
+    from jaxtar.models import from_pretrained
 
     model, cfg, baseline = loaded.model, config.mlac, run_dir.path / "baseline"
-    if not baseline.is_dir():
-        save_pretrained(model, loaded.params, baseline, tokenizer=loaded.tokenizer)
+    if not on_main_process(baseline.is_dir, "look for baseline/"):  # the same answer on every process
+        export_model(model, loaded.params, baseline, tokenizer=loaded.tokenizer)
     test = _arrays(config, loaded.tokenizer)["test"]
     warm = config.mlac_run.warmup_steps
     summary: dict[str, Any] = {"preset": config.preset, "model": config.mlac_run.model, "data": config.mlac_run.data}

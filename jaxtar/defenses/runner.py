@@ -128,8 +128,6 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
     Raises:
         JaxtarError: bad input (nothing written), a folder in use or holding another run, a diverged run.
     """
-    from jaxtar.models import save_pretrained
-
     if config.run.output_dir is None:
         raise InputError("run.output_dir is required (--output DIR)")
     if config.run.compilation_cache:
@@ -158,16 +156,11 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
             if is_main_process():
                 print(f"{run_dir.path} was already complete ({result.steps} steps); nothing changed", file=sys.stderr)
         elif not result.interrupted and config.run.export:
-            weights = result.params if jax.process_count() == 1 else to_host(result.params)  # gathered on each
-
-            def export() -> str:
-                record = json.dumps(provenance(defence.name, loaded.source, loaded.sha256), indent=2) + "\n"
-                folder = save_pretrained(model, weights, run_dir.model_dir, tokenizer=tokenizer,
-                                         overwrite=run_dir.resumed, extra_files={PROVENANCE_FILE: record})  # fmt: skip
-                print(f"wrote {folder}", file=sys.stderr)
-                return str(folder)
-
-            model_dir = Path(on_main_process(export, "export the model"))
+            record = json.dumps(provenance(defence.name, loaded.source, loaded.sha256), indent=2) + "\n"
+            model_dir = export_model(model, result.params, run_dir.model_dir, tokenizer=tokenizer,
+                                     overwrite=run_dir.resumed, extra_files={PROVENANCE_FILE: record})  # fmt: skip
+            if is_main_process():
+                print(f"wrote {model_dir}", file=sys.stderr)
         summary, summary_path = {}, run_dir.path / "summary.json"
         if defence.finish is not None and not result.interrupted:
             if already_done and summary_path.is_file():  # a finished run resumed: reported, not redone
@@ -177,6 +170,21 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
                 on_main_process(lambda: write_json_atomic(summary_path, summary), "write summary.json")
     return RunResult(run_dir.path, model_dir, model, result.params, tokenizer, result.steps, result.interrupted,
                      result.metrics, result.selected, summary)  # fmt: skip
+
+
+def export_model(model: Any, params: Any, folder: str | Path, **kwargs: Any) -> Path:
+    """`jaxtar.models.save_pretrained` once per run: with several processes the weights are gathered on every process
+    (`jaxtar.parallel.to_host`, a collective) and process 0 writes while the others wait for it (and raise its
+    error); ``kwargs`` go to ``save_pretrained``. Returns the folder.
+
+    Example:
+        >>> export_model(model, params, "runs/x/baseline", tokenizer=tokenizer)  # doctest: +SKIP
+    """
+    from jaxtar.models import save_pretrained
+
+    weights = params if jax.process_count() == 1 else to_host(params)
+    written = on_main_process(lambda: str(save_pretrained(model, weights, folder, **kwargs)), f"write {folder}")
+    return Path(written)
 
 
 def _complete(run_dir: RunDir, total: int) -> bool:
