@@ -24,15 +24,8 @@ from jaxtar.defenses.random_mapping import (
     run_random_mapping,
 )
 from jaxtar.defenses.runner import Defence, Loaded, RunResult, run_defence
-from jaxtar.defenses.tar import (
-    TarData,
-    build_tar_phases,
-    make_sft_step,
-    make_tar_step,
-    run_tar,
-    tar_losses,
-    train_suite,
-)
+from jaxtar.defenses.tar import build_tar_phases, make_sft_step, make_tar_step, run_tar, tar_losses
+from jaxtar.defenses.tar_data import TarData, train_suite
 
 METHODS = {"tar": run_tar, "random-mapping": run_random_mapping, "baseline": run_baseline}
 

@@ -31,21 +31,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxtar.attacks import (
     Adversary,
-    LoraSpec,
-    Schedule,
     model_attack_problem,
-    sample_adversary,
-    tar_train_adversaries,
 )
 from jaxtar.config import DefenceConfig, TarConfig
-from jaxtar.defenses import _inputs
-from jaxtar.defenses._batches import RowStream, tokens_in
+from jaxtar.defenses._batches import tokens_in
 from jaxtar.defenses._fit import check_positions, tar_bytes, training_bytes
 from jaxtar.defenses._loop import (
     Phase,
@@ -57,6 +51,7 @@ from jaxtar.defenses._loop import (
 )
 from jaxtar.defenses.decoder import decoder_defence, given_model, load_retain_anchor
 from jaxtar.defenses.runner import RunResult, run_defence
+from jaxtar.defenses.tar_data import TarData, check_suite, train_suite
 from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
 from jaxtar.objectives import (
     batch_cross_entropy,
@@ -65,42 +60,11 @@ from jaxtar.objectives import (
     dpo_loss_from_logits,
     negative_entropy_loss,
     negative_entropy_loss_from_hidden,
-    reference_log_probs,
     representation_distance_loss,
 )
 from jaxtar.parallel import param_shardings, with_shardings
 
 PyTree = Any
-
-
-def train_suite(config: TarConfig) -> tuple[Adversary, ...]:
-    """The train-time adversaries: `tar_train_adversaries(setting)` with K steps, the batch size and (optionally)
-    other learning rates.
-
-    ``adversary_lora_rank`` turns every one into a LoRA attack, ``adversary_schedule`` gives every one the schedule.
-
-    Example:
-        >>> [a.lr for a in train_suite(TarConfig(setting="cyber", adversary_lrs=(1e-3,)))]
-        [0.001, 0.001]
-        >>> [a.name for a in train_suite(TarConfig(setting="cyber", adversary_lora_rank=4))][:1]
-        ['tar-cyber-forget-2e-05-lora4']
-    """
-    suite = tar_train_adversaries(config.setting, steps=config.inner_steps, batch_size=config.adversary_batch_size)
-    if config.adversary_lrs is not None:
-        sources = list(dict.fromkeys(a.data for a in suite))
-        suite = tuple(
-            dataclasses.replace(suite[0], lr=lr, data=src, name=f"tar-{config.setting}-{src}-{lr:g}")
-            for src in sources
-            for lr in config.adversary_lrs
-        )
-    kind = {}
-    if config.adversary_lora_rank is not None:
-        rank = config.adversary_lora_rank
-        kind["lora"] = LoraSpec(rank=rank, alpha=2.0 * rank, dropout=0.0)
-    if config.adversary_schedule == "warmup_cosine":
-        kind["schedule"] = Schedule("warmup_cosine", warmup_steps=config.inner_steps // 8)
-    tag = "".join(f"-lora{config.adversary_lora_rank}" if k == "lora" else "-cosine" for k in kind)
-    return tuple(dataclasses.replace(a, name=a.name + tag, **kind) for a in suite)
 
 
 def _dtype(name: str | None):
@@ -250,114 +214,6 @@ def make_sft_step(model: Any, lr: float, compute_dtype: str | None = None) -> tu
     return jit_step(step), optimizer
 
 
-class TarData:
-    """Every batch of a TAR run as a function of the global step (no iterator state: resumable by construction).
-
-    Args:
-        config: the run's config.
-        tokenizer: the model's tokenizer.
-        suite: the train-time adversaries.
-        reference_fn: ``(input_ids, attention_mask) -> logits`` of the starting model (for DPO's cached
-            reference log-probs); only needed with ``tamper_loss: dpo``.
-    """
-
-    def __init__(self, config: DefenceConfig, tokenizer: Any, suite: tuple[Adversary, ...], reference_fn=None):
-        tar, data, seed = config.tar, config.data, config.run.seed
-        self.config, self.suite, self.seed = tar, suite, seed
-        roles = sorted({src for a in suite for src in a.sources})
-        self.streams: dict[str, RowStream] = {}
-        held_out = {}  # entropy / CE-ascent tamper loss: x_TR = the held-out shares of data.tamper_roles
-        for role in data.tamper_roles if tar.tamper_loss != "dpo" else ():
-            if getattr(data, role) is None:
-                raise _inputs.InputError(
-                    f"the {tar.tamper_loss} tamper loss holds out data.{role} (tamper_roles): set it"
-                )
-            rest, held_out[role] = _inputs.split_rows(
-                _inputs.tokenize_role(tokenizer, getattr(data, role), data), data.heldout_fraction, seed
-            )
-            if role in roles:
-                self.streams[role] = RowStream(rest, seed, 100 + roles.index(role))
-        for i, role in enumerate(roles):
-            if role in self.streams:
-                continue
-            source = getattr(data, role, None)
-            if source is None:
-                raise _inputs.InputError(f"the {tar.setting!r} adversaries train on data.{role}, which is not set")
-            kind = "sft" if role == "harmful" else "text"
-            self.streams[role] = RowStream(_inputs.tokenize_role(tokenizer, source, data, kind), seed, 100 + i)
-        if tar.tamper_loss != "dpo":
-            parts = list(held_out.values())
-            tamper_rows = {key: np.concatenate([rows[key] for rows in parts]) for key in parts[0]}
-        else:
-            if data.preferences is None:
-                raise _inputs.InputError("the DPO tamper loss needs preference pairs: set data.preferences")
-            tamper_rows = _inputs.tokenize_role(tokenizer, data.preferences, data, "preference")
-            for side in ("chosen", "rejected"):
-                tamper_rows[f"reference_{side}_logps"] = reference_log_probs(
-                    reference_fn, *(tamper_rows[f"{side}_{k}"] for k in ("input_ids", "attention_mask", "loss_mask"))
-                )
-        self.streams["tamper"] = RowStream(tamper_rows, seed, 1)
-        if data.retain is None:
-            raise _inputs.InputError("the retain loss needs data.retain")
-        self.streams["retain_loss"] = RowStream(_inputs.tokenize_role(tokenizer, data.retain, data), seed, 2)
-        if tar.sft_steps:
-            source = data.sft or data.retain
-            kind = "sft" if source == data.harmful else "text"
-            self.streams["sft"] = RowStream(_inputs.tokenize_role(tokenizer, source, data, kind), seed, 3)
-        self.max_length = data.max_length
-
-    def adversaries(self, step: int) -> list[Adversary]:
-        """The A adversaries of outer step ``step`` (switch points drawn here)."""
-        rng = np.random.default_rng([self.seed, step, 7])
-        return [sample_adversary(self.suite, rng) for _ in range(self.config.adversaries_per_step)]
-
-    def batches(self, step: int) -> dict[str, Any]:
-        """``{"adversary": [A, K, B, T], "tamper", "retain", "hyperparams": {[A]}}`` of outer step ``step``."""
-        tar = self.config
-        k, b, a_count = tar.inner_steps, tar.adversary_batch_size, tar.adversaries_per_step
-        advs = self.adversaries(step)
-        per_adv = []
-        for a, adv in enumerate(advs):
-            slot = step * a_count + a
-            chunks = {
-                src: self.streams[src].take(slot * k * b, k * b).reshape_leading(k, b) for src in set(adv.sources)
-            }
-            sources = adv.step_sources()
-            per_adv.append({key: np.stack([chunks[s][key][j] for j, s in enumerate(sources)]) for key in _ROW_KEYS})
-        adversary = {key: np.stack([p[key] for p in per_adv]) for key in _ROW_KEYS}
-        names = list(advs[0].hyperparams())
-        hyper = {n: np.asarray([adv.hyperparams()[n] for adv in advs], np.float32) for n in names}
-        return {
-            "adversary": adversary,
-            "tamper": self.streams["tamper"].take(step * tar.tamper_batch_size, tar.tamper_batch_size).rows,
-            "retain": self.streams["retain_loss"].take(step * tar.retain_batch_size, tar.retain_batch_size).rows,
-            "hyperparams": hyper,
-        }
-
-    def sft_batches(self, step: int) -> dict[str, Any]:
-        """The SFT phase's batch at global step ``step``."""
-        b = self.config.sft_batch_size
-        return {"sft": self.streams["sft"].take(step * b, b).rows}
-
-    def tokens_per_step(self) -> int:
-        """Token positions through the model per outer step (attack fwd+bwd, tamper records, retain + base)."""
-        tar, t = self.config, self.max_length
-        records = tar.inner_steps // tar.tamper_every
-        tamper_rows = tar.tamper_batch_size * (2 if tar.tamper_loss == "dpo" else 1)
-        per_adv = tar.inner_steps * tar.adversary_batch_size + records * tamper_rows
-        return tokens_in(tar.adversaries_per_step * per_adv + 2 * tar.retain_batch_size, t)
-
-
-_ROW_KEYS = ("input_ids", "attention_mask", "loss_mask")
-
-
-def _check_suite(suite: tuple[Adversary, ...]) -> Adversary:
-    keys = {a.static_key() for a in suite}
-    if len(keys) != 1:
-        raise _inputs.InputError(f"TAR's train-time adversaries must share one optimiser/schedule to vmap: {keys}")
-    return suite[0]
-
-
 # On a mesh (`Phase.batch_axes`): the adversary rows [A, K, B, T] and the hyper-parameters [A] of `TarData.batches`
 TAR_BATCH_AXES = {"adversary": (2, 0), "hyperparams": (1, 0)}
 
@@ -374,7 +230,7 @@ def build_tar_phases(
     adversaries = {"adversaries_per_step": tar.adversaries_per_step, "adversary_chunk_size": tar.adversary_chunk_size}
     check_divides(mesh, batch_sizes, adversaries)
     suite = train_suite(tar)
-    template = _check_suite(suite)
+    template = check_suite(suite)
     reference_fn = None
     if tar.tamper_loss == "dpo":
         reference_fn = functools.partial(lambda p, ids, m: model.apply(p, ids, m).logits, params)
