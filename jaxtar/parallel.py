@@ -76,8 +76,20 @@ def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 1024) -> P
 def param_shardings(tree: PyTree, mesh: Mesh, min_size: int = 1024) -> PyTree:
     """FSDP `NamedSharding`s for params (or any pytree of arrays / ShapeDtypeStructs, e.g. optimiser state:
     the rule depends only on shapes, so Adam's moments follow their parameters)."""
+    rule = param_sharding_rule(mesh, min_size)
+    return jax.tree.map(lambda x: rule((), tuple(x.shape)), tree)
+
+
+def param_sharding_rule(mesh: Mesh, min_size: int = 1024) -> Callable[[tuple[str, ...], tuple[int, ...]], Any]:
+    """`param_shardings`' rule as ``fn(path, shape) -> NamedSharding``: what `jaxtar.models.from_pretrained`'s
+    ``sharding=`` takes to load each tensor straight into its FSDP shards.
+
+    Example:
+        >>> param_sharding_rule(make_mesh())(("embed",), (320, 128)).spec
+        PartitionSpec()
+    """
     n = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), n, min_size)), tree)
+    return lambda path, shape: NamedSharding(mesh, fsdp_spec(tuple(shape), n, min_size))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

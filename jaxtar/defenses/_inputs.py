@@ -140,8 +140,9 @@ def data_identity(data: DataConfig) -> dict[str, str]:
     return out
 
 
-def load_model(config: ModelConfig) -> tuple[Any, Any, Any]:
-    """``(model, params, tokenizer)`` for a :class:`ModelConfig`, the tokenizer checked against the model.
+def load_model(config: ModelConfig, sharding: Any = None) -> tuple[Any, Any, Any]:
+    """``(model, params, tokenizer)`` for a :class:`ModelConfig`, the tokenizer checked against the model;
+    ``sharding``: `jaxtar.models.from_pretrained`'s (e.g. `jaxtar.parallel.param_sharding_rule`), None = one device.
 
     Example:
         >>> model, params, tokenizer = load_model(ModelConfig(path="path/to/hf-folder"))  # doctest: +SKIP
@@ -151,7 +152,7 @@ def load_model(config: ModelConfig) -> tuple[Any, Any, Any]:
     dtype = getattr(jnp, config.dtype)
     try:
         source = model_source(config)
-        model, params = from_pretrained(source, dtype=dtype, allow_nonfinite=config.allow_nonfinite)
+        model, params = from_pretrained(source, dtype=dtype, sharding=sharding, allow_nonfinite=config.allow_nonfinite)
         tokenizer = load_tokenizer(config.tokenizer if config.tokenizer is not None else source)
     except CheckpointError as err:
         raise InputError(str(err)) from err

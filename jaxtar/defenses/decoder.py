@@ -29,13 +29,15 @@ from jaxtar.errors import InputError
 from jaxtar.toy.named_models import resolve_model
 
 
-def load_decoder(config: Any, estimator: str | None = None) -> Loaded:
+def load_decoder(config: Any, estimator: str | None = None, mesh: Any = None) -> Loaded:
     """`jaxtar.defenses.runner.Loaded` for a decoder defence (TAR, random mapping): ``config.model`` loaded and
     checked, with the checkpoint's content hash, running ``config.model.attention_impl`` (``estimator``: the
-    meta-gradient estimator the run differentiates with, which may rule out cuDNN's attention)."""
+    meta-gradient estimator the run differentiates with, which may rule out cuDNN's attention). With a ``mesh``
+    each tensor is streamed straight into its FSDP shards (across processes: each fills its own)."""
     from jaxtar.models.layers import with_attention_impl
+    from jaxtar.parallel import param_sharding_rule
 
-    model, params, tokenizer = load_model(config.model)
+    model, params, tokenizer = load_model(config.model, None if mesh is None else param_sharding_rule(mesh))
     try:
         model = with_attention_impl(model, config.model.attention_impl, estimator)
     except ValueError as err:  # cudnn without a GPU
@@ -96,7 +98,7 @@ def decoder_defence(
     meta-gradient estimator of a run that differentiates through attacks (TAR)."""
     return Defence(
         name,
-        load=lambda config: load_decoder(config, estimator_of(config) if estimator_of else None),
+        load=lambda config, mesh: load_decoder(config, estimator_of(config) if estimator_of else None, mesh),
         build=lambda config, model, params, tokenizer, mesh: build(config, model, params, tokenizer, mesh)[0],
         data_identity=lambda config: data_identity(config.data),
         write_config=save_config,

@@ -98,7 +98,7 @@ def _bios(settings: Any):
     return load_bios(settings)
 
 
-def _load(config: MLACRunConfig) -> Loaded:
+def _load(config: MLACRunConfig, mesh: Mesh | None = None) -> Loaded:  # built here, then placed on the mesh
     bios = _bios(config.mlac_run)
     model, params, tokenizer = build_model(config.mlac_run, bios, config.mlac, seed=config.mlac.seed)
     return Loaded(model, params, tokenizer, params_sha256(params))

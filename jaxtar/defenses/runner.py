@@ -53,7 +53,8 @@ class Defence:
 
     Attributes:
         name: the method's name in ``run.json`` and its config section (``tar``, ``random_mapping``, ``mlac``).
-        load: ``config -> Loaded``: the model to defend, from the config.
+        load: ``(config, mesh) -> Loaded``: the model to defend, from the config (loaded straight into the
+            mesh's FSDP shards where the defence can; the runner places it otherwise).
         build: ``(config, model, params, tokenizer, mesh) -> phases``; validates every input (raising
             `jaxtar.errors.JaxtarError` kinds) before the folder exists.
         data_identity: ``config -> {role: identity}`` of the data (pinned revisions, file hashes): a resume must match.
@@ -67,7 +68,7 @@ class Defence:
     """
 
     name: str
-    load: Callable[[Any], Loaded]
+    load: Callable[[Any, Mesh | None], Loaded]
     build: Callable[..., list[Phase]]
     data_identity: Callable[[Any], dict[str, str]]
     write_config: Callable[[Any, Path], Any]
@@ -132,14 +133,14 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
         raise InputError("run.output_dir is required (--output DIR)")
     if config.run.compilation_cache:
         use_compilation_cache(config.run.output_dir)
-    loaded = defence.load(config) if loaded is None else loaded
+    mesh = _mesh(config.run)
+    loaded = defence.load(config, mesh) if loaded is None else loaded
     model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
     identity = config.identity(defence.name)
     identity["inputs"] = {"model_sha256": loaded.sha256, "data": defence.data_identity(config)}  # resume must match
     anchor = defence.load_anchor(config, loaded) if defence.frozen_base and defence.load_anchor else None
     if anchor is not None:
         identity["inputs"]["anchor_sha256"] = anchor.sha256
-    mesh = _mesh(config.run)
     params = place(params, mesh)  # the base model is held once, sharded (no full copy left on one device)
     frozen = None if not defence.frozen_base else params if anchor is None else place(anchor.params, mesh)
     phases = defence.build(config, model, params, tokenizer, mesh)  # every input validated before the folder

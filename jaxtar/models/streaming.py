@@ -34,6 +34,7 @@ from jaxtar.errors import CheckpointError
 from jaxtar.models.functional import Model, Params
 from jaxtar.models.hf_checks import check_host_memory
 from jaxtar.models.rules import Rule, match_keys
+from jaxtar.parallel import put
 
 ShardingSpec = jax.sharding.Sharding | Callable[[tuple[str, ...], tuple[int, ...]], jax.sharding.Sharding] | None
 
@@ -151,7 +152,8 @@ def stream_params(
             else:
                 buffer[layer] = value
             del value
-        _set(params, path, jax.device_put(buffer, _sharding_for(sharding, path, shapes[path])))
+        target = _sharding_for(sharding, path, shapes[path])  # across processes: each fills only its own shards
+        _set(params, path, jax.device_put(buffer) if target is None else put(buffer, target))
         del buffer
     if nonfinite:
         warnings.warn(f"{source}: loaded NaN or inf values in {len(nonfinite)} tensors: {nonfinite[:5]}", stacklevel=2)

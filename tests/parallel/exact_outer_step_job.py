@@ -1,6 +1,8 @@
 """One TAR outer step with the exact second-order meta-gradient on a data 2 x fsdp 2 x adversary 2 mesh, run as a
 job of `test_multiprocess.py` (in one process with 8 devices, or in each of two processes with 4): writes the step's
-metrics and new weights (gathered to host) to ``OUT.npz`` from process 0.
+metrics and new weights (gathered to host) to ``OUT.npz`` from process 0. The weights are loaded straight into
+their FSDP shards across the processes (`from_pretrained(..., sharding=...)`: each process fills its own shards, one
+tensor at a time) and checked against the same weights loaded whole and then placed.
 
     python exact_outer_step_job.py OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]
 """
@@ -19,6 +21,9 @@ import jax  # noqa: E402 - after the distributed runtime
 from jaxtar.config import load_config  # noqa: E402
 from jaxtar.defenses import build_tar_phases, load_model  # noqa: E402
 from jaxtar.defenses._steps import place, shard_batches, step_key  # noqa: E402
+from jaxtar.models import from_pretrained  # noqa: E402
+from jaxtar.parallel import fsdp_spec  # noqa: E402
+from jaxtar.toy import toy_base_model_path  # noqa: E402
 
 OVERRIDES = {
     "model.path": "toy", "tar.estimator": "exact", "tar.inner_steps": 2, "tar.tamper_every": 1,
@@ -32,7 +37,11 @@ mesh = make_mesh(2, 2, 2)
 model, params, tokenizer = load_model(config.model)
 phases, data = build_tar_phases(config, model, params, tokenizer, mesh)
 phase = phases[0]
-params = place(params, mesh)
+placed = place(params, mesh)
+fsdp = lambda path, shape: jax.sharding.NamedSharding(mesh, fsdp_spec(shape, 2))  # noqa: E731 - param_shardings' rule
+_, params = from_pretrained(toy_base_model_path(), sharding=fsdp)
+same = jax.tree.map(lambda a, b: a.sharding == b.sharding and bool(jax.numpy.array_equal(a, b)), params, placed)
+assert all(jax.tree.leaves(same)), "the streamed shards differ from the placed weights"
 new, _, metrics = phase.step_fn(
     params, place(phase.init_opt_state(params), mesh), shard_batches(data.batches(0), mesh, phase.batch_axes),
     step_key(0, 0), params,
