@@ -1,12 +1,20 @@
-"""The cost of JAX's multi-process runtime: one TAR outer step on 1 process x 8 simulated CPU devices vs 2 processes
-x 4 (gloo CPU collectives), the same (data 2, fsdp 2, adversary 2) mesh and inputs.
+"""The cost of JAX's multi-process runtime on CPU, two measurements:
 
-On CPU this is a correctness path (the speed that matters is on accelerators): the ratio says what the process
-boundary costs here, nothing about GPUs or TPUs. Each configuration runs in fresh processes; a step is timed from
-dispatch to all outputs ready, after one compiling step; the median of the timed steps is reported.
+1. one TAR outer step on 1 process x 8 simulated CPU devices vs 2 processes x 4 (gloo CPU collectives), the same
+   (data 2, fsdp 2, adversary 2) mesh and inputs: a step is timed from dispatch to all outputs ready, after one
+   compiling step; the median of the timed steps is reported;
+2. weak scaling of the red-team grid: ``jaxtar redteam`` of 1 model x 2 adversaries on 1 process against 2 models x 2
+   adversaries on 2 processes (``--run.*`` flags; each process runs half the grid), wall clock of the whole command
+   (start-up, compilation, attacks, gathering, report), plus the 2-model grid on 1 process for reference. Ideal weak
+   scaling keeps the wall clock: efficiency = T(1 process, J jobs) / T(2 processes, 2J jobs).
+
+On CPU this is a correctness path (the speed that matters is on accelerators): the ratios say what the process
+boundary costs here, nothing about GPUs or TPUs. Each configuration runs in fresh processes. On a 2-core machine one
+process already uses both cores (XLA's intra-op threads), so two processes share them and weak scaling cannot be
+near 1 there: read the efficiency against the number of cores.
 
 Usage:
-    python benchmarks/bench_scale.py [--steps 5] [--out benchmarks/results/bench_scale.json]
+    python benchmarks/bench_scale.py [--steps 5] [--attack-steps 20] [--out benchmarks/results/bench_scale.json]
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,9 +105,38 @@ def run_config(num_processes: int, devices_each: int, steps: int) -> dict:
     return json.loads(outs[0][0].strip().splitlines()[-1])
 
 
+def run_redteam(num_processes: int, models: int, attack_steps: int, out: Path) -> float:
+    """Wall clock of one ``jaxtar redteam`` of ``models`` copies of the toy model x 2 adversaries on
+    ``num_processes`` processes (1 device each)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))  # fmt: skip
+    port = _free_port()
+    launch = "import sys; from jaxtar.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["redteam", *(f"m{i}=toy" for i in range(models)), "--suite", "toy", "--only",
+            "toy-adamw-1e-3,toy-nesterov-3e-2", "--steps", str(attack_steps), "--mcq-limit", "40", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    mp = lambda i: ["--run.coordinator", f"localhost:{port}", "--run.num-processes", str(num_processes),  # noqa: E731
+                    "--run.process-id", str(i)] if num_processes > 1 else []  # fmt: skip
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", launch, *args, *mp(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(num_processes)]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=1800) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    seconds = time.perf_counter() - start
+    for p, (_, err) in zip(procs, outs, strict=True):
+        if p.returncode != 0:
+            raise SystemExit(f"a red-team process exited {p.returncode}:\n{err[-3000:]}")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after one compiling)")
+    parser.add_argument("--attack-steps", type=int, default=20, help="steps of each red-team attack")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--worker", nargs=4, type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,9 +156,27 @@ def main() -> None:
     for name, r in rows.items():
         med = statistics.median(r["step_s"])
         print(f"{name:<26}{med:>15.3f}{r['compile_step_s']:>16.1f}{med / base:>8.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        weak = {
+            "1 process, 1 model x 2 adversaries": run_redteam(1, 1, args.attack_steps, Path(tmp) / "a"),
+            "2 processes, 2 models x 2 adversaries": run_redteam(2, 2, args.attack_steps, Path(tmp) / "b"),
+            "1 process, 2 models x 2 adversaries": run_redteam(1, 2, args.attack_steps, Path(tmp) / "c"),
+        }
+    one, two = weak["1 process, 1 model x 2 adversaries"], weak["2 processes, 2 models x 2 adversaries"]
+    print(f"\njaxtar redteam, toy model, 2 adversaries x {args.attack_steps} steps per model, 1 device per process: "
+          f"wall clock of the whole command")  # fmt: skip
+    print(f"{'configuration':<40}{'wall s':>9}")
+    for name, seconds in weak.items():
+        print(f"{name:<40}{seconds:>9.1f}")
+    print(
+        f"weak-scaling efficiency T(1 process, 2 jobs) / T(2 processes, 4 jobs) = {one / two:.2f}; "
+        f"2 processes vs 1 on the 4-job grid: {weak['1 process, 2 models x 2 adversaries'] / two:.2f}x"
+    )
     if args.out:
         result = {"load_average": load, "cpus": os.cpu_count(), "steps": args.steps, "configurations": rows,
-                  "overhead_ratio": statistics.median(rows["2 processes x 4 devices"]["step_s"]) / base}  # fmt: skip
+                  "overhead_ratio": statistics.median(rows["2 processes x 4 devices"]["step_s"]) / base,
+                  "attack_steps": args.attack_steps, "redteam_wall_s": weak,
+                  "weak_scaling_efficiency": one / two}  # fmt: skip
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
