@@ -195,18 +195,18 @@ def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(
 _MLAC = [
     "--preset", "mlac-offline", "--mlac-run.hidden-size", "16", "--mlac-run.num-layers", "1",
     "--mlac-run.intermediate-size", "32", "--mlac-run.max-length", "24", "--mlac-run.num-examples", "400",
-    "--mlac-run.warmup-steps", "2", "--mlac-run.warmup-lr", "3e-3", "--mlac-run.val-examples", "40",
+    "--mlac-run.warmup-steps", "0", "--mlac-run.val-examples", "40",
     "--mlac-run.fast-compile", "true", "--mlac.inner-steps", "1", "--mlac.outer-steps", "2", "--mlac.eval-every", "1",
     "--mlac.outer-lr", "1e-3", "--mlac.calibration-steps", "2", "--mlac.inner-batch-sizes", "[8, 16]",
-    "--mlac.outer-batch-size", "16", "--run.progress", "false", "--run.tensorboard", "false", "--run.mesh-data", "2",
-    "--run.mesh-fsdp", "2",
+    "--mlac.outer-batch-size", "16", "--run.progress", "false", "--run.tensorboard", "false", "--run.mesh-fsdp", "2",
 ]  # fmt: skip
 
 
 def test_mlac_across_two_processes_equals_one_process(tmp_path):
-    """`jaxtar defend mlac` (2 warm-up + 2 MLAC steps, mesh data 2 x fsdp 2) on two processes x 2 devices logs the
-    metrics of one process x 4 devices (1e-5 relative; measured <= 1e-6), exports the same weights and baseline
-    (process 0 writes both; the others wait) and reports the same test accuracies."""
+    """`jaxtar defend mlac` (2 MLAC steps, the weights FSDP-sharded across the processes: mesh fsdp 2) on two
+    processes x 1 device logs the metrics of one process x 2 devices (1e-5 relative), exports the same weights and
+    baseline (gathered on every process, written by process 0; the others wait) and reports the same test
+    accuracies."""
     port = _free_port()
 
     def start(out, devices, *mp):
@@ -215,9 +215,9 @@ def test_mlac_across_two_processes_equals_one_process(tmp_path):
 
     two, one = tmp_path / "two", tmp_path / "one"
     mp = lambda i: ["--run.coordinator", f"localhost:{port}", "--run.num-processes", "2", "--run.process-id", str(i)]  # noqa: E731
-    _ok(_finish([start(two, 2, *mp(0)), start(two, 2, *mp(1)), start(one, 4)]))
+    _ok(_finish([start(two, 1, *mp(0)), start(two, 1, *mp(1)), start(one, 2)]))
     a, b = _metrics(two), _metrics(one)
-    assert [r["step"] for r in a] == [r["step"] for r in b] and len(b) >= 4
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(b) >= 2
     for x, y in zip(a, b, strict=True):
         for k, v in y.items():
             if isinstance(v, float) and k not in ("step_time_s", "tokens_per_s"):
