@@ -83,16 +83,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_config(num_processes: int, devices_each: int, steps: int) -> dict:
-    """Starts one configuration's processes and returns process 0's timings."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each} "
-                         "--xla_cpu_collective_call_terminate_timeout_seconds=900")  # fmt: skip
-    port = _free_port()
-    cmd = lambda i: [sys.executable, __file__, "--worker", str(num_processes), str(i), str(port), str(steps)]  # noqa: E731
-    procs = [subprocess.Popen(cmd(i), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(num_processes)]  # fmt: skip
+def _env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
+                PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)  # fmt: skip
+
+
+def _run_processes(cmds: list[list[str]], env: dict[str, str], what: str) -> list[str]:
+    """Starts every command at once, waits for all (killing any left on the way out) and returns their stdouts;
+    a non-zero exit stops the benchmark with that process's stderr."""
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
     try:
         outs = [p.communicate(timeout=1800) for p in procs]
     finally:
@@ -101,15 +100,23 @@ def run_config(num_processes: int, devices_each: int, steps: int) -> dict:
                 p.kill()
     for p, (_, err) in zip(procs, outs, strict=True):
         if p.returncode != 0:
-            raise SystemExit(f"a worker exited {p.returncode}:\n{err[-3000:]}")
-    return json.loads(outs[0][0].strip().splitlines()[-1])
+            raise SystemExit(f"{what} exited {p.returncode}:\n{err[-3000:]}")
+    return [out for out, _ in outs]
+
+
+def run_config(num_processes: int, devices_each: int, steps: int) -> dict:
+    """Starts one configuration's processes and returns process 0's timings."""
+    env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each} "
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=900")  # fmt: skip
+    port = _free_port()
+    cmd = lambda i: [sys.executable, __file__, "--worker", str(num_processes), str(i), str(port), str(steps)]  # noqa: E731
+    outs = _run_processes([cmd(i) for i in range(num_processes)], env, "a worker")
+    return json.loads(outs[0].strip().splitlines()[-1])
 
 
 def run_redteam(num_processes: int, models: int, attack_steps: int, out: Path) -> float:
     """Wall clock of one ``jaxtar redteam`` of ``models`` copies of the toy model x 2 adversaries on
     ``num_processes`` processes (1 device each)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))  # fmt: skip
     port = _free_port()
     launch = "import sys; from jaxtar.cli import main; sys.exit(main(sys.argv[1:]))"
     args = ["redteam", *(f"m{i}=toy" for i in range(models)), "--suite", "toy", "--only",
@@ -118,19 +125,9 @@ def run_redteam(num_processes: int, models: int, attack_steps: int, out: Path) -
     mp = lambda i: ["--run.coordinator", f"localhost:{port}", "--run.num-processes", str(num_processes),  # noqa: E731
                     "--run.process-id", str(i)] if num_processes > 1 else []  # fmt: skip
     start = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", launch, *args, *mp(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(num_processes)]  # fmt: skip
-    try:
-        outs = [p.communicate(timeout=1800) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    seconds = time.perf_counter() - start
-    for p, (_, err) in zip(procs, outs, strict=True):
-        if p.returncode != 0:
-            raise SystemExit(f"a red-team process exited {p.returncode}:\n{err[-3000:]}")
-    return seconds
+    cmds = [[sys.executable, "-c", launch, *args, *mp(i)] for i in range(num_processes)]
+    _run_processes(cmds, _env(), "a red-team process")
+    return time.perf_counter() - start
 
 
 def main() -> None:
