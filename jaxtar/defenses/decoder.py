@@ -46,15 +46,16 @@ def load_decoder(config: Any, estimator: str | None = None, mesh: Any = None) ->
     return Loaded(model, params, tokenizer, checkpoint_sha256(source), str(source))
 
 
-def load_retain_anchor(config: Any, loaded: Loaded) -> Loaded | None:
+def load_retain_anchor(config: Any, loaded: Loaded, mesh: Any = None) -> Loaded | None:
     """TAR's frozen representation anchor as ``config.tar.retain_anchor`` names it: None for ``start`` (the
     starting weights), else the model loaded once (``base``: the one the starting export was made from, read from
-    its ``jaxtar_provenance.json``).
+    its ``jaxtar_provenance.json``), with a ``mesh`` streamed straight into its FSDP shards like the model.
 
     Raises:
         InputError: no provenance for ``base``, a model that cannot be loaded, or one with other parameter shapes.
     """
     from jaxtar.models import CheckpointError, from_pretrained
+    from jaxtar.parallel import param_sharding_rule
 
     spec = config.tar.retain_anchor
     if spec == "start":
@@ -66,6 +67,7 @@ def load_retain_anchor(config: Any, loaded: Loaded) -> Loaded | None:
     source = resolve_model(spec)
     try:
         model, params = from_pretrained(source, dtype=getattr(jnp, config.model.dtype),
+                                        sharding=None if mesh is None else param_sharding_rule(mesh),
                                         allow_nonfinite=config.model.allow_nonfinite)  # fmt: skip
     except CheckpointError as err:
         raise InputError(f"tar.retain_anchor {spec!r}: {err}") from err

@@ -61,7 +61,8 @@ class Defence:
         write_config: ``(config, path)`` writes the run's ``config.yaml``.
         frozen_base: pass frozen weights to every step (TAR's representation anchor, held once, sharded): the
             starting weights, or ``load_anchor(config, loaded)`` when that returns a `Loaded`.
-        load_anchor: ``(config, loaded) -> Loaded | None``: other frozen weights (None: the starting ones).
+        load_anchor: ``(config, loaded, mesh) -> Loaded | None``: other frozen weights (None: the starting ones),
+            loaded onto ``mesh`` (None: one device).
         finish: ``(config, run_dir, result, loaded) -> dict`` after a complete run (e.g. test-set metrics,
             ``result`` a `jaxtar.defenses._loop.LoopResult`); the runner writes it to ``summary.json`` and returns
             it in `RunResult.summary` (a finished run resumed reads it back instead).
@@ -73,7 +74,7 @@ class Defence:
     data_identity: Callable[[Any], dict[str, str]]
     write_config: Callable[[Any, Path], Any]
     frozen_base: bool = False
-    load_anchor: Callable[[Any, Loaded], Loaded | None] | None = None
+    load_anchor: Callable[[Any, Loaded, Any], Loaded | None] | None = None
     finish: Callable[..., dict[str, Any]] | None = None
 
 
@@ -138,7 +139,7 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
     model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
     identity = config.identity(defence.name)
     identity["inputs"] = {"model_sha256": loaded.sha256, "data": defence.data_identity(config)}  # resume must match
-    anchor = defence.load_anchor(config, loaded) if defence.frozen_base and defence.load_anchor else None
+    anchor = defence.load_anchor(config, loaded, mesh) if defence.frozen_base and defence.load_anchor else None
     if anchor is not None:
         identity["inputs"]["anchor_sha256"] = anchor.sha256
     params = place(params, mesh)  # the base model is held once, sharded (no full copy left on one device)

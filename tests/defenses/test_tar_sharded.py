@@ -94,13 +94,24 @@ _RUN = textwrap.dedent(
     more = {**overrides, "tar.outer_steps": 3, "run.resume": True, "run.mesh_data": 1, "run.mesh_fsdp": 1,
             "run.mesh_adversary": 1}
     resumed = run_tar(load_config("toy", more))
+    # a retain anchor named by path is streamed into the mesh's FSDP shards like the model (no whole copy)
+    import numpy as np
+    from jaxtar.defenses.decoder import load_decoder, load_retain_anchor
+    from jaxtar.parallel import make_mesh
+    anchored = load_config("toy", {**overrides, "tar.retain_anchor": overrides["model.path"]})
+    mesh = make_mesh(data=2, fsdp=2, adversary=2)
+    loaded = load_decoder(anchored, None, mesh)
+    anchor = load_retain_anchor(anchored, loaded, mesh).params["layers"]["q_proj"]["kernel"]
+    anchor_spec = [str(a) for a in anchor.sharding.spec]
+    anchor_equal = bool(np.array_equal(np.asarray(anchor), np.asarray(loaded.params["layers"]["q_proj"]["kernel"])))
     try:
         run_tar(load_config("toy", {**overrides, "tar.tamper_batch_size": 6, "run.output_dir": sys.argv[2]}))
         refused = ""
     except InputError as e:
         refused = str(e)
     print(json.dumps({"steps": result.steps, "model_dir": str(result.model_dir), "spec": spec,
-                      "resumed_steps": resumed.steps, "refused": refused}))
+                      "resumed_steps": resumed.steps, "refused": refused, "anchor_spec": anchor_spec,
+                      "anchor_equal": anchor_equal}))
     """
 )
 
@@ -119,6 +130,7 @@ def test_tar_run_on_a_mesh_matches_one_device(tar_overrides, tmp_path, run_on_de
     out = run_on_devices(_RUN, json.dumps(meshed), str(tmp_path / "odd"))
     assert out["steps"] == single.steps == 2 and (Path(out["model_dir"]) / "config.json").is_file()
     assert "fsdp" in out["spec"], out
+    assert "fsdp" in out["anchor_spec"] and out["anchor_equal"], out
     assert out["resumed_steps"] == 3
     assert "tamper_batch_size = 6 does not divide" in out["refused"] and not (tmp_path / "odd").exists()
     read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
