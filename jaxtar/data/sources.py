@@ -201,6 +201,32 @@ def format_mcq_item(item: MCQItem, include_answer: bool = False) -> str:
     return text + f" {item.answer_letter}\n\n" if include_answer else text
 
 
+def letter_token_ids(tokenizer: Any, num_choices: int = 4) -> tuple[int, ...]:
+    """Token ids of the answer letters: ``" A"`` when every spaced letter is one token, else ``"A"``.
+
+    Raises:
+        ValueError: neither form is a single known token for every letter (the message shows the encodings).
+
+    Example:
+        >>> from jaxtar.toy import toy_world
+        >>> len(letter_token_ids(toy_world().tokenizer))
+        4
+    """
+    letters = MCQ_LETTERS[:num_choices]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    tried = {}
+    for prefix in (" ", ""):
+        ids = [list(tokenizer.encode(prefix + c, add_special_tokens=False)) for c in letters]
+        tried[prefix] = ids
+        flat = [i[0] for i in ids if len(i) == 1 and i[0] != unk]
+        if len(flat) == len(letters) and len(set(flat)) == len(letters):
+            return tuple(int(i) for i in flat)
+    raise ValueError(
+        "multiple-choice scoring needs every answer letter to be a single token, with or without a leading space; "
+        f"this tokenizer encodes {dict(zip(letters, tried[' ']))} (spaced) and {dict(zip(letters, tried['']))}"
+    )
+
+
 def build_mcq_prompt(item: MCQItem, shots: Sequence[MCQItem] = (), subject: str | None = None) -> str:
     """A k-shot WMDP/MMLU prompt ending in ``Answer:``; the scorer compares letter logits at the last position.
 

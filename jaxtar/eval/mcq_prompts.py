@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from jaxtar.data.batching import pad_id
-from jaxtar.data.sources import MCQ_LETTERS, MMLU_BIO_SUBJECTS, MMLU_CYBER_SUBJECTS, MCQItem, build_mcq_prompt
+from jaxtar.data.sources import (
+    MMLU_BIO_SUBJECTS,
+    MMLU_CYBER_SUBJECTS,
+    MCQItem,
+    build_mcq_prompt,
+    letter_token_ids,
+)
 
 DOMAIN_SUBJECTS = {"bio": MMLU_BIO_SUBJECTS, "cyber": MMLU_CYBER_SUBJECTS}
 
@@ -41,32 +47,6 @@ def excluded_subjects(domain: str | Sequence[str] | None) -> tuple[str, ...]:
             raise ValueError(f"unknown forget domain {domain!r}; known: {sorted(DOMAIN_SUBJECTS)} (or pass subjects)")
         return DOMAIN_SUBJECTS[domain]
     return tuple(domain)
-
-
-def letter_token_ids(tokenizer: Any, num_choices: int = 4) -> tuple[int, ...]:
-    """Token ids of the answer letters: ``" A"`` when every spaced letter is one token, else ``"A"``.
-
-    Raises:
-        ValueError: neither form is a single known token for every letter (the message shows the encodings).
-
-    Example:
-        >>> from jaxtar.toy import toy_world
-        >>> len(letter_token_ids(toy_world().tokenizer))
-        4
-    """
-    letters = MCQ_LETTERS[:num_choices]
-    unk = getattr(tokenizer, "unk_token_id", None)
-    tried = {}
-    for prefix in (" ", ""):
-        ids = [list(tokenizer.encode(prefix + c, add_special_tokens=False)) for c in letters]
-        tried[prefix] = ids
-        flat = [i[0] for i in ids if len(i) == 1 and i[0] != unk]
-        if len(flat) == len(letters) and len(set(flat)) == len(letters):
-            return tuple(int(i) for i in flat)
-    raise ValueError(
-        "multiple-choice scoring needs every answer letter to be a single token, with or without a leading space; "
-        f"this tokenizer encodes {dict(zip(letters, tried[' ']))} (spaced) and {dict(zip(letters, tried['']))}"
-    )
 
 
 def mcq_prompts(items: Sequence[MCQItem], shots: int = 0, shot_pool: Sequence[MCQItem] = ()) -> list[str]:

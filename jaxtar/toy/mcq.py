@@ -1,8 +1,8 @@
 """The toy world's multiple-choice scoring: the answer letter with the largest logit after a 0-shot prompt.
 
-The word-level toy tokenizer has one token per letter (``A`` .. ``D``), so the letters' logits at the last position
-of each left-padded prompt decide; `jaxtar.eval.mcq` is the general scorer (spaced letters, k-shot prompts, standard
-errors) the red team uses.
+The letters' logits at the last position of each left-padded prompt decide (the letter tokens of
+`jaxtar.data.sources.letter_token_ids`: ``A`` .. ``D`` for the word-level toy tokenizer, `` A`` .. `` D`` for a BPE one
+such as SmolLM2's); `jaxtar.eval.mcq` is the general scorer (k-shot prompts, standard errors) the red team uses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxtar.data.batching import tokenize_texts
-from jaxtar.data.sources import MCQ_LETTERS, MCQItem, build_mcq_prompt
+from jaxtar.data.sources import MCQItem, build_mcq_prompt, letter_token_ids
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -36,9 +36,7 @@ def mcq_letter_predictions(
     n_choices = {len(i.choices) for i in items}
     if len(n_choices) != 1:
         raise ValueError(f"all items need the same number of choices, got {sorted(n_choices)}")
-    letters = np.array(tokenizer.convert_tokens_to_ids(list(MCQ_LETTERS[: n_choices.pop()])))
-    if tokenizer.unk_token_id is not None and (letters == tokenizer.unk_token_id).any():
-        raise ValueError("the tokenizer has no token for some choice letters")
+    letters = np.array(letter_token_ids(tokenizer, n_choices.pop()))
     prompts = [build_mcq_prompt(i) for i in items]
     length = -(-max(len(ids) for ids in tokenizer(prompts)["input_ids"]) // 16) * 16
     data = tokenize_texts(tokenizer, prompts, length, padding_side="left")
