@@ -95,26 +95,26 @@ class BlockingConfig:
     def __post_init__(self) -> None:
         for name in ("ns", "lrs", "steps", "modes"):
             if not getattr(self, name):
-                raise ValueError(f"BlockingConfig.{name} must not be empty")
+                raise ConfigError(f"BlockingConfig.{name} must not be empty")
         if any(not isinstance(n, int) or n < 1 for n in self.ns):
-            raise ValueError(f"BlockingConfig.ns must be positive ints, got {self.ns}")
+            raise ConfigError(f"BlockingConfig.ns must be positive ints, got {self.ns}")
         if any(not lr > 0 for lr in self.lrs):
-            raise ValueError(f"BlockingConfig.lrs must be > 0, got {self.lrs}")
+            raise ConfigError(f"BlockingConfig.lrs must be > 0, got {self.lrs}")
         bad = [m for m in self.modes if m not in MODES]
         if bad:
-            raise ValueError(f"BlockingConfig.modes must be among {MODES}, got {bad}")
+            raise ConfigError(f"BlockingConfig.modes must be among {MODES}, got {bad}")
         for name in ("batch_size", "eval_every", "search_runs", "reruns", "data_seeds", "eval_batch_size",
                      "chunk_size", "num_classes"):  # fmt: skip
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"BlockingConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"BlockingConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
         if any(not isinstance(s, int) or s < self.eval_every or s % self.eval_every for s in self.steps):
-            raise ValueError(
+            raise ConfigError(
                 f"BlockingConfig.steps must be multiples of eval_every={self.eval_every}, got {self.steps}"
             )
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"BlockingConfig.patience must be >= 1 or None, got {self.patience}")
+            raise ConfigError(f"BlockingConfig.patience must be >= 1 or None, got {self.patience}")
         if self.eval_examples is not None and self.eval_examples < 1:
-            raise ValueError(f"BlockingConfig.eval_examples must be >= 1 or None, got {self.eval_examples}")
+            raise ConfigError(f"BlockingConfig.eval_examples must be >= 1 or None, got {self.eval_examples}")
         self._check_search()
 
     def _check_search(self) -> None:

@@ -41,13 +41,12 @@ def train_suite(config: TarConfig) -> tuple[Adversary, ...]:
             for src in sources
             for lr in config.adversary_lrs
         )
-    kind = {}
+    kind, tag = {}, ""
     if config.adversary_lora_rank is not None:
         rank = config.adversary_lora_rank
-        kind["lora"] = LoraSpec(rank=rank, alpha=2.0 * rank, dropout=0.0)
+        kind["lora"], tag = LoraSpec(rank=rank, alpha=2.0 * rank, dropout=0.0), f"-lora{rank}"
     if config.adversary_schedule == "warmup_cosine":
-        kind["schedule"] = Schedule("warmup_cosine", warmup_steps=config.inner_steps // 8)
-    tag = "".join(f"-lora{config.adversary_lora_rank}" if k == "lora" else "-cosine" for k in kind)
+        kind["schedule"], tag = Schedule("warmup_cosine", warmup_steps=config.inner_steps // 8), tag + "-cosine"
     return tuple(dataclasses.replace(a, name=a.name + tag, **kind) for a in suite)
 
 
