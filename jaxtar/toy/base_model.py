@@ -1,7 +1,8 @@
 """The toy world's base model: a tiny Llama that knows both domains well above chance, trained, shipped, cached.
 
-`train_toy_base_model` trains one; `toy_base_model_path` finds the shipped copy (``jaxtar/assets/toy``), else a
-cached one, else trains it. The offline demo and the toy presets start from it.
+`train_toy_base_model` trains one (or teaches the world to an existing model: ``start_from``); `toy_base_model_path`
+finds the shipped copy (``jaxtar/assets/toy``), else a cached one, else trains it. The offline demo and the toy presets
+start from it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class ToyTrainConfig:
         weight_decay: AdamW weight decay.
         answer_weight: loss weight of the answer letter in quiz texts (1 = plain next-token CE).
         seed: parameter-init and data-order seed.
+
+    With ``start_from`` (:func:`train_toy_base_model`) the model's shape fields are ignored.
     """
 
     hidden_size: int = 128
@@ -115,6 +118,7 @@ def train_toy_base_model(
     config: ToyTrainConfig = ToyTrainConfig(),
     *,
     overwrite: bool = False,
+    start_from: str | Path | None = None,
     log: Callable[[str], None] | None = print,
 ) -> ToyBaseModel:
     """Trains the toy base model on both domains' texts with AdamW and saves it as an HF folder with the tokenizer.
@@ -124,6 +128,8 @@ def train_toy_base_model(
         out_dir: output folder (``jaxtar.models.save_pretrained`` layout plus ``toy_world.json``).
         config: hyper-parameters.
         overwrite: replace an existing non-empty ``out_dir``.
+        start_from: fine-tune this model (HF folder, ``.gguf`` file, Hub id or named model) with its own tokenizer
+            instead of training a new toy-shaped model with the world's tokenizer.
         log: progress printer (None: silent).
 
     Returns:
@@ -140,8 +146,16 @@ def train_toy_base_model(
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists and is not empty; pass overwrite=True to replace it")
     start = time.perf_counter()
-    tok = world.tokenizer
-    model, params = create_model(toy_model_config(tok, config), seed=config.seed)
+    if start_from is None:
+        tok = world.tokenizer
+        model, params = create_model(toy_model_config(tok, config), seed=config.seed)
+    else:
+        from jaxtar.models import from_pretrained, load_tokenizer
+        from jaxtar.toy.named_models import resolve_model
+
+        source = resolve_model(start_from)
+        model, params = from_pretrained(source)
+        tok = load_tokenizer(source)
     data = answer_weighted_batch(
         tok, list(world.forget_texts + world.retain_texts), config.seq_len, config.answer_weight
     )
@@ -173,6 +187,7 @@ def train_toy_base_model(
         "toy_world_version": world.version,
         "world_seed": world.seed,
         "train_config": dataclasses.asdict(config),
+        "start_from": None if start_from is None else str(start_from),
         "forget_mcq_accuracy": forget,
         "retain_mcq_accuracy": retain,
         "train_seconds": round(seconds, 1),

@@ -1,5 +1,6 @@
 """The toy base model: a smoke training run, MCQ scoring against PyTorch, and the shipped checkpoint's accuracy."""
 
+import dataclasses
 import json
 import types
 
@@ -47,6 +48,20 @@ def test_smoke_training_writes_a_loadable_checkpoint(smoke):
         train_toy_base_model(world, base.path, SMOKE, log=None)
     with pytest.raises(ValueError, match="warmup_steps"):
         ToyTrainConfig(steps=3, warmup_steps=3)
+
+
+def test_start_from_fine_tunes_the_given_model_with_its_own_tokenizer(smoke, tmp_path):
+    """``start_from`` loads that checkpoint (its shape, not the config's) and its tokenizer; at a negligible learning
+    rate the result is the starting weights, so training really began from them rather than from a fresh init."""
+    world, base = smoke
+    still = dataclasses.replace(SMOKE, hidden_size=64, learning_rate=1e-12)  # the shape fields are ignored
+    tuned = train_toy_base_model(world, tmp_path / "tuned", still, start_from=base.path, log=None)
+    assert tuned.model.config.hidden_size == base.model.config.hidden_size == SMOKE.hidden_size
+    for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(base.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert json.loads((tuned.path / "toy_world.json").read_text())["start_from"] == str(base.path)
+    assert (tuned.path / "tokenizer.json").is_file()
+    assert tuned.forget_accuracy == base.forget_accuracy and tuned.retain_accuracy == base.retain_accuracy
 
 
 def test_letter_predictions_match_pytorch_on_unpadded_prompts(smoke):
