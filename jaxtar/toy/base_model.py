@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxtar.data.batching import BatchIterator, tokenize_texts
-from jaxtar.models import LlamaConfig, create_model, save_pretrained
+from jaxtar.models import LlamaConfig, create_model, from_pretrained, load_tokenizer, save_pretrained
 from jaxtar.objectives import batch_cross_entropy
 from jaxtar.toy.mcq import mcq_letter_accuracy
 from jaxtar.toy.world import TOY_WORLD_VERSION, toy_world
@@ -150,7 +150,6 @@ def train_toy_base_model(
         tok = world.tokenizer
         model, params = create_model(toy_model_config(tok, config), seed=config.seed)
     else:
-        from jaxtar.models import from_pretrained, load_tokenizer
         from jaxtar.toy.named_models import resolve_model
 
         source = resolve_model(start_from)
