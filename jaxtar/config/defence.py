@@ -107,7 +107,7 @@ class DataConfig:
         sft: refusal setting: text for the post-TAR SFT phase (default: ``retain``).
         max_length: tokens per row.
         heldout_fraction: share of each of ``tamper_roles`` held out for the tamper loss (disjoint from the
-            adversary's share).
+            adversary's share: a seeded split of the texts, equal texts on the same side).
         tamper_roles: the roles whose held-out shares make up the tamper-loss data (x_TR); the official bio run holds
             out 20 % of pile-bio and of camel-bio: ``[forget, forget_alt]``.
         limit: keep at most this many examples per source.

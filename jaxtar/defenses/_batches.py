@@ -1,7 +1,9 @@
 """Stateless batch streams: the rows at stream positions ``[p, p + n)`` are a function of (seed, stream id, p).
 
-Each stream walks its rows in epochs, each epoch a permutation fixed by ``(seed, stream id, epoch)``; a defence step
-reads the positions its step number implies, so nothing depends on the history of the process (resume-safe).
+Each stream walks the rows of a `RowTable` in epochs, each epoch a permutation fixed by ``(seed, stream id,
+epoch)``; a defence step reads the positions its step number implies, so nothing depends on the history of the
+process (resume-safe). Rows are made (tokenised) only when read: a step's batch placed across processes makes each
+process tokenise only the rows of its own shards.
 """
 
 from __future__ import annotations
@@ -10,21 +12,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxtar.data.batching import BatchIterator
+from jaxtar.data.batching import epoch_permutation
+from jaxtar.data.rows import RowTable, TableRows, gather
 
 
 @dataclass(frozen=True)
 class Rows:
-    """A dict of equally long row arrays."""
+    """The rows at some stream positions: read lazily (``lazy``) or made now (``rows``, ``rows[key]``)."""
 
-    rows: dict[str, np.ndarray]
+    table: RowTable
+    indices: np.ndarray
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.rows[key]
 
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        """The rows as numpy arrays (made now)."""
+        return self.table.rows(self.indices)
+
     def reshape_leading(self, *shape: int) -> dict[str, np.ndarray]:
-        """Splits the leading axis into ``shape`` (e.g. ``[K * B, T] -> [K, B, T]``)."""
-        return {k: v.reshape(shape + v.shape[1:]) for k, v in self.rows.items()}
+        """The rows (made now) with the leading axis split into ``shape`` (e.g. ``[K * B, T] -> [K, B, T]``)."""
+        return self.table.rows(self.indices.reshape(shape))
+
+    @property
+    def lazy(self) -> dict[str, TableRows]:
+        """The rows as a lazy batch (made when, and where, they are read)."""
+        return gather([self.table], np.zeros_like(self.indices), self.indices)
 
 
 def _stream_seed(seed: int, stream: int) -> int:
@@ -32,7 +46,7 @@ def _stream_seed(seed: int, stream: int) -> int:
 
 
 class RowStream:
-    """Infinite reshuffled rows of ``data``; :meth:`take` is a pure function of its arguments.
+    """Infinite reshuffled rows of ``table`` (or of arrays); :meth:`take` is a pure function of its arguments.
 
     Example:
         >>> s = RowStream({"x": np.arange(5)}, seed=0, stream=1)
@@ -40,19 +54,30 @@ class RowStream:
         True
     """
 
-    def __init__(self, data: dict[str, np.ndarray], seed: int, stream: int) -> None:
-        self._iterator = BatchIterator(data, batch_size=1, seed=_stream_seed(seed, stream))
-        self.num_rows = self._iterator.num_examples
+    def __init__(self, table: RowTable | dict[str, np.ndarray], seed: int, stream: int) -> None:
+        self.table = table if isinstance(table, RowTable) else RowTable.of_arrays(table)
+        self.num_rows = self.table.num_rows
+        self._seed = _stream_seed(seed, stream)
+        self._epoch: tuple[int, np.ndarray] | None = None
 
     @property
     def rows(self) -> dict[str, np.ndarray]:
-        """Every row of the stream (in the order given)."""
-        return self._iterator.data
+        """Every row of the stream, in table order (makes all of them)."""
+        return self.table.all()
+
+    def indices(self, position: int, count: int) -> np.ndarray:
+        """Table rows at stream positions ``position .. position + count - 1``."""
+        out = np.empty(count, np.int64)
+        for i in range(count):
+            epoch, offset = divmod(position + i, self.num_rows)
+            if self._epoch is None or self._epoch[0] != epoch:
+                self._epoch = (epoch, epoch_permutation(self.num_rows, self._seed, epoch))
+            out[i] = self._epoch[1][offset]
+        return out
 
     def take(self, position: int, count: int) -> Rows:
         """Rows at stream positions ``position .. position + count - 1``."""
-        idx = self._iterator.indices(position, count)
-        return Rows({k: v[idx] for k, v in self._iterator.data.items()})
+        return Rows(self.table, self.indices(position, count))
 
 
 def tokens_in(rows: int, length: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtar.config import DataConfig, ModelConfig
+from jaxtar.data.rows import RowTable, split_examples
 from jaxtar.errors import InputError
 from jaxtar.toy.named_models import resolve_model
 
@@ -232,36 +234,38 @@ def load_role(source: str, kind: str = "text", limit: int | None = None) -> list
     return items
 
 
-def tokenize_role(tokenizer: Any, source: str, data: DataConfig, kind: str = "text") -> dict[str, np.ndarray]:
-    """A role's examples as fixed-length rows: ``text`` -> LM rows; ``sft`` -> (prompt, rejected) rows with the
-    loss on the response (the refusal adversary); ``preference`` -> DPO ``chosen_*`` / ``rejected_*`` rows."""
+def role_examples(source: str, data: DataConfig, kind: str = "text") -> list[Any]:
+    """A role's examples: texts (``text``) or preference pairs (``sft``, ``preference``), ``data.limit`` at most."""
+    return load_role(source, "text" if kind == "text" else "preference", data.limit)
+
+
+def role_encoder(tokenizer: Any, data: DataConfig, kind: str = "text") -> Callable[[list[Any]], dict[str, np.ndarray]]:
+    """Examples -> fixed-length rows: ``text`` -> LM rows; ``sft`` -> (prompt, rejected) rows with the loss on the
+    response (the refusal adversary); ``preference`` -> DPO ``chosen_*`` / ``rejected_*`` rows."""
     from jaxtar.data.batching import tokenize_preferences, tokenize_prompt_response, tokenize_texts
 
     if kind == "text":
-        return tokenize_texts(tokenizer, load_role(source, "text", data.limit), data.max_length)
-    pairs = load_role(source, "preference", data.limit)
+        return lambda texts: tokenize_texts(tokenizer, texts, data.max_length)
     if kind == "sft":
-        prompts, responses = [p.prompt for p in pairs], [p.rejected for p in pairs]
-        return tokenize_prompt_response(tokenizer, prompts, responses, data.max_length)
-    return tokenize_preferences(tokenizer, pairs, data.max_length)
+        return lambda pairs: tokenize_prompt_response(
+            tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs], data.max_length
+        )
+    return lambda pairs: tokenize_preferences(tokenizer, pairs, data.max_length)
 
 
-def split_rows(rows: dict[str, np.ndarray], fraction: float, seed: int) -> tuple[dict, dict]:
-    """A seeded split of rows into (rest, held-out ~``fraction``), both non-empty; identical rows (duplicate texts)
-    always land on the same side, so no held-out text is ever trained on.
+def role_table(tokenizer: Any, source: str, data: DataConfig, kind: str = "text") -> RowTable:
+    """A role's examples as a table of rows tokenised when first read (`role_encoder`)."""
+    return RowTable.of_examples(role_examples(source, data, kind), role_encoder(tokenizer, data, kind))
 
-    Example:
-        >>> a, b = split_rows({"input_ids": np.arange(10)[:, None]}, 0.2, seed=0)
-        >>> len(a["input_ids"]), len(b["input_ids"]), len(set(a["input_ids"].ravel()) & set(b["input_ids"].ravel()))
-        (8, 2, 0)
-    """
-    ids = rows["input_ids"]
-    _, group = np.unique(ids.reshape(len(ids), -1), axis=0, return_inverse=True)
-    group = group.ravel()
-    n_groups = int(group.max()) + 1 if len(group) else 0
-    if n_groups < 2:
-        raise InputError(f"need at least 2 distinct examples to hold some out, got {n_groups}")
-    held = min(max(int(round(n_groups * fraction)), 1), n_groups - 1)
-    held_groups = np.random.default_rng([seed, 12345]).permutation(n_groups)[:held]
-    out = np.isin(group, held_groups)
-    return {k: v[~out] for k, v in rows.items()}, {k: v[out] for k, v in rows.items()}
+
+def held_out_tables(tokenizer: Any, source: str, data: DataConfig, seed: int) -> tuple[RowTable, RowTable]:
+    """A text role's (rest, held-out ``data.heldout_fraction``) tables: a seeded split of its examples in which
+    equal texts land on the same side (`jaxtar.data.rows.split_examples`; decided on the texts, before any
+    tokenisation)."""
+    examples = role_examples(source, data)
+    try:
+        rest, held = split_examples(examples, data.heldout_fraction, seed)
+    except ValueError as err:
+        raise InputError(f"data source {source!r}: {err}") from err
+    table = RowTable.of_examples(examples, role_encoder(tokenizer, data))
+    return table.subset(rest), table.subset(held)

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from jaxtar.checkpoint import Checkpointer, RunDir
 from jaxtar.config import RunConfig
+from jaxtar.data.rows import materialise
 from jaxtar.defenses._run_log import MetricsLog, Signals, last_record, progress_bar, write_result
 from jaxtar.defenses._steps import (  # noqa: F401 - re-exported: the step pieces the loop runs
     cached_step,
@@ -56,7 +57,8 @@ class Phase:
         name: "tar", "sft", "random_mapping", "warmup", "mlac".
         stop: global step at which the phase ends (it starts where the previous one stopped).
         step_fn: jitted ``(params, opt_state, batches, key, frozen) -> (params, opt_state, metrics)``.
-        batches_fn: ``step -> batches`` (numpy or device arrays), a function of the step only.
+        batches_fn: ``step -> batches`` (numpy or device arrays, or lazy `jaxtar.data.rows.TableRows` row columns),
+            a function of the step only.
         init_opt_state: ``params -> opt_state`` (fresh state when the phase starts).
         export_params: ``(params, opt_state) -> params`` to hand on / export (schedule-free: the x average).
         tokens_per_step: token positions processed per step (for throughput).
@@ -283,8 +285,10 @@ def run_phases(
                 t_prev = time.perf_counter()
                 while step < phase.stop and not stop_requested():
                     batches = phase.batches_fn(step)
-                    if mesh is not None:
+                    if mesh is not None:  # each process reads (tokenises) the rows of its own shards only
                         batches = shard_batches(batches, mesh, phase.batch_axes)
+                    else:
+                        batches = materialise(batches)
                     key = step_key(run.seed, step)
                     if multiprocess:
                         key = shard(key, replicated(mesh))

@@ -215,16 +215,16 @@ def build_baseline_phases(
     for role in ("forget", "retain"):
         if getattr(data, role) is None:
             raise _inputs.InputError(f"the {bc.method} baseline needs data.{role}")
-    forget = RowStream(_inputs.tokenize_role(tokenizer, data.forget, data), seed, 11)
-    retain_rows = _inputs.tokenize_role(tokenizer, data.retain, data)
+    forget = RowStream(_inputs.role_table(tokenizer, data.forget, data), seed, 11)
+    retain_rows = _inputs.role_table(tokenizer, data.retain, data)
     retain = RowStream(retain_rows, seed, 12)
     completion = RowStream(retain_rows, seed, 13) if bc.method == "llmu" else None
     bf, br = bc.forget_batch_size, bc.retain_batch_size
 
     def batches(step: int) -> dict[str, Any]:
-        out = {"forget": forget.take(step * bf, bf).rows, "retain": retain.take(step * br, br).rows}
+        out = {"forget": forget.take(step * bf, bf).lazy, "retain": retain.take(step * br, br).lazy}
         if completion is not None:
-            out["completion"] = completion.take(step * bf, bf).rows
+            out["completion"] = completion.take(step * bf, bf).lazy
         return out
 
     step, optimizer = cached_step(make_baseline_step, model, bc, config.model.compute_dtype)

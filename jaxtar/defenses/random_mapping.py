@@ -99,12 +99,12 @@ def build_random_mapping_phases(
     for role in ("forget", "retain"):
         if getattr(data, role) is None:
             raise _inputs.InputError(f"random mapping needs data.{role}")
-    forget = RowStream(_inputs.tokenize_role(tokenizer, data.forget, data), seed, 11)
-    retain = RowStream(_inputs.tokenize_role(tokenizer, data.retain, data), seed, 12)
+    forget = RowStream(_inputs.role_table(tokenizer, data.forget, data), seed, 11)
+    retain = RowStream(_inputs.role_table(tokenizer, data.retain, data), seed, 12)
     bf, br = rm.forget_batch_size, rm.retain_batch_size
 
     def batches(step: int) -> dict[str, Any]:
-        return {"forget": forget.take(step * bf, bf).rows, "retain": retain.take(step * br, br).rows}
+        return {"forget": forget.take(step * bf, bf).lazy, "retain": retain.take(step * br, br).lazy}
 
     step, optimizer = cached_step(make_random_mapping_step, model, rm, config.model.compute_dtype)
     tokens = tokens_in(bf + br, data.max_length)

@@ -241,7 +241,7 @@ def build_tar_phases(
             "tar",
             tar.outer_steps,
             step,
-            data.batches,
+            functools.partial(data.batches, lazy=True),
             optimizer.init,
             schedule_free_params if tar.export_iterate == "x" else (lambda params, opt_state: params),
             data.tokens_per_step(),
@@ -251,8 +251,9 @@ def build_tar_phases(
     ]
     if tar.sft_steps:
         sft_step, sft_opt = cached_step(make_sft_step, model, tar.sft_lr, config.model.compute_dtype)
+        sft_batches = functools.partial(data.sft_batches, lazy=True)
         phases.append(
-            Phase("sft", tar.outer_steps + tar.sft_steps, sft_step, data.sft_batches, sft_opt.init,
+            Phase("sft", tar.outer_steps + tar.sft_steps, sft_step, sft_batches, sft_opt.init,
                   tokens_per_step=tokens_in(tar.sft_batch_size, config.data.max_length),
                   predicted_bytes=training_bytes(model, tar.sft_batch_size, config.data.max_length))
         )  # fmt: skip

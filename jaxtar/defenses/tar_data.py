@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxtar.attacks import Adversary, LoraSpec, Schedule, sample_adversary, tar_train_adversaries
 from jaxtar.config import DefenceConfig, TarConfig
+from jaxtar.data.rows import RowTable, gather, materialise
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
 from jaxtar.objectives import reference_log_probs
@@ -66,15 +67,14 @@ class TarData:
         self.config, self.suite, self.seed = tar, suite, seed
         roles = sorted({src for a in suite for src in a.sources})
         self.streams: dict[str, RowStream] = {}
-        held_out = {}  # entropy / CE-ascent tamper loss: x_TR = the held-out shares of data.tamper_roles
+        held_out = []  # entropy / CE-ascent tamper loss: x_TR = the held-out shares of data.tamper_roles
         for role in data.tamper_roles if tar.tamper_loss != "dpo" else ():
             if getattr(data, role) is None:
                 raise _inputs.InputError(
                     f"the {tar.tamper_loss} tamper loss holds out data.{role} (tamper_roles): set it"
                 )
-            rest, held_out[role] = _inputs.split_rows(
-                _inputs.tokenize_role(tokenizer, getattr(data, role), data), data.heldout_fraction, seed
-            )
+            rest, held = _inputs.held_out_tables(tokenizer, getattr(data, role), data, seed)
+            held_out.append(held)
             if role in roles:
                 self.streams[role] = RowStream(rest, seed, 100 + roles.index(role))
         for i, role in enumerate(roles):
@@ -84,26 +84,26 @@ class TarData:
             if source is None:
                 raise _inputs.InputError(f"the {tar.setting!r} adversaries train on data.{role}, which is not set")
             kind = "sft" if role == "harmful" else "text"
-            self.streams[role] = RowStream(_inputs.tokenize_role(tokenizer, source, data, kind), seed, 100 + i)
+            self.streams[role] = RowStream(_inputs.role_table(tokenizer, source, data, kind), seed, 100 + i)
         if tar.tamper_loss != "dpo":
-            parts = list(held_out.values())
-            tamper_rows = {key: np.concatenate([rows[key] for rows in parts]) for key in parts[0]}
-        else:
+            tamper = RowTable.concat(held_out)
+        else:  # the reference log-probs of every pair are computed here, so every pair is tokenised up front
             if data.preferences is None:
                 raise _inputs.InputError("the DPO tamper loss needs preference pairs: set data.preferences")
-            tamper_rows = _inputs.tokenize_role(tokenizer, data.preferences, data, "preference")
+            rows = _inputs.role_table(tokenizer, data.preferences, data, "preference").all()
             for side in ("chosen", "rejected"):
-                tamper_rows[f"reference_{side}_logps"] = reference_log_probs(
-                    reference_fn, *(tamper_rows[f"{side}_{k}"] for k in ("input_ids", "attention_mask", "loss_mask"))
+                rows[f"reference_{side}_logps"] = reference_log_probs(
+                    reference_fn, *(rows[f"{side}_{k}"] for k in ("input_ids", "attention_mask", "loss_mask"))
                 )
-        self.streams["tamper"] = RowStream(tamper_rows, seed, 1)
+            tamper = RowTable.of_arrays(rows)
+        self.streams["tamper"] = RowStream(tamper, seed, 1)
         if data.retain is None:
             raise _inputs.InputError("the retain loss needs data.retain")
-        self.streams["retain_loss"] = RowStream(_inputs.tokenize_role(tokenizer, data.retain, data), seed, 2)
+        self.streams["retain_loss"] = RowStream(_inputs.role_table(tokenizer, data.retain, data), seed, 2)
         if tar.sft_steps:
             source = data.sft or data.retain
             kind = "sft" if source == data.harmful else "text"
-            self.streams["sft"] = RowStream(_inputs.tokenize_role(tokenizer, source, data, kind), seed, 3)
+            self.streams["sft"] = RowStream(_inputs.role_table(tokenizer, source, data, kind), seed, 3)
         self.max_length = data.max_length
 
     def adversaries(self, step: int) -> list[Adversary]:
@@ -111,33 +111,35 @@ class TarData:
         rng = np.random.default_rng([self.seed, step, 7])
         return [sample_adversary(self.suite, rng) for _ in range(self.config.adversaries_per_step)]
 
-    def batches(self, step: int) -> dict[str, Any]:
-        """``{"adversary": [A, K, B, T], "tamper", "retain", "hyperparams": {[A]}}`` of outer step ``step``."""
+    def batches(self, step: int, lazy: bool = False) -> dict[str, Any]:
+        """``{"adversary": [A, K, B, T], "tamper", "retain", "hyperparams": {[A]}}`` of outer step ``step``: numpy
+        arrays, or with ``lazy`` row columns tokenised where they are read (`jaxtar.data.rows.TableRows`)."""
         tar = self.config
         k, b, a_count = tar.inner_steps, tar.adversary_batch_size, tar.adversaries_per_step
         advs = self.adversaries(step)
-        per_adv = []
+        sources = sorted({src for adv in advs for src in adv.sources})
+        which = np.empty((a_count, k, b), np.int64)  # adversary a's step j reads table which[a, j] ...
+        index = np.empty((a_count, k, b), np.int64)  # ... at rows index[a, j]
         for a, adv in enumerate(advs):
             slot = step * a_count + a
-            chunks = {
-                src: self.streams[src].take(slot * k * b, k * b).reshape_leading(k, b) for src in set(adv.sources)
-            }
-            sources = adv.step_sources()
-            per_adv.append({key: np.stack([chunks[s][key][j] for j, s in enumerate(sources)]) for key in _ROW_KEYS})
-        adversary = {key: np.stack([p[key] for p in per_adv]) for key in _ROW_KEYS}
+            chunks = {src: self.streams[src].indices(slot * k * b, k * b).reshape(k, b) for src in set(adv.sources)}
+            for j, src in enumerate(adv.step_sources()):
+                which[a, j], index[a, j] = sources.index(src), chunks[src][j]
         names = list(advs[0].hyperparams())
         hyper = {n: np.asarray([adv.hyperparams()[n] for adv in advs], np.float32) for n in names}
-        return {
-            "adversary": adversary,
-            "tamper": self.streams["tamper"].take(step * tar.tamper_batch_size, tar.tamper_batch_size).rows,
-            "retain": self.streams["retain_loss"].take(step * tar.retain_batch_size, tar.retain_batch_size).rows,
+        batches = {
+            "adversary": gather([self.streams[s].table for s in sources], which, index),
+            "tamper": self.streams["tamper"].take(step * tar.tamper_batch_size, tar.tamper_batch_size).lazy,
+            "retain": self.streams["retain_loss"].take(step * tar.retain_batch_size, tar.retain_batch_size).lazy,
             "hyperparams": hyper,
         }
+        return batches if lazy else materialise(batches)
 
-    def sft_batches(self, step: int) -> dict[str, Any]:
-        """The SFT phase's batch at global step ``step``."""
+    def sft_batches(self, step: int, lazy: bool = False) -> dict[str, Any]:
+        """The SFT phase's batch at global step ``step`` (``lazy``: see :meth:`batches`)."""
         b = self.config.sft_batch_size
-        return {"sft": self.streams["sft"].take(step * b, b).rows}
+        rows = self.streams["sft"].take(step * b, b)
+        return {"sft": rows.lazy if lazy else rows.rows}
 
     def tokens_per_step(self) -> int:
         """Token positions through the model per outer step (attack fwd+bwd, tamper records, retain + base)."""
@@ -146,9 +148,6 @@ class TarData:
         tamper_rows = tar.tamper_batch_size * (2 if tar.tamper_loss == "dpo" else 1)
         per_adv = tar.inner_steps * tar.adversary_batch_size + records * tamper_rows
         return tokens_in(tar.adversaries_per_step * per_adv + 2 * tar.retain_batch_size, t)
-
-
-_ROW_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
 
 def check_suite(suite: tuple[Adversary, ...]) -> Adversary:

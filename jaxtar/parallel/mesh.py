@@ -123,7 +123,7 @@ def shard(tree: PyTree, shardings: PyTree) -> PyTree:
     """Place a pytree according to matching shardings (a single sharding applies to every leaf); shardings across
     processes take values every process holds alike (see `put`)."""
     if isinstance(shardings, jax.sharding.Sharding):
-        if shardings.is_fully_addressable:
+        if shardings.is_fully_addressable and not any(_is_lazy(x) for x in jax.tree.leaves(tree)):
             return jax.device_put(tree, shardings)
         return jax.tree.map(lambda x: put(x, shardings), tree)
     return jax.tree.map(put, tree, shardings)
@@ -137,14 +137,19 @@ def with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
 def put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     """``jax.device_put(x, sharding)`` that also works when ``sharding`` spans other processes' devices: a value
     every process holds alike (numpy, a process-local array, a scalar) becomes the global array with each process
-    filling its own shards (`jax.make_array_from_callback`); a global array is resharded.
+    filling its own shards (`jax.make_array_from_callback`); a global array is resharded. A lazy host array (an
+    object with ``shape`` and numpy-style ``x[index]``, e.g. `jaxtar.data.rows.TableRows`) is read only at the
+    indices of this process's shards.
 
     Example:
         >>> put(np.arange(4.0), replicated(make_mesh())).shape
         (4,)
     """
+    lazy = _is_lazy(x)
     if sharding.is_fully_addressable:
-        return jax.device_put(x, sharding)
+        return jax.device_put(np.asarray(x) if lazy else x, sharding)
+    if lazy:
+        return jax.make_array_from_callback(tuple(x.shape), sharding, lambda index: np.asarray(x[index]))
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return x if x.sharding == sharding else jax.device_put(x, sharding)
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -152,6 +157,14 @@ def put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
         return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding), impl=impl)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _is_lazy(x: Any) -> bool:
+    """A host value read by index (`put`) rather than converted whole: not an array or scalar, but shaped and
+    indexable."""
+    return not isinstance(x, (np.ndarray, jax.Array, np.generic, int, float, bool)) and all(
+        hasattr(x, attr) for attr in ("shape", "__getitem__", "__array__")
+    )
 
 
 def to_host(tree: PyTree) -> PyTree:

@@ -12,6 +12,7 @@ import jaxtar.commands.defend  # noqa: F401 - registers `jaxtar defend`
 from jaxtar.cli import main
 from jaxtar.config import ModelConfig, load_config
 from jaxtar.config.defence import BaselineConfig
+from jaxtar.data.rows import materialise
 from jaxtar.defenses import METHODS, baseline_objective, build_baseline_phases, load_model, run_baseline
 from jaxtar.defenses.baselines import rmu_layers
 from jaxtar.errors import ConfigError
@@ -162,7 +163,7 @@ def test_each_baseline_lowers_its_objective_through_the_runner(method, base, toy
     (phase,) = build_baseline_phases(config, model, params0, tokenizer)[0]
     assert phase.name == method
     objective = jax.jit(baseline_objective(model, config.baseline))
-    batches = {role: {k: jnp.asarray(v) for k, v in rows.items()} for role, rows in phase.batches_fn(0).items()}
+    batches = jax.tree.map(jnp.asarray, materialise(phase.batches_fn(0)))
     before, m0 = objective(params0, batches, params0)
     after, m1 = objective(result.params, batches, params0)
     assert float(after) < float(before) - 1e-3, (method, float(before), float(after))
@@ -178,7 +179,7 @@ def test_rmu_steers_the_layer_towards_the_control_vector_and_trains_only_down_pr
     model, params0, tokenizer = base
     config = _config(toy_base_dir, "rmu", tmp_path / "rmu")
     result = run_baseline(config, model=model, params=params0, tokenizer=tokenizer)
-    rows = build_baseline_phases(config, model, params0, tokenizer)[0][0].batches_fn(0)["forget"]
+    rows = materialise(build_baseline_phases(config, model, params0, tokenizer)[0][0].batches_fn(0))["forget"]
     control = np.asarray(rmu_steering_vector(jax.random.key(config.baseline.rmu_seed), model.config.hidden_size,
                                              20.0))  # fmt: skip
     mask = rows["attention_mask"].astype(bool)

@@ -2,11 +2,13 @@
 job of `test_multiprocess.py` (in one process with 8 devices, or in each of two processes with 4): writes the step's
 metrics and new weights (gathered to host) to ``OUT.npz`` from process 0. The weights are loaded straight into
 their FSDP shards across the processes (`from_pretrained(..., sharding=...)`: each process fills its own shards, one
-tensor at a time) and checked against the same weights loaded whole and then placed.
+tensor at a time) and checked against the same weights loaded whole and then placed. Each process writes how many
+texts it tokenised to ``OUT.tokenised.<process index>.json`` (the batch's rows are tokenised where they are placed).
 
     python exact_outer_step_job.py OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]
 """
 
+import json
 import sys
 
 import numpy as np
@@ -32,20 +34,41 @@ OVERRIDES = {
     "run.mesh_adversary": 2,
 }  # fmt: skip
 
+
+class CountingTokenizer:
+    """The tokenizer, counting the texts it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, 0
+
+    def __call__(self, texts, **kwargs):
+        self.texts += len(texts)
+        return self.tokenizer(texts, **kwargs)
+
+    def __len__(self):
+        return len(self.tokenizer)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
 config = load_config("toy", OVERRIDES)
 mesh = make_mesh(2, 2, 2)
 model, params, tokenizer = load_model(config.model)
+tokenizer = CountingTokenizer(tokenizer)
 phases, data = build_tar_phases(config, model, params, tokenizer, mesh)
+at_start = tokenizer.texts
 phase = phases[0]
 placed = place(params, mesh)
 fsdp = lambda path, shape: jax.sharding.NamedSharding(mesh, fsdp_spec(shape, 2))  # noqa: E731 - param_shardings' rule
 _, params = from_pretrained(toy_base_model_path(), sharding=fsdp)
 same = jax.tree.map(lambda a, b: a.sharding == b.sharding and bool(jax.numpy.array_equal(a, b)), params, placed)
 assert all(jax.tree.leaves(same)), "the streamed shards differ from the placed weights"
-new, _, metrics = phase.step_fn(
-    params, place(phase.init_opt_state(params), mesh), shard_batches(data.batches(0), mesh, phase.batch_axes),
-    step_key(0, 0), params,
-)  # fmt: skip
+batches = shard_batches(data.batches(0, lazy=True), mesh, phase.batch_axes)
+counts = {"at_start": at_start, "batch": tokenizer.texts - at_start}
+with open(f"{sys.argv[1]}.tokenised.{jax.process_index()}.json", "w") as f:
+    json.dump(counts, f)
+new, _, metrics = phase.step_fn(params, place(phase.init_opt_state(params), mesh), batches, step_key(0, 0), params)
 host = to_host({"params": new, "metrics": metrics})
 if is_main_process():
     flat = {"/".join(str(k) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(host)}

@@ -166,7 +166,9 @@ def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(
     Why not tighter: the attacker's first AdamW step is ~lr * g / (|g| + 1e-8), whose derivative eps / (|g| + eps)^2
     is up to 1e8 where a gradient entry is near zero, so the second-order term turns the float32 noise of the two
     runs' summation orders (gloo vs in-process all-reduce) into visible differences in those few entries, which the
-    outer schedule-free Adam's first (~sign-like) step then moves by up to its lr."""
+    outer schedule-free Adam's first (~sign-like) step then moves by up to its lr.
+
+    Each of the two processes tokenises only its half of the batch's rows."""
     job = str(Path(__file__).with_name("exact_outer_step_job.py"))
     port = _free_port()
 
@@ -190,6 +192,14 @@ def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(
     assert float(b[norm]) > 1.0  # a (second-order) meta-gradient was taken
     diff = np.concatenate([np.ravel(np.abs(a[k] - b[k])) for k in weights])
     assert np.mean(diff <= WEIGHT_ATOL) >= 0.995 and diff.max() <= 1e-3, (np.mean(diff <= WEIGHT_ATOL), diff.max())
+    # each process tokenised only the rows of its own shards: half of the batch (the data x fsdp halves of every
+    # role's rows), and up front only one example per data table (to learn its columns)
+    count = lambda out, i: json.loads(Path(f"{out}.tokenised.{i}.json").read_text())  # noqa: E731
+    whole, halves = count(one, 0), [count(two, i) for i in (0, 1)]
+    assert whole["at_start"] <= 6 and all(h["at_start"] == whole["at_start"] for h in halves), (whole, halves)
+    assert whole["batch"] >= 24, whole  # 48 rows (32 adversary, 8 tamper, 8 retain); measured: 48, and 24 + 24
+    for h in halves:
+        assert 0.3 * whole["batch"] <= h["batch"] <= 0.6 * whole["batch"], (whole, halves)
 
 
 _MLAC = [
