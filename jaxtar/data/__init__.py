@@ -18,17 +18,14 @@ from jaxtar.data.batching import (
     tokenize_prompt_response,
     tokenize_texts,
 )
+from jaxtar.data.mcq import MCQ_LETTERS, MCQItem, build_mcq_prompt, format_mcq_item
 from jaxtar.data.sources import (
     DATASETS,
-    MCQ_LETTERS,
     MMLU_BIO_SUBJECTS,
     MMLU_CYBER_SUBJECTS,
     DatasetSpec,
     DataSourceError,
-    MCQItem,
     PreferencePair,
-    build_mcq_prompt,
-    format_mcq_item,
     load_mcq,
     load_preferences,
     load_source,

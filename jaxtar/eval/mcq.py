@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtar.data.batching import tokenize_texts
-from jaxtar.data.sources import MCQItem
+from jaxtar.data.mcq import MCQItem
 from jaxtar.eval.mcq_prompts import MCQBatch, excluded_subjects, prepare_mcq
 from jaxtar.models.functional import Model, Params
 from jaxtar.models.generate import DECODERS

@@ -1,7 +1,7 @@
 """Multiple-choice prompts for scoring: k-shot prompts, the answer letters' token ids, tokenised batches.
 
 Prompts follow the lm-evaluation-harness convention the TAR paper uses: k solved examples of the same subject, then
-the question and its choices, ending in ``Answer:`` (`jaxtar.data.sources.build_mcq_prompt`). They are tokenised
+the question and its choices, ending in ``Answer:`` (`jaxtar.data.mcq.build_mcq_prompt`). They are tokenised
 once and left-padded into an `MCQBatch` (``Answer:`` always the last token) that `jaxtar.eval.mcq.score_mcq`
 scores. Retain sets drop the forget domain's subjects (docs/datasets.md#mmlu-subjects).
 
@@ -22,13 +22,8 @@ from typing import Any
 import numpy as np
 
 from jaxtar.data.batching import pad_id
-from jaxtar.data.sources import (
-    MMLU_BIO_SUBJECTS,
-    MMLU_CYBER_SUBJECTS,
-    MCQItem,
-    build_mcq_prompt,
-    letter_token_ids,
-)
+from jaxtar.data.mcq import MCQItem, build_mcq_prompt, letter_token_ids
+from jaxtar.data.sources import MMLU_BIO_SUBJECTS, MMLU_CYBER_SUBJECTS
 
 DOMAIN_SUBJECTS = {"bio": MMLU_BIO_SUBJECTS, "cyber": MMLU_CYBER_SUBJECTS}
 

@@ -1,7 +1,7 @@
 """The toy world's multiple-choice scoring: the answer letter with the largest logit after a 0-shot prompt.
 
 The letters' logits at the last position of each left-padded prompt decide (the letter tokens of
-`jaxtar.data.sources.letter_token_ids`: ``A`` .. ``D`` for the word-level toy tokenizer, `` A`` .. `` D`` for a BPE one
+`jaxtar.data.mcq.letter_token_ids`: ``A`` .. ``D`` for the word-level toy tokenizer, `` A`` .. `` D`` for a BPE one
 such as SmolLM2's); `jaxtar.eval.mcq` is the general scorer (k-shot prompts, standard errors) the red team uses.
 """
 
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxtar.data.batching import tokenize_texts
-from jaxtar.data.sources import MCQItem, build_mcq_prompt, letter_token_ids
+from jaxtar.data.mcq import MCQItem, build_mcq_prompt, letter_token_ids
 
 
 @functools.partial(jax.jit, static_argnums=0)

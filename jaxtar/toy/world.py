@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 import jaxtar.toy.templates as tpl
-from jaxtar.data.sources import MCQItem, build_mcq_prompt
+from jaxtar.data.mcq import MCQItem, build_mcq_prompt
 
 __all__ = ["MAX_LENGTH", "TOY_WORLD_VERSION", "Fact", "ToyWorld", "quiz_text", "toy_world"]
 

@@ -7,12 +7,11 @@ import re
 import datasets
 import pytest
 
+from jaxtar.data.mcq import MCQItem, build_mcq_prompt
 from jaxtar.data.sources import (
     DATASETS,
     DatasetSpec,
     DataSourceError,
-    MCQItem,
-    build_mcq_prompt,
     load_mcq,
     load_preferences,
     load_source,

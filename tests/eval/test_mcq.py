@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxtar.data.batching import tokenize_texts
-from jaxtar.data.sources import MCQItem, build_mcq_prompt
+from jaxtar.data.mcq import MCQItem, build_mcq_prompt
 from jaxtar.eval import (
     EvalSet,
     binomial_stderr,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxtar.data.sources import build_mcq_prompt
+from jaxtar.data.mcq import build_mcq_prompt
 from jaxtar.models import from_pretrained
 from jaxtar.toy import (
     TOY_WORLD_VERSION,

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from jaxtar.data.sources import build_mcq_prompt
+from jaxtar.data.mcq import build_mcq_prompt
 from jaxtar.toy import MAX_LENGTH, TOY_WORLD_VERSION, toy_world
 from jaxtar.toy import templates as tpl
 
