@@ -157,6 +157,40 @@ def test_resume_in_one_process_and_weights(runs):
     assert steps == [2, 3]  # keep_checkpoints 2: the 2-process saves (1, 2) and the resumed 3
 
 
+def test_kill_9_of_one_process_leaves_only_whole_checkpoints(runs, tmp_path):
+    """``kill -9`` of process 1 of a 3-step 2-process run once its first checkpoint is whole (then of process 0, as a
+    scheduler would stop the job): the folder holds only whole checkpoints (a step's folder is renamed into place
+    once every process has written its part), and it resumes in one process from its last one to the weights of
+    the uninterrupted run (`runs`: 2 steps, resumed for the 3rd; absolute 5e-5, as above)."""
+    out = tmp_path / "killed"
+    procs = _processes(2, [*_FLAGS, *_MESH, "--tar.outer-steps", "3", "--output", str(out)], devices=4)
+    try:
+        deadline = time.monotonic() + _TIMEOUT
+        while not (out / "checkpoints" / "1").is_dir():
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no first checkpoint"
+            time.sleep(0.05)
+        procs[1].kill()
+        try:
+            procs[0].wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            procs[0].kill()
+    finally:
+        killed = _finish(procs, timeout=60)
+    assert killed[1][0] == -9 and not (out / "model").exists(), [r[0] for r in killed]
+    whole = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert whole and set(whole) <= {1, 2}, whole
+    resume = [*_FLAGS, *_MESH, "--tar.outer-steps", "3", "--resume", "--output", str(out)]
+    ((rc, _, err),) = _finish([_start(resume, 8)])
+    assert rc == 0, err[-3000:]
+    assert f"resumed from step {whole[-1]}" in err
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3]
+    resumed = load_file(str(out / "model" / "model.safetensors"))
+    uninterrupted = load_file(str(runs["one"] / "model" / "model.safetensors"))
+    diff = max(float(np.max(np.abs(resumed[k] - uninterrupted[k]))) for k in uninterrupted)
+    print(f"killed ({[r[0] for r in killed]}) with checkpoints {whole}; resumed weights within {diff:.1e}")
+    assert diff <= RESUME_ATOL, diff
+
+
 def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(tmp_path):
     """One TAR outer step with the exact second-order meta-gradient (K = 2, a record every step) on the data 2 x
     fsdp 2 x adversary 2 mesh (tests/parallel/exact_outer_step_job.py): two processes x 4 devices against one process
