@@ -19,11 +19,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -98,9 +100,13 @@ def _bios(settings: Any):
     return load_bios(settings)
 
 
-def _load(config: MLACRunConfig, mesh: Mesh | None = None) -> Loaded:  # built here, then placed on the mesh
+def _load(config: MLACRunConfig, mesh: Mesh | None = None) -> Loaded:
+    """The model, built (or loaded) whole; on a mesh in host memory, so no device holds a full copy before the loop
+    places its FSDP shards (its heads are re-initialised on the whole model, `jaxtar.defenses.mlac.prepare_model`)."""
     bios = _bios(config.mlac_run)
-    model, params, tokenizer = build_model(config.mlac_run, bios, config.mlac, seed=config.mlac.seed)
+    where = jax.default_device(jax.local_devices(backend="cpu")[0]) if mesh is not None else contextlib.nullcontext()
+    with where:
+        model, params, tokenizer = build_model(config.mlac_run, bios, config.mlac, seed=config.mlac.seed)
     return Loaded(model, params, tokenizer, params_sha256(params))
 
 
