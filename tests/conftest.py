@@ -28,18 +28,6 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests that share a module-scoped fixture (a sweep, the quick demo, the multi-process runs) go to one xdist
-    worker (``--dist loadgroup``, the Makefile's default), so each such fixture is built once, not once per worker."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        shared = sorted(
-            name for name, d in (info.name2fixturedefs.items() if info else ()) if d and d[-1].scope == "module"
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{shared[0]}"))
-
-
 _ROOT = Path(__file__).resolve().parents[1]
 
 
