@@ -37,8 +37,7 @@ class RowTable:
             raise ValueError(f"a row table needs at least one row, got {num_rows}")
         self.num_rows = int(num_rows)
         self._fetch = fetch
-        self._cache: dict[int, tuple[np.ndarray, ...]] | None = {} if cache else None
-        self._names: list[str] = []
+        self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
         first = self._read(np.zeros(1, np.int64))  # the columns' names, row shapes and dtypes
         self.columns = {name: (value.shape[1:], value.dtype) for name, value in first.items()}
 
@@ -99,14 +98,11 @@ class RowTable:
         missing = np.array(sorted({int(i) for i in flat} - self._cache.keys()), np.int64)
         if missing.size:
             made = self._fetch(missing)
-            names = list(made)
-            for j, i in enumerate(missing):
-                self._cache[int(i)] = tuple(made[name][j] for name in names)
-            self._names = names
+            self._cache.update({int(i): {k: v[j] for k, v in made.items()} for j, i in enumerate(missing)})
         rows = [self._cache[int(i)] for i in flat]
         if not rows:
             return {name: np.empty((0, *s), d) for name, (s, d) in self.columns.items()}
-        return {name: np.stack([r[c] for r in rows]) for c, name in enumerate(self._names)}
+        return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
 
 
 def _assemble(tables: Sequence[RowTable], which: np.ndarray, index: np.ndarray) -> Batch:

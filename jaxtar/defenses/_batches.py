@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxtar.data.batching import epoch_permutation
+from jaxtar.data.batching import BatchIterator
 from jaxtar.data.rows import RowTable, TableRows, gather
 
 
@@ -57,8 +57,8 @@ class RowStream:
     def __init__(self, table: RowTable | dict[str, np.ndarray], seed: int, stream: int) -> None:
         self.table = table if isinstance(table, RowTable) else RowTable.of_arrays(table)
         self.num_rows = self.table.num_rows
-        self._seed = _stream_seed(seed, stream)
-        self._epoch: tuple[int, np.ndarray] | None = None
+        order = {"row": np.arange(self.num_rows)}  # BatchIterator's epoch order over the table's rows
+        self._order = BatchIterator(order, batch_size=1, seed=_stream_seed(seed, stream))
 
     @property
     def rows(self) -> dict[str, np.ndarray]:
@@ -67,13 +67,7 @@ class RowStream:
 
     def indices(self, position: int, count: int) -> np.ndarray:
         """Table rows at stream positions ``position .. position + count - 1``."""
-        out = np.empty(count, np.int64)
-        for i in range(count):
-            epoch, offset = divmod(position + i, self.num_rows)
-            if self._epoch is None or self._epoch[0] != epoch:
-                self._epoch = (epoch, epoch_permutation(self.num_rows, self._seed, epoch))
-            out[i] = self._epoch[1][offset]
-        return out
+        return self._order.indices(position, count)
 
     def take(self, position: int, count: int) -> Rows:
         """Rows at stream positions ``position .. position + count - 1``."""
