@@ -10,7 +10,7 @@ Example:
     [Component(source='pile-bio-retain', weight=2.0), Component(source='magpie-bio-filtered', weight=1.0)]
     >>> parse_mixture("toy:retain") is None  # a single source
     True
-    >>> mix([list("aaaaaa"), list("bbbbbbbbbb")], [2.0, 1.0])  # 6 a's allow 3 b's
+    >>> list(mix([list("aaaaaa"), list("bbbbbbbbbb")], [2.0, 1.0]))  # 6 a's allow 3 b's
     ['a', 'a', 'a', 'a', 'a', 'a', 'b', 'b', 'b']
 """
 
@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from jaxtar.data.examples import Examples
 from jaxtar.errors import InputError
 
 _SEPARATOR = re.compile(r"\s+\+\s+")
@@ -83,7 +84,8 @@ def mixture_counts(sizes: Sequence[int], weights: Sequence[float | None]) -> lis
     return counts
 
 
-def mix(examples: Sequence[Sequence[Any]], weights: Sequence[float | None]) -> list[Any]:
-    """The mixed examples: the first ``mixture_counts`` examples of each source, sources in order."""
+def mix(examples: Sequence[Sequence[Any]], weights: Sequence[float | None]) -> Examples:
+    """The mixed examples: the first ``mixture_counts`` examples of each source, sources in order (a view: nothing
+    is read until indexed, `jaxtar.data.examples.Examples`)."""
     counts = mixture_counts([len(e) for e in examples], weights)
-    return [item for items, n in zip(examples, counts, strict=True) for item in items[:n]]
+    return Examples.concat([Examples.of(items)[:n] for items, n in zip(examples, counts, strict=True)])

@@ -23,6 +23,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from pyarrow import types as pa_types
+
+from jaxtar.data.examples import Examples
 from jaxtar.data.mcq import MCQ_LETTERS, MCQItem
 from jaxtar.errors import DataSourceError
 
@@ -257,10 +261,51 @@ def _render_message_list(value: Any) -> str:
     return "\n".join(parts)
 
 
-def load_texts(source: str | Path | DatasetSpec, *, local_path: str | Path | None = None, **kwargs: Any) -> list[str]:
-    """The text of a ``text``/``chat`` source, one string per row (multiple fields joined by a blank line).
+def _nonempty_rows(dataset: Any, fields: tuple[str, ...]) -> np.ndarray:
+    """The indices of rows with text in some field: one vectorised Arrow pass (a string field with a non-space
+    character, a message list with a message); no row is decoded to Python."""
+    import pyarrow.compute as pc
 
-    Empty rows are dropped. ``kwargs`` go to :func:`load_source` (``cache_dir``, ``limit``).
+    table = dataset.with_format("arrow")
+    keep = np.zeros(len(dataset), bool)
+    for field in fields:
+        column = table[field]
+        if pa_types.is_string(column.type) or pa_types.is_large_string(column.type):
+            has_text = pc.match_substring_regex(column, r"\S")
+        else:
+            has_text = pc.greater(pc.list_value_length(column), 0)
+        keep |= np.asarray(pc.fill_null(has_text, False), bool)
+    return np.flatnonzero(keep)
+
+
+def text_examples(source: str | Path | DatasetSpec, *, local_path: str | Path | None = None, **kwargs: Any) -> Examples:
+    """The texts of a ``text``/``chat`` source as `Examples` read on demand: one string per non-empty row (multiple
+    fields joined by a blank line). ``kwargs`` go to :func:`load_source` (``cache_dir``, ``limit``).
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
+        >>> _ = open(path, "w").write("first line\\n\\nsecond line\\nthird\\n")
+        >>> texts = text_examples(path)
+        >>> len(texts), texts[2], texts.reads
+        (3, 'third', 1)
+    """
+    spec = resolve_source(source)
+    if spec.kind not in ("text", "chat"):
+        raise DataSourceError(f"dataset {spec.name!r} is a {spec.kind!r} source, not text")
+    dataset = load_source(spec, local_path=local_path, **kwargs)
+    rows = _nonempty_rows(dataset, spec.fields)
+
+    def read(idx: np.ndarray) -> list[str]:
+        batch = dataset[rows[idx].tolist()]
+        columns = [batch[field] for field in spec.fields]
+        return ["\n\n".join(_render_message_list(v) for v in row if v) for row in zip(*columns)]
+
+    return Examples(len(rows), read)
+
+
+def load_texts(source: str | Path | DatasetSpec, *, local_path: str | Path | None = None, **kwargs: Any) -> list[str]:
+    """Every text of a ``text``/``chat`` source, read now (:func:`text_examples` reads them on demand).
 
     Example:
         >>> import tempfile, os
@@ -269,13 +314,7 @@ def load_texts(source: str | Path | DatasetSpec, *, local_path: str | Path | Non
         >>> load_texts(path)
         ['first line', 'second line']
     """
-    spec = resolve_source(source)
-    if spec.kind not in ("text", "chat"):
-        raise DataSourceError(f"dataset {spec.name!r} is a {spec.kind!r} source, not text")
-    dataset = load_source(spec, local_path=local_path, **kwargs)
-    columns = [dataset[field] for field in spec.fields]
-    texts = ["\n\n".join(_render_message_list(v) for v in row if v) for row in zip(*columns)]
-    return [t for t in texts if t.strip()]
+    return list(text_examples(source, local_path=local_path, **kwargs))
 
 
 def load_mcq(source: str | Path | DatasetSpec, *, local_path: str | Path | None = None, **kwargs: Any) -> list[MCQItem]:
@@ -308,17 +347,29 @@ def split_transcript(transcript: str, marker: str = "\n\nAssistant:") -> tuple[s
     return head + marker, reply
 
 
-def load_preferences(
+def preference_examples(
     source: str | Path | DatasetSpec, *, local_path: str | Path | None = None, **kwargs: Any
-) -> list[PreferencePair]:
-    """Preference pairs from HH-style transcripts (chosen / rejected share the prompt)."""
+) -> Examples:
+    """Preference pairs from HH-style transcripts (chosen / rejected share the prompt), read on demand."""
     spec = resolve_source(source)
     if spec.kind != "preference":
         raise DataSourceError(f"dataset {spec.name!r} is a {spec.kind!r} source, not preference pairs")
     dataset = load_source(spec, local_path=local_path, **kwargs)
-    pairs = []
-    for chosen, rejected in zip(dataset[spec.fields[0]], dataset[spec.fields[1]]):
-        prompt, chosen_reply = split_transcript(chosen)
-        _, rejected_reply = split_transcript(rejected)
-        pairs.append(PreferencePair(prompt, chosen_reply, rejected_reply))
-    return pairs
+
+    def read(idx: np.ndarray) -> list[PreferencePair]:
+        batch = dataset[idx.tolist()]
+        pairs = []
+        for chosen, rejected in zip(batch[spec.fields[0]], batch[spec.fields[1]], strict=True):
+            prompt, chosen_reply = split_transcript(chosen)
+            _, rejected_reply = split_transcript(rejected)
+            pairs.append(PreferencePair(prompt, chosen_reply, rejected_reply))
+        return pairs
+
+    return Examples(len(dataset), read)
+
+
+def load_preferences(
+    source: str | Path | DatasetSpec, *, local_path: str | Path | None = None, **kwargs: Any
+) -> list[PreferencePair]:
+    """Every preference pair of a source, read now (:func:`preference_examples` reads them on demand)."""
+    return list(preference_examples(source, local_path=local_path, **kwargs))

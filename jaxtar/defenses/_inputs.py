@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtar.config import DataConfig, ModelConfig
+from jaxtar.data.examples import Examples
 from jaxtar.data.rows import RowTable, split_examples
 from jaxtar.errors import InputError
 from jaxtar.toy.named_models import resolve_model
@@ -195,8 +196,9 @@ def _toy(role: str) -> list[Any]:
     raise InputError(f"unknown toy role {role!r}; toy sources are {[f'toy:{r}' for r in TOY_ROLES]}")
 
 
-def load_role(source: str, kind: str = "text", limit: int | None = None) -> list[Any]:
-    """The examples of one data source: texts (``kind="text"``) or preference pairs (``kind="preference"``).
+def load_role(source: str, kind: str = "text", limit: int | None = None) -> Examples:
+    """The examples of one data source, read on demand (`jaxtar.data.examples.Examples`): texts
+    (``kind="text"``) or preference pairs (``kind="preference"``).
 
     Args:
         source: ``toy:<role>``, a registry name, ``<registry name>@<local path>``, a local text file, or a mixture
@@ -206,9 +208,14 @@ def load_role(source: str, kind: str = "text", limit: int | None = None) -> list
 
     Raises:
         InputError: the source is unknown, cannot be loaded (offline, missing file, missing field) or is empty.
+
+    Example:
+        >>> texts = load_role("toy:retain", limit=3)
+        >>> len(texts), texts.reads  # one example read, to check its kind
+        (3, 1)
     """
     from jaxtar.data.mixture import mix, parse_mixture
-    from jaxtar.data.sources import DataSourceError, load_preferences, load_texts
+    from jaxtar.data.sources import DataSourceError, preference_examples, text_examples
 
     components = parse_mixture(source)
     if components is not None:
@@ -216,26 +223,26 @@ def load_role(source: str, kind: str = "text", limit: int | None = None) -> list
         return mix(parts, [c.weight for c in components])
     try:
         if source.startswith("toy:"):
-            items = _toy(source[4:])
+            items = Examples.of(_toy(source[4:]))
         else:
             name, _, local = source.partition("@")
-            loader = load_preferences if kind == "preference" else load_texts
+            loader = preference_examples if kind == "preference" else text_examples
             items = loader(name, local_path=local or None)
     except DataSourceError as err:
         raise InputError(str(err)) from err
-    if kind == "text" and items and not isinstance(items[0], str):
-        raise InputError(f"data source {source!r} holds preference pairs, but text is needed here")
-    if kind == "preference" and items and isinstance(items[0], str):
-        raise InputError(f"data source {source!r} holds text, but preference pairs are needed here")
-    if limit is not None:
-        items = items[:limit]
-    if not items:
+    if not len(items):
         raise InputError(f"data source {source!r} has no examples")
-    return items
+    first = items[0]  # one example read, to check its kind
+    if kind == "text" and not isinstance(first, str):
+        raise InputError(f"data source {source!r} holds preference pairs, but text is needed here")
+    if kind == "preference" and isinstance(first, str):
+        raise InputError(f"data source {source!r} holds text, but preference pairs are needed here")
+    return items if limit is None else items[:limit]
 
 
-def role_examples(source: str, data: DataConfig, kind: str = "text") -> list[Any]:
-    """A role's examples: texts (``text``) or preference pairs (``sft``, ``preference``), ``data.limit`` at most."""
+def role_examples(source: str, data: DataConfig, kind: str = "text") -> Examples:
+    """A role's examples, read on demand: texts (``text``) or preference pairs (``sft``, ``preference``),
+    ``data.limit`` at most."""
     return load_role(source, "text" if kind == "text" else "preference", data.limit)
 
 

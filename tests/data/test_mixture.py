@@ -36,16 +36,16 @@ def test_counts_are_the_largest_mixture_with_the_given_shares():
     assert mixture_counts([10, 7], [None, None]) == [10, 7]
     with pytest.raises(InputError, match="empty"):
         mixture_counts([1000, 1], [1.0, 1e-6])
-    assert mix([[1, 2, 3, 4], [5, 6]], [1.0, 1.0]) == [1, 2, 5, 6]
+    assert list(mix([[1, 2, 3, 4], [5, 6]], [1.0, 1.0])) == [1, 2, 5, 6]
 
 
 def test_a_mixture_loads_as_one_role_and_identifies_each_source():
-    forget, retain = load_role("toy:forget"), load_role("toy:retain")
+    forget, retain = list(load_role("toy:forget")), list(load_role("toy:retain"))
     mixed = load_role("toy:retain*2 + toy:forget*1")
     n = min(len(retain), 2 * len(forget)) // 2
-    assert mixed == retain[: 2 * n] + forget[:n]
-    assert load_role("toy:retain + toy:forget") == retain + forget
-    assert load_role("toy:retain + toy:forget", limit=3) == retain[:3] + forget[:3]  # the limit is per source
+    assert list(mixed) == retain[: 2 * n] + forget[:n]
+    assert list(load_role("toy:retain + toy:forget")) == retain + forget
+    assert list(load_role("toy:retain + toy:forget", limit=3)) == retain[:3] + forget[:3]  # the limit is per source
     identity = data_identity(DataConfig(retain="toy:retain*2 + toy:forget*1"))
     assert identity["retain"] == "toy:retain*2 + toy:forget*1"
     with pytest.raises(InputError, match="unknown toy role"):

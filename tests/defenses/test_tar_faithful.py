@@ -14,7 +14,8 @@ import optax
 import pytest
 
 from jaxtar.config import load_config
-from jaxtar.defenses import TarData, build_tar_phases, load_model, run_random_mapping, run_tar, train_suite
+from jaxtar.data.examples import Examples
+from jaxtar.defenses import TarData, _inputs, build_tar_phases, load_model, run_random_mapping, run_tar, train_suite
 from jaxtar.defenses._inputs import checkpoint_sha256
 from jaxtar.defenses._steps import schedule_free_adamw
 from jaxtar.defenses.provenance import PROVENANCE_FILE
@@ -101,6 +102,40 @@ def test_tamper_data_is_held_out_from_every_tamper_role(tar_overrides, loaded):
     assert held_alt and not held_alt & alt and not tamper & rows(both.streams["forget"])  # never trained on
     assert alt | held_alt == rows(forget_only.streams["forget_alt"])  # every alt row on exactly one side
     assert len(held_alt) == pytest.approx(0.2 * len(alt | held_alt), abs=1)
+
+
+def test_a_tar_run_reads_only_the_rows_its_batches_use_from_a_file(tmp_path, tar_overrides, loaded, monkeypatch):
+    """The retain role from a file of 3000 rows: building the run's data reads 2 of them per use (one to check the
+    kind, one to learn the tokenised columns); a step's batches read at most their own rows. The forget role is a
+    tamper role: its held-out split reads all its texts (the toy world's, in memory)."""
+    from jaxtar.toy import toy_world
+
+    retain = toy_world(0).retain_texts
+    path = tmp_path / "retain.jsonl"
+    path.write_text(
+        "".join(json.dumps({"txt_chunk": retain[i % len(retain)], "label": False}) + "\n" for i in range(3000))
+    )
+    config = load_config("toy", {**tar_overrides, "data.retain": f"pile-bio-retain@{path}"})
+    opened: dict[str, list[Examples]] = {}
+    real = _inputs.role_examples
+
+    def recording(source, data, kind="text"):
+        examples = real(source, data, kind)
+        opened.setdefault(source.split("@")[0], []).append(examples)
+        return examples
+
+    monkeypatch.setattr(_inputs, "role_examples", recording)
+    data = TarData(config, loaded[2], train_suite(config.tar))
+    from_file = opened["pile-bio-retain"]
+    assert len(from_file) >= 1 and all(len(e) == 3000 for e in from_file)
+    assert [e.reads for e in from_file] == [2] * len(from_file)
+    batches = data.batches(0)
+    tar = config.tar
+    uses = tar.retain_batch_size + tar.adversaries_per_step * tar.inner_steps * tar.adversary_batch_size
+    read = sum(e.reads for e in from_file) - 2 * len(from_file)
+    assert 0 < read <= uses, (read, uses)
+    assert np.asarray(batches["retain"]["input_ids"]).shape[0] == tar.retain_batch_size
+    assert opened["toy:forget"][0].reads >= len(toy_world(0).forget_texts)  # the split read the tamper role
 
 
 def test_tamper_roles_must_be_set(tar_overrides, loaded):
