@@ -80,6 +80,24 @@ class RowTable:
 
         return RowTable(int(offsets[-1]), fetch, cache=False)
 
+    @staticmethod
+    def join(tables: Sequence[RowTable]) -> RowTable:
+        """Row ``i`` of every table side by side: the union of their columns (same row counts, distinct columns).
+
+        Example:
+            >>> a, b = RowTable.of_arrays({"x": np.arange(3)}), RowTable.of_arrays({"y": -np.arange(3)})
+            >>> {k: v.tolist() for k, v in RowTable.join([a, b]).rows(np.array([2])).items()}
+            {'x': [2], 'y': [-2]}
+        """
+        tables = list(tables)
+        if len({t.num_rows for t in tables}) != 1:
+            raise ValueError(f"tables with different row counts: {[t.num_rows for t in tables]}")
+        names = [name for t in tables for name in t.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tables share a column: {sorted(names)}")
+        return RowTable(tables[0].num_rows, lambda idx: {k: v for t in tables for k, v in t.rows(idx).items()},
+                        cache=False)  # fmt: skip
+
     def rows(self, indices: np.ndarray) -> Batch:
         """The rows at ``indices`` (any shape): ``{column: [*indices.shape, *row shape]}``."""
         indices = np.asarray(indices, np.int64)

@@ -51,7 +51,7 @@ from jaxtar.defenses._loop import (
 )
 from jaxtar.defenses.decoder import decoder_defence, given_model, load_retain_anchor
 from jaxtar.defenses.runner import RunResult, run_defence
-from jaxtar.defenses.tar_data import TarData, check_suite, train_suite
+from jaxtar.defenses.tar_data import TarData, check_suite, preference_reference, train_suite
 from jaxtar.meta import AdversaryGroup, Estimator, TamperSchedule, vmap_meta_value_and_grad
 from jaxtar.objectives import (
     batch_cross_entropy,
@@ -231,10 +231,8 @@ def build_tar_phases(
     check_divides(mesh, batch_sizes, adversaries)
     suite = train_suite(tar)
     template = check_suite(suite)
-    reference_fn = None
-    if tar.tamper_loss == "dpo":
-        reference_fn = functools.partial(lambda p, ids, m: model.apply(p, ids, m).logits, params)
-    data = TarData(config, tokenizer, suite, reference_fn)
+    reference = preference_reference(model, params, mesh) if tar.tamper_loss == "dpo" else None
+    data = TarData(config, tokenizer, suite, reference)
     step, optimizer = cached_step(make_tar_step, model, tar, template, config.model.compute_dtype, mesh)
     phases = [
         Phase(

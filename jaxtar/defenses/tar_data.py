@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from jaxtar.config import DefenceConfig, TarConfig
 from jaxtar.data.rows import RowTable, gather, materialise
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
-from jaxtar.objectives import reference_log_probs
+from jaxtar.parallel import batch_shardings, shard, to_host
 
 
 def train_suite(config: TarConfig) -> tuple[Adversary, ...]:
@@ -58,11 +60,17 @@ class TarData:
         config: the run's config.
         tokenizer: the model's tokenizer.
         suite: the train-time adversaries.
-        reference_fn: ``(input_ids, attention_mask) -> logits`` of the starting model (for DPO's cached
-            reference log-probs); only needed with ``tamper_loss: dpo``.
+        reference: ``table -> reference log-prob columns`` of DPO's frozen reference model
+            (`preference_reference`); only needed with ``tamper_loss: dpo``.
     """
 
-    def __init__(self, config: DefenceConfig, tokenizer: Any, suite: tuple[Adversary, ...], reference_fn=None):
+    def __init__(
+        self,
+        config: DefenceConfig,
+        tokenizer: Any,
+        suite: tuple[Adversary, ...],
+        reference: Callable[[RowTable], dict[str, np.ndarray]] | None = None,
+    ):
         tar, data, seed = config.tar, config.data, config.run.seed
         self.config, self.suite, self.seed = tar, suite, seed
         roles = sorted({src for a in suite for src in a.sources})
@@ -87,15 +95,13 @@ class TarData:
             self.streams[role] = RowStream(_inputs.role_table(tokenizer, source, data, kind), seed, 100 + i)
         if tar.tamper_loss != "dpo":
             tamper = RowTable.concat(held_out)
-        else:  # the reference log-probs of every pair are computed here, so every pair is tokenised up front
+        else:  # every pair's reference log-probs are computed here, once
             if data.preferences is None:
                 raise _inputs.InputError("the DPO tamper loss needs preference pairs: set data.preferences")
-            rows = _inputs.role_table(tokenizer, data.preferences, data, "preference").all()
-            for side in ("chosen", "rejected"):
-                rows[f"reference_{side}_logps"] = reference_log_probs(
-                    reference_fn, *(rows[f"{side}_{k}"] for k in ("input_ids", "attention_mask", "loss_mask"))
-                )
-            tamper = RowTable.of_arrays(rows)
+            if reference is None:
+                raise ValueError("the DPO tamper loss needs the reference model: pass `reference`")
+            pairs = _inputs.role_table(tokenizer, data.preferences, data, "preference")
+            tamper = RowTable.join([pairs, RowTable.of_arrays(reference(pairs))])
         self.streams["tamper"] = RowStream(tamper, seed, 1)
         if data.retain is None:
             raise _inputs.InputError("the retain loss needs data.retain")
@@ -148,6 +154,47 @@ class TarData:
         tamper_rows = tar.tamper_batch_size * (2 if tar.tamper_loss == "dpo" else 1)
         per_adv = tar.inner_steps * tar.adversary_batch_size + records * tamper_rows
         return tokens_in(tar.adversaries_per_step * per_adv + 2 * tar.retain_batch_size, t)
+
+
+def preference_reference(
+    model: Any, params: Any, mesh: Any = None, batch_size: int = 32
+) -> Callable[[RowTable], dict[str, np.ndarray]]:
+    """``table -> {"reference_chosen_logps": [N], "reference_rejected_logps": [N]}``: the summed response log-probs
+    of every preference row of a table under ``params`` (DPO's frozen reference, the starting model), computed once
+    in batches placed like a step's (on a ``mesh`` each process tokenises only the rows of its own shards).
+
+    Example:
+        >>> reference = preference_reference(model, params)  # doctest: +SKIP
+        >>> TarData(config, tokenizer, train_suite(config.tar), reference)  # doctest: +SKIP
+    """
+    import jax
+
+    from jaxtar.objectives.lm import sequence_log_probs
+
+    if mesh is not None:  # a multiple of the devices a batch is split over
+        split = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = math.ceil(batch_size / split) * split
+
+    @jax.jit
+    def score(p: Any, rows: dict[str, Any]) -> dict[str, jax.Array]:
+        out = {}
+        for side in ("chosen", "rejected"):
+            ids = rows[f"{side}_input_ids"]
+            logits = model.apply(p, ids, rows[f"{side}_attention_mask"]).logits
+            out[f"reference_{side}_logps"] = sequence_log_probs(logits, ids, rows[f"{side}_loss_mask"])
+        return out
+
+    def reference(table: RowTable) -> dict[str, np.ndarray]:
+        n, parts = table.num_rows, []
+        for start in range(0, n, batch_size):
+            index = np.arange(start, start + batch_size)
+            index[index >= n] = 0  # the last batch is padded with row 0: one compilation
+            rows = gather([table], np.zeros_like(index), index)
+            rows = materialise(rows) if mesh is None else shard(rows, batch_shardings(rows, mesh))
+            parts.append(to_host(score(params, rows)))
+        return {k: np.concatenate([p[k] for p in parts])[:n].astype(np.float32) for k in parts[0]}
+
+    return reference
 
 
 def check_suite(suite: tuple[Adversary, ...]) -> Adversary:

@@ -17,6 +17,7 @@ import pytest
 from jaxtar.config import load_config
 from jaxtar.defenses import TarData, build_tar_phases, load_model, run_tar, tar_losses, train_suite
 from jaxtar.defenses._loop import step_key
+from jaxtar.defenses.tar_data import preference_reference
 from jaxtar.meta.memory import compiled_peak_bytes
 
 K, S, A = 4, 2, 2  # as in conftest.TAR_TEST_OVERRIDES
@@ -205,8 +206,7 @@ def test_dpo_tamper_loss_uses_reference_log_probs_of_the_start_model(env, tar_ov
     cfg = load_config("toy", {**tar_overrides, "tar.tamper_loss": "dpo",
                               "tar.setting": "refusal", "data.harmful": "toy:harmful",
                               "data.preferences": "toy:preferences", "data.limit": 16})  # fmt: skip
-    ref_fn = lambda ids, mask: model.apply(params, ids, mask).logits
-    data = TarData(cfg, tokenizer, train_suite(cfg.tar), ref_fn)
+    data = TarData(cfg, tokenizer, train_suite(cfg.tar), preference_reference(model, params, batch_size=5))
     rows = data.streams["tamper"].take(0, 16).rows
     ids, mask, loss_mask = rows["chosen_input_ids"][:2], rows["chosen_attention_mask"][:2], rows["chosen_loss_mask"][:2]
     logp = jax.nn.log_softmax(model.apply(params, ids, mask).logits[:, :-1], -1)

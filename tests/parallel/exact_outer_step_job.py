@@ -4,10 +4,13 @@ metrics and new weights (gathered to host) to ``OUT.npz`` from process 0. The we
 their FSDP shards across the processes (`from_pretrained(..., sharding=...)`: each process fills its own shards, one
 tensor at a time) and checked against the same weights loaded whole and then placed. Each process writes how many
 texts it tokenised to ``OUT.tokenised.<process index>.json`` (the batch's rows are tokenised where they are placed).
+It also computes DPO's reference log-probs of 16 preference pairs on the mesh (`preference_reference`, batches of
+8 split over data x fsdp), each process tokenising the pairs of its own shards.
 
     python exact_outer_step_job.py OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]
 """
 
+import dataclasses
 import json
 import sys
 
@@ -21,8 +24,9 @@ if len(sys.argv) == 5:
 import jax  # noqa: E402 - after the distributed runtime
 
 from jaxtar.config import load_config  # noqa: E402
-from jaxtar.defenses import build_tar_phases, load_model  # noqa: E402
+from jaxtar.defenses import _inputs, build_tar_phases, load_model  # noqa: E402
 from jaxtar.defenses._steps import place, shard_batches, step_key  # noqa: E402
+from jaxtar.defenses.tar_data import preference_reference  # noqa: E402
 from jaxtar.models import from_pretrained  # noqa: E402
 from jaxtar.parallel import fsdp_spec  # noqa: E402
 from jaxtar.toy import toy_base_model_path  # noqa: E402
@@ -66,10 +70,14 @@ same = jax.tree.map(lambda a, b: a.sharding == b.sharding and bool(jax.numpy.arr
 assert all(jax.tree.leaves(same)), "the streamed shards differ from the placed weights"
 batches = shard_batches(data.batches(0, lazy=True), mesh, phase.batch_axes)
 counts = {"at_start": at_start, "batch": tokenizer.texts - at_start}
+pairs = _inputs.role_table(tokenizer, "toy:preferences", dataclasses.replace(config.data, limit=16), "preference")
+before = tokenizer.texts
+reference = preference_reference(model, placed, mesh, batch_size=8)(pairs)
+counts["preference_pairs"] = tokenizer.texts - before
 with open(f"{sys.argv[1]}.tokenised.{jax.process_index()}.json", "w") as f:
     json.dump(counts, f)
 new, _, metrics = phase.step_fn(params, place(phase.init_opt_state(params), mesh), batches, step_key(0, 0), params)
-host = to_host({"params": new, "metrics": metrics})
+host = to_host({"params": new, "metrics": metrics, "reference": reference})
 if is_main_process():
     flat = {"/".join(str(k) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(host)}
     np.savez(sys.argv[1], **flat)

@@ -202,7 +202,8 @@ def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(
     runs' summation orders (gloo vs in-process all-reduce) into visible differences in those few entries, which the
     outer schedule-free Adam's first (~sign-like) step then moves by up to its lr.
 
-    Each of the two processes tokenises only its half of the batch's rows."""
+    Each of the two processes tokenises only its half of the batch's rows; the same holds for DPO's reference
+    log-probs of 16 preference pairs, computed on the mesh, whose numbers agree to 1e-5."""
     job = str(Path(__file__).with_name("exact_outer_step_job.py"))
     port = _free_port()
 
@@ -234,6 +235,15 @@ def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(
     assert whole["batch"] >= 24, whole  # 48 rows (32 adversary, 8 tamper, 8 retain); measured: 48, and 24 + 24
     for h in halves:
         assert 0.3 * whole["batch"] <= h["batch"] <= 0.6 * whole["batch"], (whole, halves)
+    # DPO's reference log-probs of 16 preference pairs, computed on the mesh: the same numbers, each process
+    # tokenising the pairs of its own shards (its half of each batch of 8, plus row 0 to learn the columns)
+    for side in ("chosen", "rejected"):
+        k = f"['reference']/['reference_{side}_logps']"
+        assert a[k].shape == (16,) and np.all(a[k] < 0), a[k]
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
+    assert whole["preference_pairs"] > 0, whole
+    for h in halves:
+        assert h["preference_pairs"] <= (0.5 + 1 / 16) * whole["preference_pairs"], (whole, halves)
 
 
 _MLAC = [
