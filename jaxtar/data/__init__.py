@@ -1,5 +1,6 @@
-"""Data: Hub datasets with pinned revisions and local files (sources), fixed-length batches (batching), and the
-Bias-in-Bios classification data (bias_in_bios). The offline toy world lives in `jaxtar.toy` (it trains a model).
+"""Data: Hub datasets with pinned revisions and local files (sources; read on demand: examples), fixed-length
+batches (batching), and the Bias-in-Bios classification data (bias_in_bios). The offline toy world lives in
+`jaxtar.toy` (it trains a model).
 
 Example:
     >>> from jaxtar.data import MCQItem, build_mcq_prompt
@@ -18,6 +19,7 @@ from jaxtar.data.batching import (
     tokenize_prompt_response,
     tokenize_texts,
 )
+from jaxtar.data.examples import Examples
 from jaxtar.data.mcq import MCQ_LETTERS, MCQItem, build_mcq_prompt, format_mcq_item
 from jaxtar.data.sources import (
     DATASETS,
@@ -30,8 +32,10 @@ from jaxtar.data.sources import (
     load_preferences,
     load_source,
     load_texts,
+    preference_examples,
     resolve_source,
     split_transcript,
+    text_examples,
 )
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "BatchIterator",
     "DataSourceError",
     "DatasetSpec",
+    "Examples",
     "MCQItem",
     "PreferencePair",
     "build_mcq_prompt",
@@ -54,9 +59,11 @@ __all__ = [
     "load_texts",
     "pack_texts",
     "pad_id",
+    "preference_examples",
     "resolve_source",
     "split_transcript",
     "stack_batches",
+    "text_examples",
     "tokenize_preferences",
     "tokenize_prompt_response",
     "tokenize_texts",

@@ -25,7 +25,7 @@ from jaxtar.defenses.random_mapping import (
 )
 from jaxtar.defenses.runner import Defence, Loaded, RunResult, run_defence
 from jaxtar.defenses.tar import build_tar_phases, make_sft_step, make_tar_step, run_tar, tar_losses
-from jaxtar.defenses.tar_data import TarData, train_suite
+from jaxtar.defenses.tar_data import TarData, preference_reference, train_suite
 
 METHODS = {"tar": run_tar, "random-mapping": run_random_mapping, "baseline": run_baseline}
 
@@ -49,6 +49,7 @@ __all__ = [
     "make_random_mapping_step",
     "make_sft_step",
     "make_tar_step",
+    "preference_reference",
     "random_mapping_objective",
     "run_baseline",
     "run_random_mapping",
