@@ -127,3 +127,12 @@ def test_run_identity_ignores_run_settings_and_the_step_count():
     assert a.identity("tar") != load_config("toy", {"run.seed": 1}).identity("tar")
     assert a.identity("tar") != load_config("toy", {"tar.lambda_tr": 1.0}).identity("tar")
     assert a.identity("random_mapping") == load_config("toy", {"tar.lambda_tr": 1.0}).identity("random_mapping")
+
+
+def test_a_key_given_twice_in_a_preset_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("tar:\n  outer_steps: 2\n  lr: 1e-3\n  outer_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml'.*duplicate key 'outer_steps' in tar \(line 4\)"):
+        load_config(str(path))
+    path.write_text("tar:\n  outer_steps: 3\n  lr: 1e-3\n")
+    assert load_config(str(path)).tar.outer_steps == 3

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 import yaml
 
 from jaxtar.config.flags import add_section_flags, section_overrides  # noqa: F401 - the mechanism's flag half
+from jaxtar.config.yaml_text import load_yaml, parse_flag, parse_value  # noqa: F401 - the mechanism's text half
 from jaxtar.errors import ConfigError
 
 MAX_INT = 2**31 - 1  # step counts, sizes and indices are int32 on the device
@@ -195,45 +195,6 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-# ------------------------------------------------------------------------------------------------ YAML text
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 without its quirk of reading ``1e-3`` (no dot) as a string."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """Safe YAML with ``1e-3`` read as a float."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def parse_value(text: str) -> Any:
-    """A flag value as YAML (``3`` -> 3, ``null`` -> None, ``[1e-3, 2e-3]`` -> a list, ``abc`` -> 'abc').
-
-    Example:
-        >>> parse_value("[1e-3, 2e-3]"), parse_value("null"), parse_value("toy:forget")
-        ([0.001, 0.002], None, 'toy:forget')
-    """
-    try:
-        return load_yaml(text)
-    except yaml.YAMLError:
-        return text
-
-
-def parse_flag(text: str, hint: Any) -> Any:
-    """Flag text for a field of type ``hint``: verbatim for strings, YAML otherwise."""
-    if hint is str:
-        return text
-    if typing.get_args(hint) == (str, type(None)):
-        return None if text.strip().lower() in ("null", "none", "~") else text
-    return parse_value(text)
-
-
 # ------------------------------------------------------------------------------------- sections and presets
 def merge_overrides(
     raw: dict[str, dict[str, Any]], sections: Mapping[str, type], overrides: Mapping[str, Any] | None
@@ -323,6 +284,8 @@ def read_preset(path: Path, sections: Mapping[str, type], external_sections: Seq
         loaded = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"preset {str(path)!r} is not valid YAML: {err}") from err
+    except ConfigError as err:
+        raise ConfigError(f"preset {str(path)!r}: {err}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"preset {str(path)!r} must be a mapping of sections, got {type(loaded).__name__}")
     raw: dict[str, Any] = {}

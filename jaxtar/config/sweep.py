@@ -381,28 +381,11 @@ def load_sweep(path: str | Path) -> SweepConfig:
     """
     file = sweep_file(path)
     try:
-        text = file.read_text()
-        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        return sweep_from_dict(load_yaml(text), file.stem)
+        return sweep_from_dict(load_yaml(file.read_text()), file.stem)
     except yaml.YAMLError as err:
         raise ConfigError(f"grid file {str(file)!r} is not valid YAML: {' '.join(str(err).split())}") from None
     except ConfigError as err:
         raise ConfigError(f"grid file {str(file)!r}: {err}") from None
-
-
-def _refuse_duplicate_keys(node: Any, where: str = "") -> None:
-    """A key given twice in one mapping (YAML would silently keep the last: two variants of one name)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = str(key.value)
-            if name in seen:
-                raise ConfigError(f"duplicate key {name!r} in {where or 'the file'} (line {key.start_mark.line + 1})")
-            seen.add(name)
-            _refuse_duplicate_keys(value, f"{where}.{name}" if where else name)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(item, where)
 
 
 SWEEP_DIR = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
