@@ -6,6 +6,7 @@ package writes with them too."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -79,6 +80,22 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, sync: bool = False)
         finally:
             os.close(fd)
     return path
+
+
+def strict_json(x: Any) -> Any:
+    """NaN / inf -> None (recursively), so the output is strict JSON.
+
+    Example:
+        >>> strict_json({"a": [1.0, float("nan")]})
+        {'a': [1.0, None]}
+    """
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    return x
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:

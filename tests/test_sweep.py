@@ -20,7 +20,7 @@ import yaml
 from jaxtar.cli import main
 from jaxtar.config.sweep import load_sweep, sweep_from_dict
 from jaxtar.eval import RedTeamResults, steps_to_recover
-from jaxtar.eval.results import strict_json
+from jaxtar.files import strict_json
 from jaxtar.sweep import expand_variants, plan_sweep, read_rows
 from jaxtar.sweep.grid import value_text
 

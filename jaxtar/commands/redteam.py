@@ -135,7 +135,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from jaxtar.checkpoint import write_text_atomic
     from jaxtar.eval.redteam import evaluate_models
     from jaxtar.eval.redteam_inputs import check_models
-    from jaxtar.eval.report import strict_json
+    from jaxtar.files import strict_json
     from jaxtar.parallel import initialize_distributed, is_main_process
 
     config = _config(args, red_team=False)

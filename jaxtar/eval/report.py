@@ -41,7 +41,6 @@ from jaxtar.eval.results import (  # noqa: F401 - re-exported: the records a rep
     passes_capability_guard,
     percent,
     retain_drop,
-    strict_json,
 )
 from jaxtar.eval.results_dir import check_results_dir, open_results_dir, write_results
 from jaxtar.runlock import RunLock

@@ -31,6 +31,7 @@ from jaxtar.eval.durability import (
     worst_recovery,
 )
 from jaxtar.eval.mcq import Scores
+from jaxtar.files import strict_json
 
 # Written by every report; `RECOVERY_PLOT` (recovery.png) too when the attacks were scored during the attack.
 RESULT_FILES = ("results.json", "results.md", "attack_loss.png", "forget_accuracy.png")
@@ -397,19 +398,3 @@ def percent(x: float | None, se: float | None = None) -> str:
     if x is None or math.isnan(x):
         return "n/a"
     return f"{100 * x:.1f}" + (f" ± {100 * se:.1f}" if se is not None and not math.isnan(se) else "")
-
-
-def strict_json(x: Any) -> Any:
-    """NaN / inf -> None (recursively), so the output is strict JSON.
-
-    Example:
-        >>> strict_json({"a": [1.0, float("nan")]})
-        {'a': [1.0, None]}
-    """
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [strict_json(v) for v in x]
-    return x

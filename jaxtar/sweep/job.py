@@ -32,7 +32,8 @@ from typing import Any
 
 from jaxtar.config.sweep import BASE, SweepRedTeam
 from jaxtar.errors import RunDirError
-from jaxtar.eval.results import RedTeamResults, strict_json
+from jaxtar.eval.results import RedTeamResults
+from jaxtar.files import strict_json
 from jaxtar.sweep.grid import Job
 
 REDTEAM_FILES = ("results.json", "results.md")

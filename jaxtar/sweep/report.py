@@ -109,7 +109,7 @@ def _overrides_text(overrides: Mapping[str, Any]) -> str:
 
 def write_aggregate(plan: Any, rows: Sequence[Mapping[str, Any]]) -> str:
     """Writes results.md and results.json of the rows so far; returns the markdown."""
-    from jaxtar.eval.results import strict_json
+    from jaxtar.files import strict_json
 
     config, out = plan.config, plan.out_dir
     groups = _group(rows)
