@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -194,25 +195,37 @@ def materialise(tree: Any) -> Any:
     return tree
 
 
-def split_examples(examples: Sequence[Hashable], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of example indices into (rest, held-out ~``fraction``), both non-empty; equal examples
-    (duplicate texts) always land on the same side, so no held-out example is ever trained on. It reads the examples
-    only (nothing is tokenised).
-
-    Raises:
-        ValueError: fewer than 2 distinct examples.
+def text_key(example: Any) -> int:
+    """A 64-bit content hash of an example (equal texts, equal keys), for splitting without keeping the texts.
 
     Example:
-        >>> rest, held = split_examples(list("abcdefghij"), 0.2, seed=0)
+        >>> text_key("a") == text_key("a") != text_key("b")
+        True
+    """
+    return int.from_bytes(hashlib.blake2b(str(example).encode(), digest_size=8).digest(), "little")
+
+
+def split_keys(keys: Sequence[int] | np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of example indices into (rest, held-out ~``fraction``), both non-empty, given each example's
+    content key (`text_key`): equal examples (duplicate texts) always land on the same side, so no held-out
+    example is ever trained on.
+
+    Raises:
+        ValueError: fewer than 2 distinct keys.
+
+    Example:
+        >>> rest, held = split_keys([text_key(c) for c in "abcdefghij"], 0.2, seed=0)
         >>> len(rest), len(held), sorted(set(rest) | set(held)) == list(range(10))
         (8, 2, True)
-        >>> rest, held = split_examples(["x", "y", "x", "z"], 0.34, seed=1)
+        >>> rest, held = split_keys([text_key(c) for c in "xyxz"], 0.34, seed=1)
         >>> {0, 2} <= set(rest) or {0, 2} <= set(held)
         True
     """
-    first: dict[Hashable, int] = {}
-    group = np.array([first.setdefault(x, len(first)) for x in examples], np.int64)
-    n_groups = len(first)
+    keys = np.asarray(keys, np.uint64)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # groups numbered by first occurrence
+    group, n_groups = rank[inverse.reshape(-1)], len(first)
     if n_groups < 2:
         raise ValueError(f"need at least 2 distinct examples to hold some out, got {n_groups}")
     held = min(max(int(round(n_groups * fraction)), 1), n_groups - 1)

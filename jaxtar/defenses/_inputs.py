@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxtar.config import DataConfig, ModelConfig
 from jaxtar.data.examples import Examples
-from jaxtar.data.rows import RowTable, split_examples
+from jaxtar.data.rows import RowTable, split_keys
 from jaxtar.errors import InputError
 from jaxtar.toy.named_models import resolve_model
 
@@ -265,13 +265,32 @@ def role_table(tokenizer: Any, source: str, data: DataConfig, kind: str = "text"
     return RowTable.of_examples(role_examples(source, data, kind), role_encoder(tokenizer, data, kind))
 
 
+def example_keys(examples: Sequence[Any]) -> np.ndarray:
+    """Every example's content key (`jaxtar.data.rows.text_key`), on every process: each process reads and hashes
+    its contiguous share of the examples and the keys are gathered (a collective across processes).
+
+    Example:
+        >>> from jaxtar.data.rows import text_key
+        >>> example_keys(["a", "b"]).tolist() == [text_key("a"), text_key("b")]
+        True
+    """
+    import jax
+
+    from jaxtar.data.rows import text_key
+    from jaxtar.parallel import gather_json
+
+    n, count, index = len(examples), jax.process_count(), jax.process_index()
+    mine = [text_key(x) for x in examples[n * index // count : n * (index + 1) // count]]
+    return np.array([key for share in gather_json(mine) for key in share], np.uint64)
+
+
 def held_out_tables(tokenizer: Any, source: str, data: DataConfig, seed: int) -> tuple[RowTable, RowTable]:
     """A text role's (rest, held-out ``data.heldout_fraction``) tables: a seeded split of its examples in which
-    equal texts land on the same side (`jaxtar.data.rows.split_examples`; decided on the texts, before any
-    tokenisation)."""
+    equal texts land on the same side (`jaxtar.data.rows.split_keys`), decided on content keys each process
+    computes for its share of the texts (`example_keys`), before any tokenisation."""
     examples = role_examples(source, data)
     try:
-        rest, held = split_examples(examples, data.heldout_fraction, seed)
+        rest, held = split_keys(example_keys(examples), data.heldout_fraction, seed)
     except ValueError as err:
         raise InputError(f"data source {source!r}: {err}") from err
     table = RowTable.of_examples(examples, role_encoder(tokenizer, data))

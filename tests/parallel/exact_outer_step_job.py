@@ -3,7 +3,8 @@ job of `test_multiprocess.py` (in one process with 8 devices, or in each of two 
 metrics and new weights (gathered to host) to ``OUT.npz`` from process 0. The weights are loaded straight into
 their FSDP shards across the processes (`from_pretrained(..., sharding=...)`: each process fills its own shards, one
 tensor at a time) and checked against the same weights loaded whole and then placed. Each process writes how many
-texts it tokenised to ``OUT.tokenised.<process index>.json`` (the batch's rows are tokenised where they are placed).
+texts it tokenised to ``OUT.tokenised.<process index>.json`` (the batch's rows are tokenised where they are placed),
+and how many forget texts it read for the held-out split (its share: the content keys are gathered).
 It also computes DPO's reference log-probs of 16 preference pairs on the mesh (`preference_reference`, batches of
 8 split over data x fsdp), each process tokenising the pairs of its own shards.
 
@@ -56,12 +57,24 @@ class CountingTokenizer:
         return getattr(self.tokenizer, name)
 
 
+opened = {}  # every role's examples, by source, to count the examples each process reads
+_role_examples = _inputs.role_examples
+
+
+def recording(source, data, kind="text"):
+    examples = _role_examples(source, data, kind)
+    opened.setdefault(source, []).append(examples)
+    return examples
+
+
+_inputs.role_examples = recording
 config = load_config("toy", OVERRIDES)
 mesh = make_mesh(2, 2, 2)
 model, params, tokenizer = load_model(config.model)
 tokenizer = CountingTokenizer(tokenizer)
 phases, data = build_tar_phases(config, model, params, tokenizer, mesh)
 at_start = tokenizer.texts
+forget_read = sum(e.reads for e in opened["toy:forget"])  # the tamper role: its held-out split's keys
 phase = phases[0]
 placed = place(params, mesh)
 fsdp = lambda path, shape: jax.sharding.NamedSharding(mesh, fsdp_spec(shape, 2))  # noqa: E731 - param_shardings' rule
@@ -69,7 +82,7 @@ _, params = from_pretrained(toy_base_model_path(), sharding=fsdp)
 same = jax.tree.map(lambda a, b: a.sharding == b.sharding and bool(jax.numpy.array_equal(a, b)), params, placed)
 assert all(jax.tree.leaves(same)), "the streamed shards differ from the placed weights"
 batches = shard_batches(data.batches(0, lazy=True), mesh, phase.batch_axes)
-counts = {"at_start": at_start, "batch": tokenizer.texts - at_start}
+counts = {"at_start": at_start, "batch": tokenizer.texts - at_start, "forget_read": forget_read}
 pairs = _inputs.role_table(tokenizer, "toy:preferences", dataclasses.replace(config.data, limit=16), "preference")
 before = tokenizer.texts
 reference = preference_reference(model, placed, mesh, batch_size=8)(pairs)

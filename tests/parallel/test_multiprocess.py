@@ -202,7 +202,8 @@ def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(
     runs' summation orders (gloo vs in-process all-reduce) into visible differences in those few entries, which the
     outer schedule-free Adam's first (~sign-like) step then moves by up to its lr.
 
-    Each of the two processes tokenises only its half of the batch's rows; the same holds for DPO's reference
+    Each of the two processes tokenises only its half of the batch's rows and reads only its half of the forget
+    texts for the held-out split (their content keys are gathered); the same holds for DPO's reference
     log-probs of 16 preference pairs, computed on the mesh, whose numbers agree to 1e-5."""
     job = str(Path(__file__).with_name("exact_outer_step_job.py"))
     port = _free_port()
@@ -235,6 +236,11 @@ def test_exact_meta_gradient_outer_step_across_two_processes_equals_one_process(
     assert whole["batch"] >= 24, whole  # 48 rows (32 adversary, 8 tamper, 8 retain); measured: 48, and 24 + 24
     for h in halves:
         assert 0.3 * whole["batch"] <= h["batch"] <= 0.6 * whole["batch"], (whole, halves)
+    # the held-out split of the forget role (a tamper role): each process read and hashed its half of the texts
+    assert whole["forget_read"] >= 744, whole  # the toy world's 744 forget texts
+    for h in halves:
+        assert h["forget_read"] <= 0.5 * whole["forget_read"] + 4, (whole, halves)
+    print("counts (one process, two):", whole, halves)
     # DPO's reference log-probs of 16 preference pairs, computed on the mesh: the same numbers, each process
     # tokenising the pairs of its own shards (its half of each batch of 8, plus row 0 to learn the columns)
     for side in ("chosen", "rejected"):
