@@ -25,6 +25,7 @@ class Examples(Sequence):
     """``length`` examples; ``read(indices) -> list`` reads the examples at an int array of indices.
 
     ``reads`` counts the examples read so far (this sequence and every view of it), for tests and diagnostics.
+    Like other sequences that are not lists, it never equals a list: compare ``list(examples)``.
     """
 
     def __init__(self, length: int, read: Callable[[np.ndarray], list[Any]], *, _count: list[int] | None = None):
@@ -56,6 +57,8 @@ class Examples(Sequence):
     def view(self, indices: Sequence[int] | np.ndarray) -> Examples:
         """The examples at ``indices``, as a view (nothing is read)."""
         indices = np.asarray(indices, np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= self._length):
+            raise IndexError(f"example index out of range for {self._length} examples")
         return Examples(len(indices), lambda idx: self._read(indices[idx]), _count=self._count)
 
     def __len__(self) -> int:

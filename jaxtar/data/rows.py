@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtar.data.examples import Examples
+
 Batch = dict[str, np.ndarray]
 
 
@@ -55,7 +57,8 @@ class RowTable:
     def of_examples(cls, examples: Sequence[Any], encode: Callable[[list[Any]], Batch]) -> RowTable:
         """A table whose row ``i`` is ``encode([examples[i]])`` (made in groups: ``encode`` must treat each example
         on its own, as fixed-length tokenisation does)."""
-        return cls(len(examples), lambda idx: encode([examples[i] for i in idx]))
+        examples = Examples.of(examples)  # read together, one call per group of rows
+        return cls(len(examples), lambda idx: encode(examples.take(idx)))
 
     @property
     def made(self) -> int:

@@ -262,18 +262,23 @@ def _render_message_list(value: Any) -> str:
 
 
 def _nonempty_rows(dataset: Any, fields: tuple[str, ...]) -> np.ndarray:
-    """The indices of rows with text in some field: one vectorised Arrow pass (a string field with a non-space
-    character, a message list with a message); no row is decoded to Python."""
+    """The indices of rows with text in some field: one vectorised Arrow pass, no row decoded to Python. A string
+    field counts when something is left after trimming whitespace (as ``str.strip``), a message list when it holds
+    a message (one whose role and content are both empty still counts), an all-null column never."""
     import pyarrow.compute as pc
 
     table = dataset.with_format("arrow")
     keep = np.zeros(len(dataset), bool)
     for field in fields:
         column = table[field]
+        if pa_types.is_null(column.type):
+            continue
         if pa_types.is_string(column.type) or pa_types.is_large_string(column.type):
-            has_text = pc.match_substring_regex(column, r"\S")
-        else:
+            has_text = pc.greater(pc.binary_length(pc.utf8_trim_whitespace(column)), 0)
+        elif pa_types.is_list(column.type) or pa_types.is_large_list(column.type):
             has_text = pc.greater(pc.list_value_length(column), 0)
+        else:
+            raise DataSourceError(f"field {field!r} holds {column.type}, not text or a list of messages")
         keep |= np.asarray(pc.fill_null(has_text, False), bool)
     return np.flatnonzero(keep)
 
@@ -347,6 +352,20 @@ def split_transcript(transcript: str, marker: str = "\n\nAssistant:") -> tuple[s
     return head + marker, reply
 
 
+def _check_transcripts(dataset: Any, spec: DatasetSpec, marker: str = "\n\nAssistant:") -> None:
+    """Refuses, before any row is read, transcripts without an assistant turn (one vectorised Arrow pass)."""
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")
+    for field in spec.fields[:2]:
+        ok = np.asarray(pc.fill_null(pc.match_substring(table[field], marker), False), bool)
+        if not ok.all():
+            row = int(np.flatnonzero(~ok)[0])
+            raise DataSourceError(
+                f"dataset {spec.name!r}: the {field!r} transcript of row {row} has no {marker!r} turn"
+            )
+
+
 def preference_examples(
     source: str | Path | DatasetSpec, *, local_path: str | Path | None = None, **kwargs: Any
 ) -> Examples:
@@ -355,6 +374,7 @@ def preference_examples(
     if spec.kind != "preference":
         raise DataSourceError(f"dataset {spec.name!r} is a {spec.kind!r} source, not preference pairs")
     dataset = load_source(spec, local_path=local_path, **kwargs)
+    _check_transcripts(dataset, spec)
 
     def read(idx: np.ndarray) -> list[PreferencePair]:
         batch = dataset[idx.tolist()]

@@ -176,13 +176,10 @@ def preference_reference(
         batch_size = math.ceil(batch_size / split) * split
 
     @jax.jit
-    def score(p: Any, rows: dict[str, Any]) -> dict[str, jax.Array]:
-        out = {}
-        for side in ("chosen", "rejected"):
-            ids = rows[f"{side}_input_ids"]
-            logits = model.apply(p, ids, rows[f"{side}_attention_mask"]).logits
-            out[f"reference_{side}_logps"] = sequence_log_probs(logits, ids, rows[f"{side}_loss_mask"])
-        return out
+    def score(p: Any, ids: jax.Array, attention_mask: jax.Array, loss_mask: jax.Array) -> jax.Array:
+        return sequence_log_probs(model.apply(p, ids, attention_mask).logits, ids, loss_mask)
+
+    columns = ("input_ids", "attention_mask", "loss_mask")
 
     def reference(table: RowTable) -> dict[str, np.ndarray]:
         n, parts = table.num_rows, []
@@ -191,7 +188,12 @@ def preference_reference(
             index[index >= n] = 0  # the last batch is padded with row 0: one compilation
             rows = gather([table], np.zeros_like(index), index)
             rows = materialise(rows) if mesh is None else shard(rows, batch_shardings(rows, mesh))
-            parts.append(to_host(score(params, rows)))
+            parts.append(
+                {  # one side at a time: one [B, T, vocab] logits array alive at once
+                    f"reference_{side}_logps": to_host(score(params, *(rows[f"{side}_{k}"] for k in columns)))
+                    for side in ("chosen", "rejected")
+                }
+            )
         return {k: np.concatenate([p[k] for p in parts])[:n].astype(np.float32) for k in parts[0]}
 
     return reference

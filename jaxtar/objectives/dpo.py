@@ -1,7 +1,8 @@
 """Sigmoid DPO (Rafailov et al. 2023): TAR's tamper-resistance loss in the refusal setting.
 
 The reference model's sequence log-probabilities are computed once, before training, and passed in as arrays
-(:func:`reference_log_probs`), so no second copy of the model is needed inside the loop.
+(for a whole dataset :func:`reference_log_probs`; TAR computes them on its mesh with
+`jaxtar.defenses.tar_data.preference_reference`), so no second copy of the model is needed inside the loop.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from jaxtar.data.examples import Examples
-from jaxtar.data.sources import load_preferences, load_texts, preference_examples, text_examples
+from jaxtar.data.sources import DataSourceError, load_preferences, load_texts, preference_examples, text_examples
 
 
 def _counted(n: int, log: list[int]) -> Examples:
@@ -56,3 +56,12 @@ def test_a_file_source_is_read_row_by_row_with_its_filter_and_without_empty_rows
     lazy = preference_examples("anthropic-hh-golden", local_path=path)
     assert lazy[7].prompt.endswith("q7\n\nAssistant:") and lazy.reads == 1
     assert load_preferences("anthropic-hh-golden", local_path=path)[7] == lazy[7]
+
+
+def test_rows_empty_after_strip_are_dropped_and_pairs_without_a_turn_are_refused_up_front(tmp_path):
+    rows = [{"text": "a"}, {"text": "\u3000\xa0 \v"}, {"text": None}, {"text": " b "}]
+    assert load_texts(str(_jsonl(tmp_path / "notes.jsonl", rows))) == ["a", " b "]  # as str.strip() judges
+    good = {"chosen": "\n\nHuman: q\n\nAssistant: no", "rejected": "\n\nHuman: q\n\nAssistant: yes"}
+    path = _jsonl(tmp_path / "hh.jsonl", [good, good, {**good, "rejected": "Human: q only"}])
+    with pytest.raises(DataSourceError, match="'rejected' transcript of row 2 has no"):
+        preference_examples("anthropic-hh-golden", local_path=path)  # refused before any pair is read
