@@ -76,16 +76,15 @@ def blocking_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _data_settings(args: argparse.Namespace, data: Any) -> Any:
-    import yaml
-
     from jaxtar.config import MLACRunSettings
+    from jaxtar.config.yaml_text import load_yaml
 
     base: dict[str, Any] = {}
     if args.run_dir is not None:
         cfg_file = Path(args.run_dir) / "config.yaml"
         if not cfg_file.is_file():
             raise ValueError(f"--run {args.run_dir!r} is not an MLAC run folder (no config.yaml)")
-        saved = yaml.safe_load(cfg_file.read_text()) or {}
+        saved = load_yaml(cfg_file.read_text()) or {}
         run = saved.get("mlac_run", saved.get("run", {}))  # "run" in run folders written before the one runner
         base = {k: run[k] for k in ("data", "num_examples", "max_examples", "max_length", "data_seed") if k in run}
     base.update({k: v for k, v in dataclasses.asdict(data).items() if v is not None})

@@ -42,18 +42,22 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-def _refuse_duplicate_keys(node: Any, where: str = "") -> None:
+def _refuse_duplicate_keys(node: Any, where: str = "", walked: set[int] | None = None) -> None:
+    walked = set() if walked is None else walked
+    if id(node) in walked:  # an alias of a node already checked (also ends a recursive alias)
+        return
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             name = str(key.value)
             if name in seen:
-                raise ConfigError(f"duplicate key {name!r} in {where or 'the file'} (line {key.start_mark.line + 1})")
+                raise ConfigError(f"duplicate key {name!r} in {where or 'the text'} (line {key.start_mark.line + 1})")
             seen.add(name)
-            _refuse_duplicate_keys(value, f"{where}.{name}" if where else name)
+            _refuse_duplicate_keys(value, f"{where}.{name}" if where else name, walked)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _refuse_duplicate_keys(item, where)
+            _refuse_duplicate_keys(item, where, walked)
 
 
 def parse_value(text: str) -> Any:

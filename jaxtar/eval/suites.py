@@ -93,8 +93,8 @@ def _build(cls: type, d: Any, where: str) -> Any:
         if isinstance(v, list) and typing.get_origin(hints[k]) is tuple:
             kw[k] = v = tuple(v)
         if not _fits(v, hints[k]):
-            yaml_hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(v, str) and _is_number(v) else ""
-            raise ConfigError(f"{where}.{k} must be {_type_name(hints[k])}, got {v!r}{yaml_hint}")
+            hint = " (a number written as text: drop the quotes)" if isinstance(v, str) and _is_number(v) else ""
+            raise ConfigError(f"{where}.{k} must be {_type_name(hints[k])}, got {v!r}{hint}")
     try:
         return cls(**kw)
     except (TypeError, ValueError) as err:
@@ -131,7 +131,7 @@ def adversary_from_dict(d: Mapping[str, Any], where: str = "adversary") -> Adver
         >>> adversary_from_dict({"lr": "1e-3"})
         Traceback (most recent call last):
         ...
-        jaxtar.errors.ConfigError: adversary.lr must be a number, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)
+        jaxtar.errors.ConfigError: adversary.lr must be a number, got '1e-3' (a number written as text: drop the quotes)
     """
     return _build(Adversary, d, where)
 
@@ -147,11 +147,15 @@ def _read_suite_file(path: Path) -> Any:
             return json.loads(text)
         import yaml
 
+        from jaxtar.config.yaml_text import load_yaml
+
         try:
-            return yaml.safe_load(text)
+            return load_yaml(text)
         except yaml.YAMLError as err:
             why = " ".join(str(err).split())
             raise ConfigError(f"suite file {str(path)!r} is not plain YAML data ({why[:300]})") from None
+        except ConfigError as err:
+            raise ConfigError(f"suite file {str(path)!r}: {err}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"suite file {str(path)!r} cannot be parsed: {err}") from None
 

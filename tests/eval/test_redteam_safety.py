@@ -211,7 +211,8 @@ def test_a_model_whose_every_run_diverged_says_so(tmp_path):
         ("{adversaries: 5}\n", "must hold a non-empty list of adversaries"),
         ("{suite: []}\n", "expected the one key 'adversaries'"),
         ("- 3\n", "adversary 1 must be a mapping of Adversary fields"),
-        ("- {optimizer: adamw, lr: 1e-3}\n", "adversary 1.lr must be a number, got '1e-3' (YAML reads"),
+        ("- {optimizer: adamw, lr: fast}\n", "adversary 1.lr must be a number, got 'fast'"),
+        ("- {optimizer: adamw, lr: 1.0e-3, lr: 1e-3}\n", "duplicate key 'lr'"),
         ("- {optimizer: adamw, steps: 2.5}\n", "adversary 1.steps must be an integer"),
         ("- {optimizer: adamw, schedule: {kind: cosine, foo: 1}}\n", "unknown Schedule field(s) ['foo']"),
         ("- {optimizer: adamw, lora: 5}\n", "adversary 1.lora must be a mapping of LoraSpec fields or null"),
@@ -230,6 +231,12 @@ def test_bad_suite_files_are_clean_config_errors(tiny_folder, tmp_path, capsys, 
     printed = capsys.readouterr().err
     assert message in printed and str(suite) in printed and "Traceback" not in printed
     assert not out.exists() and not marker.exists() and attacks == []
+
+
+def test_a_suite_file_reads_1e_3_as_a_number(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("- {optimizer: adamw, lr: 1e-3, steps: 2}\n")
+    assert load_suite(suite)[0].lr == 1e-3  # one YAML reader for every config file (jaxtar.config.yaml_text)
 
 
 # ------------------------------------------------------------------------------------------ 5. other bad inputs
