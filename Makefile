@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is only for tests/benchmarks. Pinned here (not in pyproject) to the CPU wheel this project's machines carry;
 # elsewhere override it, e.g. `make test TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
-PYTEST_ARGS ?= -n 2 -q --durations=30
+PYTEST_ARGS ?= -n 2 --dist worksteal -q --durations=30
 
 .PHONY: setup setup-test demo test lint bench clean results docs
 
