@@ -140,9 +140,9 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
     phases = []
     if s.warmup_steps:
         phases.append(mlac_phase(model, fit, val, warmup_config(config), name="warmup", compiler_options=opts,
-                                 on_end=write_baseline))  # fmt: skip
+                                 on_end=write_baseline, mesh=mesh))  # fmt: skip
     start = phases[-1].stop if phases else 0
-    phases.append(mlac_phase(model, fit, val, cfg, start=start, compiler_options=opts))
+    phases.append(mlac_phase(model, fit, val, cfg, start=start, compiler_options=opts, mesh=mesh))
     return phases
 
 

@@ -38,6 +38,7 @@ from jaxtar.defenses.mlac import (
     released_logits,
 )
 from jaxtar.models import Model
+from jaxtar.parallel import batch_shardings, shard
 
 Params = dict[str, Any]
 Arrays = dict[str, jax.Array]
@@ -110,6 +111,7 @@ def mlac_phase(
     start: int = 0,
     compiler_options: dict | None = None,
     on_end: Callable[[Params], None] | None = None,
+    mesh: Any = None,
 ) -> Phase:
     """MLAC's outer steps as a phase of the one defence loop (`jaxtar.defenses._loop.run_phases`): steps
     ``start .. start + cfg.outer_steps``, validated (`make_validator`) at its start, every ``cfg.eval_every`` steps
@@ -128,11 +130,17 @@ def mlac_phase(
         compiler_options: XLA options for the step and the validator (``{"xla_backend_optimization_level": 0}``
             halves compile time on CPU at some cost per step: tests and tiny demos).
         on_end: called with the best weights when the phase completes.
+        mesh: the run's mesh: the defence set is placed on it once, its rows split across data x fsdp where they
+            divide (each process filling its own shards), instead of being placed again at every step.
     """
     _check_arrays(model, train, cfg, "train")
     _check_arrays(model, val, cfg, "val")
     keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
-    train_d = {k: jnp.asarray(train[k]) for k in keys}
+    if mesh is None:
+        train_d = {k: jnp.asarray(train[k]) for k in keys}
+    else:  # placed as the loop places a step's batches (`shard_batches`), so the loop finds it in place
+        train_d = {k: np.asarray(train[k]) for k in keys}
+        train_d = shard(train_d, batch_shardings(train_d, mesh))
     val_d = {k: jnp.asarray(val[k]) for k in keys}
     step = outer_step(model, cfg)
     validate = make_validator(model, cfg, compiler_options=compiler_options)

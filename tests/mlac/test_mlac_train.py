@@ -65,3 +65,45 @@ def test_short_mlac_run_lowers_post_attack_harmful_accuracy_on_the_standin(fast_
     assert after["val_desired_acc"] >= before["val_desired_acc"] - DESIRED_MARGIN, (before, after)
     assert before["val_desired_acc"] > 0.6, before
     assert np.isfinite(res.best_score)
+
+
+_PLACED_ONCE = """
+import json, os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+import numpy as np
+from jaxtar.config import MLACConfig
+from jaxtar.data.bias_in_bios import build_word_tokenizer, encode_bios, synthetic_bias_in_bios
+from jaxtar.defenses._steps import shard_batches
+from jaxtar.defenses.mlac import prepare_model
+from jaxtar.defenses.mlac_train import mlac_phase
+from jaxtar.models import model_for_config
+from jaxtar.models.bert import BertConfig
+from jaxtar.parallel import make_mesh
+
+bios = synthetic_bias_in_bios(400, seed=0)
+tokenizer = build_word_tokenizer(bios["train"]["hard_text"], min_frequency=2)
+train = encode_bios(bios["train"], tokenizer, 24)
+cfg = MLACConfig(num_desired=28, inner_steps=1, inner_batch_sizes=(8,), outer_batch_size=16, outer_steps=2)
+model = model_for_config(BertConfig.tiny(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_layers=1, num_heads=2, max_position_embeddings=24))
+model, _ = prepare_model(model, model.init(0), cfg, seed=0)
+mesh = make_mesh(1, 2, 1)
+phase = mlac_phase(model, train, train, cfg, mesh=mesh)
+first = phase.batches_fn(0)
+placed = shard_batches(first, mesh, phase.batch_axes)
+print(json.dumps({
+    "same": all(placed[k] is first[k] and phase.batches_fn(1)[k] is first[k] for k in first),
+    "split": [len(first[k].addressable_shards) for k in first],
+    "rows": [int(first[k].addressable_shards[0].data.shape[0]) for k in first],
+    "n": int(len(train["gender"])),
+    "equal": all(bool(np.array_equal(np.asarray(first[k]), train[k])) for k in first),
+}))
+"""
+
+
+def test_the_defence_set_is_placed_on_the_mesh_once(run_on_devices):
+    """On a mesh MLAC's defence set is placed once, its rows split across data x fsdp, and the loop finds it in
+    place at every step (no copy of the whole set per step; across processes each fills only its own shards)."""
+    out = run_on_devices(_PLACED_ONCE)
+    assert out["same"] and out["equal"], out
+    assert out["split"] == [2, 2, 2, 2] and all(2 * r == out["n"] for r in out["rows"]), out
