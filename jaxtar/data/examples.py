@@ -48,18 +48,20 @@ class Examples(Sequence):
 
     def take(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
         """The examples at ``indices`` (read together)."""
-        indices = np.asarray(indices, np.int64).reshape(-1)
-        if indices.size and (indices.min() < 0 or indices.max() >= self._length):
-            raise IndexError(f"example index out of range for {self._length} examples")
+        indices = self._checked(indices)
         self._count[0] += int(indices.size)
         return list(self._read(indices)) if indices.size else []
 
     def view(self, indices: Sequence[int] | np.ndarray) -> Examples:
         """The examples at ``indices``, as a view (nothing is read)."""
+        indices = self._checked(indices)
+        return Examples(len(indices), lambda idx: self._read(indices[idx]), _count=self._count)
+
+    def _checked(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= self._length):
             raise IndexError(f"example index out of range for {self._length} examples")
-        return Examples(len(indices), lambda idx: self._read(indices[idx]), _count=self._count)
+        return indices
 
     def __len__(self) -> int:
         return self._length

@@ -24,7 +24,6 @@ from jax.sharding import Mesh
 
 from jaxtar.checkpoint import Checkpointer, RunDir
 from jaxtar.config import RunConfig
-from jaxtar.data.rows import materialise
 from jaxtar.defenses._run_log import MetricsLog, Signals, last_record, progress_bar, write_result
 from jaxtar.defenses._steps import (  # noqa: F401 - re-exported: the step pieces the loop runs
     cached_step,
@@ -285,10 +284,7 @@ def run_phases(
                 t_prev = time.perf_counter()
                 while step < phase.stop and not stop_requested():
                     batches = phase.batches_fn(step)
-                    if mesh is not None:  # each process reads (tokenises) the rows of its own shards only
-                        batches = shard_batches(batches, mesh, phase.batch_axes)
-                    else:
-                        batches = materialise(batches)
+                    batches = shard_batches(batches, mesh, phase.batch_axes)  # each process reads its shards only
                     key = step_key(run.seed, step)
                     if multiprocess:
                         key = shard(key, replicated(mesh))

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxtar.data.rows import materialise
 from jaxtar.errors import InputError
 from jaxtar.parallel import batch_shardings, param_shardings, shard
 
@@ -118,10 +119,18 @@ def cached_step(make: Callable, model: Any, *args: Any) -> tuple[Callable, Any]:
     return _STEPS[key]
 
 
-def shard_batches(batches: dict[str, PyTree], mesh: Mesh, axes: Mapping[str, tuple[int, int | None]]) -> PyTree:
-    """Place a step's batches on a mesh: each role's batch axis across (data, fsdp) and its adversary axis, if any,
-    across adversary (``axes``: `Phase.batch_axes`); axes that do not divide stay replicated."""
-    return {name: shard(b, batch_shardings(b, mesh, *axes.get(name, (0, None)))) for name, b in batches.items()}
+def place_batch(batch: PyTree, mesh: Mesh | None, batch_axis: int = 0, adversary_axis: int | None = None) -> PyTree:
+    """One batch where a step reads it: without a mesh read whole on the host (lazy rows made); on a mesh its batch
+    axis split across (data, fsdp) and its adversary axis, if any, across adversary (axes that do not divide stay
+    replicated), each process reading only the rows of its own shards."""
+    if mesh is None:
+        return materialise(batch)
+    return shard(batch, batch_shardings(batch, mesh, batch_axis, adversary_axis))
+
+
+def shard_batches(batches: dict[str, PyTree], mesh: Mesh | None, axes: Mapping[str, tuple[int, int | None]]) -> PyTree:
+    """A step's batches placed by `place_batch`, each role with its axes (``axes``: `Phase.batch_axes`)."""
+    return {name: place_batch(b, mesh, *axes.get(name, (0, None))) for name, b in batches.items()}
 
 
 def place(tree: PyTree, mesh: Mesh | None) -> PyTree:

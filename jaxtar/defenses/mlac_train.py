@@ -26,6 +26,7 @@ from jaxtar.checkpoint import open_run_dir
 from jaxtar.config import MLACConfig, RunConfig
 from jaxtar.defenses._loop import Phase, jit_step, run_phases
 from jaxtar.defenses._run_log import read_metrics_lines
+from jaxtar.defenses._steps import place_batch
 from jaxtar.defenses.mlac import (
     MLACState,
     attacker,
@@ -38,7 +39,6 @@ from jaxtar.defenses.mlac import (
     released_logits,
 )
 from jaxtar.models import Model
-from jaxtar.parallel import batch_shardings, shard
 
 Params = dict[str, Any]
 Arrays = dict[str, jax.Array]
@@ -138,9 +138,8 @@ def mlac_phase(
     keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
     if mesh is None:
         train_d = {k: jnp.asarray(train[k]) for k in keys}
-    else:  # placed as the loop places a step's batches (`shard_batches`), so the loop finds it in place
-        train_d = {k: np.asarray(train[k]) for k in keys}
-        train_d = shard(train_d, batch_shardings(train_d, mesh))
+    else:  # placed as the loop places a step's batches, so the loop finds it in place
+        train_d = place_batch({k: np.asarray(train[k]) for k in keys}, mesh)
     val_d = {k: jnp.asarray(val[k]) for k in keys}
     step = outer_step(model, cfg)
     validate = make_validator(model, cfg, compiler_options=compiler_options)

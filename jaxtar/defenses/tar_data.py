@@ -21,7 +21,8 @@ from jaxtar.config import DefenceConfig, TarConfig
 from jaxtar.data.rows import RowTable, gather, materialise
 from jaxtar.defenses import _inputs
 from jaxtar.defenses._batches import RowStream, tokens_in
-from jaxtar.parallel import batch_shardings, shard, to_host
+from jaxtar.defenses._steps import place_batch
+from jaxtar.parallel import to_host
 
 
 def train_suite(config: TarConfig) -> tuple[Adversary, ...]:
@@ -187,7 +188,7 @@ def preference_reference(
             index = np.arange(start, start + batch_size)
             index[index >= n] = 0  # the last batch is padded with row 0: one compilation
             rows = gather([table], np.zeros_like(index), index)
-            rows = materialise(rows) if mesh is None else shard(rows, batch_shardings(rows, mesh))
+            rows = place_batch(rows, mesh)
             parts.append(
                 {  # one side at a time: one [B, T, vocab] logits array alive at once
                     f"reference_{side}_logps": to_host(score(params, *(rows[f"{side}_{k}"] for k in columns)))
