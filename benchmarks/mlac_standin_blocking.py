@@ -22,7 +22,8 @@ from pathlib import Path
 
 from jaxtar.checkpoint import write_text_atomic
 from jaxtar.config import MLACConfig
-from jaxtar.data.bias_in_bios import build_word_tokenizer, synthetic_bias_in_bios
+from jaxtar.data.bias_in_bios import synthetic_bias_in_bios
+from jaxtar.data.bios_tokens import build_word_tokenizer
 from jaxtar.defenses.mlac import prepare_model
 from jaxtar.defenses.mlac_run import defence_split, encode_splits
 from jaxtar.defenses.mlac_train import train_mlac

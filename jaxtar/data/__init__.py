@@ -1,6 +1,6 @@
 """Data: Hub datasets with pinned revisions and local files (sources; read on demand: examples), fixed-length
-batches (batching), and the Bias-in-Bios classification data (bias_in_bios). The offline toy world lives in
-`jaxtar.toy` (it trains a model).
+batches (batching), and the Bias-in-Bios classification data (bias_in_bios; its tokenizer and encodings:
+bios_tokens). The offline toy world lives in `jaxtar.toy` (it trains a model).
 
 Example:
     >>> from jaxtar.data import MCQItem, build_mcq_prompt

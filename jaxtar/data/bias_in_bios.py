@@ -8,14 +8,12 @@ and re-split 85 / 5 / 10 (train / validation / test) by seed, and the 5 % valida
 ``synthetic_bias_in_bios`` generates an offline world with the same fields and split logic for tests and the
 offline preset: profession is signalled by topical words, gender by first names, spouse and parent words
 (which survive pronoun scrubbing) and by a per-profession gender imbalance. It is a test fixture, not a
-benchmark.
+benchmark. The word tokenizer and the encodings are `jaxtar.data.bios_tokens`.
 """
 
 from __future__ import annotations
 
-import collections
 import re
-from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +22,6 @@ from jaxtar.errors import DataSourceError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: importing jaxtar.data must not pull in datasets/transformers
     import datasets
-    import transformers
 
 BIAS_IN_BIOS_REPO = "LabHC/bias_in_bios"
 # Latest commit seen on the dataset's main branch ("Update README.md", 2023-09-07; the card lists the
@@ -38,7 +35,6 @@ PROFESSIONS: tuple[str, ...] = (
 )  # fmt: skip
 GENDERS: tuple[str, ...] = ("male", "female")
 SPLITS: tuple[str, ...] = ("train", "val1", "val2", "test")
-SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in that order
 
 
 class DatasetUnavailableError(DataSourceError):
@@ -327,68 +323,3 @@ def synthetic_bias_in_bios(num_examples: int = 8000, *, seed: int = 0, scrub: bo
 # Shares (%) of the 28 professions in LabHC/bias_in_bios, from its dataset card.
 _REAL_SHARES = np.array([1.42, 2.55, 8.22, 0.67, 0.71, 1.41, 3.68, 1.0, 0.38, 1.77, 0.37, 5.03, 1.89, 4.78, 1.95,
                          0.45, 0.64, 0.36, 6.13, 10.35, 1.77, 29.8, 4.64, 0.35, 1.74, 3.43, 4.09, 0.42])  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------- tokenizer, arrays
-def build_word_tokenizer(
-    texts: Iterable[str], *, min_frequency: int = 1, max_vocab_size: int | None = None
-) -> transformers.PreTrainedTokenizerFast:
-    """A lower-cased word-level fast tokenizer with BERT special tokens ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4).
-
-    Words are split BERT-style (whitespace and punctuation); the vocabulary is ordered by frequency then
-    alphabetically (deterministic); encodings are ``[CLS] words [SEP]``.
-
-    Example:
-      >>> tok = build_word_tokenizer(["They teach yoga .", "They write code ."])
-      >>> tok("they write poems")["input_ids"]   # poems is unknown
-      [2, 6, 9, 1, 3]
-    """
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
-    pre = pre_tokenizers.BertPreTokenizer()
-    counts = collections.Counter(
-        word for text in texts for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text))
-    )
-    words = sorted((w for w, c in counts.items() if c >= min_frequency), key=lambda w: (-counts[w], w))
-    if max_vocab_size is not None:
-        words = words[: max(0, max_vocab_size - len(SPECIAL_TOKENS))]
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *words])}
-    core = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    core.normalizer = normalizer
-    core.pre_tokenizer = pre
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"],
-    )  # fmt: skip
-
-
-def encode_bios(
-    split: datasets.Dataset | dict[str, Sequence], tokenizer: transformers.PreTrainedTokenizerBase, max_length: int
-) -> dict[str, np.ndarray]:
-    """Tokenise a split to fixed-length int32 arrays: input_ids, attention_mask [N, T]; profession, gender [N].
-
-    Example:
-      >>> bios = synthetic_bias_in_bios()
-      >>> tok = build_word_tokenizer(bios["train"]["hard_text"])
-      >>> arrays = encode_bios(bios["val1"], tok, max_length=64)
-      >>> arrays["input_ids"].shape, arrays["gender"].dtype
-      ((200, 64), dtype('int32'))
-    """
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
-    columns = split if isinstance(split, dict) else split[:]  # one batch read (iterating a Column is slow)
-    enc = tokenizer(
-        list(columns["hard_text"]), padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
-    )
-    return {
-        "input_ids": enc["input_ids"].astype(np.int32),
-        "attention_mask": enc["attention_mask"].astype(np.int32),
-        "profession": np.asarray(columns["profession"], np.int32),
-        "gender": np.asarray(columns["gender"], np.int32),
-    }

@@ -157,6 +157,17 @@ class TableRows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def view(self, rows: slice | np.ndarray) -> TableRows:
+        """The column at leading rows ``rows`` (a slice or an int array), still made on demand (nothing is read).
+
+        Example:
+            >>> t = RowTable.of_arrays({"x": np.arange(5)})
+            >>> x = gather([t], np.zeros(5, int), np.arange(5))["x"]
+            >>> np.asarray(x.view(slice(3, None))).tolist(), np.asarray(x.view(np.array([4, 0]))).tolist()
+            ([3, 4], [4, 0])
+        """
+        return TableRows(self.tables, self.which[rows], self.index[rows], self.column)
+
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         lead_dims = self.index.ndim

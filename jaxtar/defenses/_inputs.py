@@ -274,13 +274,10 @@ def example_keys(examples: Sequence[Any]) -> np.ndarray:
         >>> example_keys(["a", "b"]).tolist() == [text_key("a"), text_key("b")]
         True
     """
-    import jax
-
     from jaxtar.data.rows import text_key
-    from jaxtar.parallel import gather_json
+    from jaxtar.parallel import gather_json, process_share
 
-    n, count, index = len(examples), jax.process_count(), jax.process_index()
-    mine = [text_key(x) for x in examples[n * index // count : n * (index + 1) // count]]
+    mine = [text_key(x) for x in examples[process_share(len(examples))]]
     return np.array([key for share in gather_json(mine) for key in share], np.uint64)
 
 

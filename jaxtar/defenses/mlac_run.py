@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ from jax.sharding import Mesh
 
 from jaxtar.checkpoint import RunDir
 from jaxtar.config import MLACConfig, MLACRunConfig, save_config
+from jaxtar.data.rows import TableRows
 from jaxtar.defenses._inputs import params_sha256
 from jaxtar.defenses._loop import Phase, check_divides
 from jaxtar.defenses.mlac_train import mlac_phase
 from jaxtar.defenses.runner import Defence, Loaded, RunResult, export_model, run_defence
 from jaxtar.errors import InputError
-from jaxtar.parallel import on_main_process
+from jaxtar.parallel import gather_json, on_main_process, process_share
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 BERT_TINY = "google/bert_uncased_L-2_H-128_A-2"
@@ -53,14 +55,14 @@ def load_bios(settings: Any):
 
 def build_model(settings: Any, bios: Any, cfg: MLACConfig, seed: int = 0):
     """``(model, params, tokenizer)`` of a run with the MLAC head layout (see ``MLACRunSettings.model``)."""
-    from jaxtar.data.bias_in_bios import build_word_tokenizer
+    from jaxtar.data.bios_tokens import word_tokenizer
     from jaxtar.defenses.mlac import prepare_model
     from jaxtar.models import from_pretrained, load_tokenizer, model_for_config
     from jaxtar.models.bert import BertConfig
     from jaxtar.models.offline import minilm_folder
 
     if settings.model == "small-bert":
-        tokenizer = build_word_tokenizer(bios["train"]["hard_text"], min_frequency=2)
+        tokenizer = word_tokenizer(train_word_counts(bios["train"]), min_frequency=2)
         config = BertConfig(vocab_size=len(tokenizer), hidden_size=settings.hidden_size,
                             intermediate_size=settings.intermediate_size, num_layers=settings.num_layers,
                             num_heads=settings.num_heads, max_position_embeddings=settings.max_length)  # fmt: skip
@@ -76,23 +78,36 @@ def build_model(settings: Any, bios: Any, cfg: MLACConfig, seed: int = 0):
     return model, params, tokenizer
 
 
+def train_word_counts(train: Any) -> Counter:
+    """The word counts (`jaxtar.data.bios_tokens.count_words`) of a train split, on every process: each process
+    reads and counts its contiguous share of the texts and the counts are added up (a collective across processes),
+    so every process fits the same tokenizer without reading every text."""
+    from jaxtar.data.bios_tokens import count_words
+
+    share = process_share(len(train))
+    mine = count_words(train[share.start : share.stop]["hard_text"])
+    return sum((Counter(counts) for counts in gather_json(dict(mine))), Counter())
+
+
 def encode_splits(bios: Any, tokenizer: Any, max_length: int) -> dict[str, dict[str, np.ndarray]]:
     """Every split as fixed-length arrays (``encode_bios``)."""
-    from jaxtar.data.bias_in_bios import encode_bios
+    from jaxtar.data.bios_tokens import encode_bios
 
     return {name: encode_bios(bios[name], tokenizer, max_length) for name in bios}
 
 
-def defence_split(train: dict[str, np.ndarray], num_val: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def defence_split(train: dict[str, Any], num_val: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(defence_train, defence_val)``: the first ``num_val`` rows of ``train`` become the defence's own validation
     data (checkpoint selection), the rest its training data; the attacker's splits (val1 / val2) stay untouched.
+    Columns made on demand (`jaxtar.data.rows.TableRows`) stay so in the training part; the validation part is read.
 
     Example:
         >>> fit, val = defence_split({"gender": np.arange(10)}, 3)
         >>> fit["gender"].tolist(), val["gender"].tolist()
         ([3, 4, 5, 6, 7, 8, 9], [0, 1, 2])
     """
-    return {k: v[num_val:] for k, v in train.items()}, {k: v[:num_val] for k, v in train.items()}
+    fit = {k: v.view(slice(num_val, None)) if isinstance(v, TableRows) else v[num_val:] for k, v in train.items()}
+    return fit, {k: np.asarray(v[:num_val]) for k, v in train.items()}
 
 
 @functools.lru_cache(maxsize=2)
@@ -110,8 +125,11 @@ def _load(config: MLACRunConfig, mesh: Mesh | None = None) -> Loaded:
     return Loaded(model, params, tokenizer, params_sha256(params))
 
 
-def _arrays(config: MLACRunConfig, tokenizer: Any) -> dict[str, dict[str, np.ndarray]]:
-    return encode_splits(_bios(config.mlac_run), tokenizer, config.mlac_run.max_length)
+def _defence_data(config: MLACRunConfig, tokenizer: Any) -> dict[str, Any]:
+    """The train split, its token rows made on demand (on a mesh each process tokenises the rows of its shards)."""
+    from jaxtar.data.bios_tokens import encode_bios_lazily
+
+    return encode_bios_lazily(_bios(config.mlac_run)["train"], tokenizer, config.mlac_run.max_length)
 
 
 def warmup_config(config: MLACRunConfig) -> MLACConfig:
@@ -128,7 +146,7 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
     if mesh is not None and mesh.shape["adversary"] > 1:
         raise InputError("MLAC's validation attacks are not split across devices: run.mesh_adversary must be 1")
     check_divides(mesh, {"mlac.outer_batch_size": cfg.outer_batch_size})
-    train = _arrays(config, tokenizer)["train"]
+    train = _defence_data(config, tokenizer)
     n_val = min(s.val_examples, len(train["gender"]) // 5)  # the defence's own validation: held out from train
     fit, val = defence_split(train, n_val)
     opts = FAST_COMPILE if s.fast_compile else None
@@ -148,13 +166,14 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
 
 def _finish(config: MLACRunConfig, run_dir: RunDir, result: Any, loaded: Loaded) -> dict[str, Any]:
     """``baseline/`` (when there was no warm-up) and the summary: best steps and the test accuracies."""
+    from jaxtar.data.bios_tokens import encode_bios
     from jaxtar.eval.blocking import desired_accuracy
     from jaxtar.models import from_pretrained
 
     model, cfg, baseline = loaded.model, config.mlac, run_dir.path / "baseline"
     if not on_main_process(baseline.is_dir, "look for baseline/"):  # the same answer on every process
         export_model(model, loaded.params, baseline, tokenizer=loaded.tokenizer)
-    test = _arrays(config, loaded.tokenizer)["test"]
+    test = encode_bios(_bios(config.mlac_run)["test"], loaded.tokenizer, config.mlac_run.max_length)
     warm = config.mlac_run.warmup_steps
     summary: dict[str, Any] = {"preset": config.preset, "model": config.mlac_run.model, "data": config.mlac_run.data}
     if "warmup" in result.selected:

@@ -24,6 +24,7 @@ import numpy as np
 from jaxtar.attacks import unroll
 from jaxtar.checkpoint import open_run_dir
 from jaxtar.config import MLACConfig, RunConfig
+from jaxtar.data.rows import TableRows
 from jaxtar.defenses._loop import Phase, jit_step, run_phases
 from jaxtar.defenses._run_log import read_metrics_lines
 from jaxtar.defenses._steps import place_batch
@@ -122,7 +123,8 @@ def mlac_phase(
 
     Args:
         model: the released model (``prepare_model`` layout).
-        train: arrays ``input_ids``, ``attention_mask`` [N, T] and the label vectors (defence data).
+        train: arrays ``input_ids``, ``attention_mask`` [N, T] (or those columns made on demand) and the label
+            vectors (defence data).
         val: the same for checkpoint selection (a held-out part of the defence data, not the attacker's splits).
         cfg: the run's hyper-parameters.
         name: the phase's name (``warmup`` for the desired-only warm-up).
@@ -130,16 +132,20 @@ def mlac_phase(
         compiler_options: XLA options for the step and the validator (``{"xla_backend_optimization_level": 0}``
             halves compile time on CPU at some cost per step: tests and tiny demos).
         on_end: called with the best weights when the phase completes.
-        mesh: the run's mesh: the defence set is placed on it once, its rows split across data x fsdp where they
-            divide (each process filling its own shards), instead of being placed again at every step.
+        mesh: the run's mesh: the defence set is placed on it once, its rows split across data x fsdp (padded to
+            a multiple), instead of being placed again at every step; each process fills only its own shards, and
+            token columns made on demand (`jaxtar.data.bios_tokens.encode_bios_lazily`) are tokenised only there.
     """
     _check_arrays(model, train, cfg, "train")
     _check_arrays(model, val, cfg, "val")
     keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
+    n = int(np.shape(train["input_ids"])[0])
+    rows = _padded_rows(n, mesh)
+    # placed as the loop places a step's batches, so the loop finds it in place: on a mesh its rows (padded to a
+    # multiple of data x fsdp with copies of row 0, which the step never draws) are split across the devices
+    train_d = place_batch({k: _take(train[k], rows) for k in keys}, mesh)
     if mesh is None:
-        train_d = {k: jnp.asarray(train[k]) for k in keys}
-    else:  # placed as the loop places a step's batches, so the loop finds it in place
-        train_d = place_batch({k: np.asarray(train[k]) for k in keys}, mesh)
+        train_d = {k: jnp.asarray(v) for k, v in train_d.items()}
     val_d = {k: jnp.asarray(val[k]) for k in keys}
     step = outer_step(model, cfg)
     validate = make_validator(model, cfg, compiler_options=compiler_options)
@@ -148,7 +154,8 @@ def mlac_phase(
     def loop_step(params, opt_state, batches, key, frozen):
         del key, frozen  # MLAC's key comes from its own seed and phase step (as the paper's code draws)
         state = MLACState(params, *opt_state)
-        state, metrics = step(state, batches, jax.random.fold_in(key0, state.step))
+        data = {k: v[:n] for k, v in batches.items()}  # the defence set without its padding rows
+        state, metrics = step(state, data, jax.random.fold_in(key0, state.step))
         return state.params, tuple(state[1:]), metrics
 
     def check(params, opt_state) -> dict[str, jax.Array]:
@@ -205,6 +212,17 @@ def train_mlac(
     history = [r for r in history if "val_score" in r]
     chosen = result.selected[phase.name]
     return MLACResult(result.params, history, chosen.step, chosen.score, history[-1]["inner_lr"])
+
+
+def _padded_rows(n: int, mesh: Any) -> np.ndarray:
+    """Row indices ``0..n-1`` padded with 0s to a multiple of the mesh's data x fsdp devices (``n`` without one)."""
+    split = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    return np.concatenate([np.arange(n), np.zeros(-n % split, np.int64)])
+
+
+def _take(column: Any, rows: np.ndarray) -> Any:
+    """``column[rows]``, still lazy for a column made on demand (`jaxtar.data.rows.TableRows`)."""
+    return column.view(rows) if isinstance(column, TableRows) else np.asarray(column)[rows]
 
 
 def _check_arrays(model: Model, arrays: dict[str, np.ndarray], cfg: MLACConfig, name: str) -> None:

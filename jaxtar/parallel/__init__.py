@@ -38,6 +38,7 @@ from jaxtar.parallel.processes import (
     initialize_distributed,
     is_main_process,
     on_main_process,
+    process_share,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "is_main_process",
     "make_mesh",
     "on_main_process",
+    "process_share",
     "param_sharding_rule",
     "param_shardings",
     "put",

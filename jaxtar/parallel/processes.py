@@ -233,6 +233,18 @@ def _broadcast_text(text: str) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))[:n]).decode()
 
 
+def process_share(n: int) -> slice:
+    """This process's contiguous share of ``n`` items (process ``i`` of ``P`` gets ``n*i//P .. n*(i+1)//P``), for
+    work each process does on its part before the results are gathered (`gather_json`).
+
+    Example:
+        >>> process_share(10)  # one process: everything
+        slice(0, 10, None)
+    """
+    count, index = jax.process_count(), jax.process_index()
+    return slice(n * index // count, n * (index + 1) // count)
+
+
 def gather_json(value: Any) -> list[Any]:
     """Every process's JSON-able ``value``, in process order, on every process (a collective; one process:
     ``[value]``).

@@ -2,6 +2,7 @@
 
 import contextlib
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,13 +12,12 @@ from jaxtar.data.bias_in_bios import (
     BIAS_IN_BIOS_REPO,
     PROFESSIONS,
     DatasetUnavailableError,
-    build_word_tokenizer,
-    encode_bios,
     load_bias_in_bios,
     scrub_pronouns,
     split_indices,
     synthetic_bias_in_bios,
 )
+from jaxtar.data.bios_tokens import build_word_tokenizer, count_words, encode_bios, encode_bios_lazily, word_tokenizer
 
 try:  # multi-threaded BLAS is slower than one thread for these small matrices on a busy machine
     from threadpoolctl import threadpool_limits
@@ -143,6 +143,32 @@ def _softmax_regression(x, y, num_classes, steps, lr=2.0, l2=1e-3):
         p /= p.sum(axis=1, keepdims=True)
         w -= lr * (x.T @ (p - onehot) / len(y) + l2 * w)
     return w
+
+
+def test_word_counts_of_shares_fit_the_same_tokenizer(bios, tokenizer):
+    """The tokenizer fitted on counts taken over three shares of the texts and added up is the one fitted on all
+    of them (what each process of a distributed MLAC run does with its share), min_frequency applied after."""
+    texts = bios["train"]["hard_text"]
+    shares = [count_words(texts[i::3]) for i in range(3)]
+    assert sum(shares, Counter()) == count_words(texts)
+    assert word_tokenizer(sum(shares, Counter())).get_vocab() == tokenizer.get_vocab()
+    frequent = word_tokenizer(sum(shares, Counter()), min_frequency=100).get_vocab()
+    want = {w for w, c in count_words(texts).items() if c >= 100}
+    assert set(frequent) == want | {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"} and 10 < len(want) < 300
+
+
+def test_lazy_encoding_equals_the_arrays_and_tokenises_only_what_is_read(bios, tokenizer, arrays):
+    lazy = encode_bios_lazily(bios["val1"], tokenizer, max_length=64)
+    table = lazy["input_ids"].tables[0]
+    assert table.made == 1  # row 0, to learn the columns
+    for k in ("profession", "gender"):
+        np.testing.assert_array_equal(lazy[k], arrays["val1"][k])
+    part = lazy["input_ids"].view(np.array([7, 3, 7]))
+    np.testing.assert_array_equal(np.asarray(part), arrays["val1"]["input_ids"][[7, 3, 7]])
+    assert table.made == 3  # rows 0, 3 and 7
+    for k in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(np.asarray(lazy[k]), arrays["val1"][k])
+    assert table.made == len(bios["val1"])
 
 
 def test_stand_in_is_learnable_by_logistic_regression(tokenizer, arrays):

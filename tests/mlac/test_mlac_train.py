@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtar.config import MLACConfig
-from jaxtar.data.bias_in_bios import build_word_tokenizer, encode_bios, synthetic_bias_in_bios
+from jaxtar.data.bias_in_bios import synthetic_bias_in_bios
+from jaxtar.data.bios_tokens import build_word_tokenizer, encode_bios
 from jaxtar.defenses.mlac import prepare_model
 from jaxtar.defenses.mlac_run import defence_split
 from jaxtar.defenses.mlac_train import make_validator, train_mlac
@@ -72,9 +73,11 @@ import json, os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
 import numpy as np
 from jaxtar.config import MLACConfig
-from jaxtar.data.bias_in_bios import build_word_tokenizer, encode_bios, synthetic_bias_in_bios
+from jaxtar.data.bias_in_bios import synthetic_bias_in_bios
+from jaxtar.data.bios_tokens import build_word_tokenizer, encode_bios, encode_bios_lazily
 from jaxtar.defenses._steps import shard_batches
 from jaxtar.defenses.mlac import prepare_model
+from jaxtar.defenses.mlac_run import defence_split
 from jaxtar.defenses.mlac_train import mlac_phase
 from jaxtar.models import model_for_config
 from jaxtar.models.bert import BertConfig
@@ -82,13 +85,14 @@ from jaxtar.parallel import make_mesh
 
 bios = synthetic_bias_in_bios(400, seed=0)
 tokenizer = build_word_tokenizer(bios["train"]["hard_text"], min_frequency=2)
-train = encode_bios(bios["train"], tokenizer, 24)
+train = {k: v[1:] for k, v in encode_bios(bios["train"], tokenizer, 24).items()}  # 339 rows: an odd number
+lazy = defence_split(encode_bios_lazily(bios["train"], tokenizer, 24), 1)[0]  # the same rows, made on demand
 cfg = MLACConfig(num_desired=28, inner_steps=1, inner_batch_sizes=(8,), outer_batch_size=16, outer_steps=2)
 model = model_for_config(BertConfig.tiny(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
                                          num_layers=1, num_heads=2, max_position_embeddings=24))
 model, _ = prepare_model(model, model.init(0), cfg, seed=0)
 mesh = make_mesh(1, 2, 1)
-phase = mlac_phase(model, train, train, cfg, mesh=mesh)
+phase = mlac_phase(model, lazy, train, cfg, mesh=mesh)
 first = phase.batches_fn(0)
 placed = shard_batches(first, mesh, phase.batch_axes)
 print(json.dumps({
@@ -96,14 +100,17 @@ print(json.dumps({
     "split": [len(first[k].addressable_shards) for k in first],
     "rows": [int(first[k].addressable_shards[0].data.shape[0]) for k in first],
     "n": int(len(train["gender"])),
-    "equal": all(bool(np.array_equal(np.asarray(first[k]), train[k])) for k in first),
+    "equal": all(bool(np.array_equal(np.asarray(first[k])[: len(train[k])], train[k])) for k in first),
+    "padding": all(bool(np.array_equal(np.asarray(first[k])[len(train[k]) :], train[k][:1])) for k in first),
 }))
 """
 
 
 def test_the_defence_set_is_placed_on_the_mesh_once(run_on_devices):
-    """On a mesh MLAC's defence set is placed once, its rows split across data x fsdp, and the loop finds it in
-    place at every step (no copy of the whole set per step; across processes each fills only its own shards)."""
+    """On a mesh MLAC's defence set is placed once, its rows (made on demand, padded to a multiple of data x fsdp)
+    split across data x fsdp, and the loop finds it in place at every step (no copy of the whole set per step;
+    across processes each fills, and tokenises, only its own shards)."""
     out = run_on_devices(_PLACED_ONCE)
     assert out["same"] and out["equal"], out
-    assert out["split"] == [2, 2, 2, 2] and all(2 * r == out["n"] for r in out["rows"]), out
+    assert out["n"] % 2 == 1 and out["padding"], out  # an odd number of rows, padded with one copy of row 0
+    assert out["split"] == [2, 2, 2, 2] and all(2 * r == out["n"] + 1 for r in out["rows"]), out

@@ -262,20 +262,47 @@ _MLAC = [
 ]  # fmt: skip
 
 
+# `jaxtar defend ...`, counting the texts this process reads to fit the word tokenizer and the texts it tokenises
+_COUNTING_LAUNCH = """
+import atexit, json, os, sys
+import jaxtar.commands.defend, jaxtar.data.bios_tokens as tokens
+from jaxtar.cli import main
+seen, count_words, encode_texts = {"counted": 0, "tokenised": 0}, tokens.count_words, tokens.encode_texts
+def counting(texts):
+    texts = list(texts)
+    seen["counted"] += len(texts)
+    return count_words(texts)
+def encoding(texts, *args):
+    seen["tokenised"] += len(texts)
+    return encode_texts(texts, *args)
+tokens.count_words, tokens.encode_texts = counting, encoding
+atexit.register(lambda: open(os.environ["COUNTS_FILE"], "w").write(json.dumps(seen)))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_mlac_across_two_processes_equals_one_process(tmp_path):
     """`jaxtar defend mlac` (2 MLAC steps, the weights FSDP-sharded across the processes: mesh fsdp 2) on two
     processes x 1 device logs the metrics of one process x 2 devices (1e-5 relative), exports the same weights and
     baseline (gathered on every process, written by process 0; the others wait) and reports the same test
-    accuracies."""
+    accuracies. Each process counts words of only its half of the train texts (the counts are added up) and
+    tokenises only its half of the defence set's training rows."""
     port = _free_port()
 
     def start(out, devices, *mp):
-        cmd = [sys.executable, "-c", _LAUNCH, "defend", "mlac", *_MLAC, "--output", str(out), *mp]
-        return subprocess.Popen(cmd, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cmd = [sys.executable, "-c", _COUNTING_LAUNCH, "defend", "mlac", *_MLAC, "--output", str(out), *mp]
+        env = dict(_env(devices), COUNTS_FILE=f"{out}.counts.{mp[-1] if mp else 0}.json")
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     two, one = tmp_path / "two", tmp_path / "one"
     mp = lambda i: ["--run.coordinator", f"localhost:{port}", "--run.num-processes", "2", "--run.process-id", str(i)]  # noqa: E731
     _ok(_finish([start(two, 1, *mp(0)), start(two, 1, *mp(1)), start(one, 2)]))
+    counts = lambda out, i: json.loads(Path(f"{out}.counts.{i}.json").read_text())  # noqa: E731
+    whole, halves = counts(one, 0), [counts(two, i) for i in (0, 1)]
+    # 400 examples: 340 train texts, of which 40 are the defence's validation rows (read whole by every process,
+    # as are the 40 test rows) and 300 its training rows (150 per process)
+    assert whole == {"counted": 340, "tokenised": 300 + 40 + 40}, whole
+    assert halves == [{"counted": 170, "tokenised": 150 + 40 + 40}] * 2, halves
     a, b = _metrics(two), _metrics(one)
     assert [r["step"] for r in a] == [r["step"] for r in b] and len(b) >= 2
     for x, y in zip(a, b, strict=True):
