@@ -278,7 +278,8 @@ def test_quick_demo_says_what_a_newcomer_needs_first(quick):
     assert RedTeamResults.from_dict(meta["results"]).to_dict() == saved.to_dict()
     # progress went to a log, not a terminal: whole lines, no carriage-return bars
     assert "\r" not in log and "\x1b" not in log
-    finished = [line for line in log.splitlines() if " steps (100 %) | " in line]
+    # (an attack run slow enough, on a loaded machine, also logs its progress line: only the phases are counted)
+    finished = [line for line in log.splitlines() if " steps (100 %) | " in line and "seed" not in line]
     assert len(finished) == 2 and all(line.startswith(("random_mapping: 2/2", "tar: 2/2")) for line in finished), log
     assert len(log.splitlines()) < 40  # two phase lines, one per attack run, a few notes
     # every file the demo wrote follows the umask (no 0600 safetensors)
