@@ -23,8 +23,8 @@ from jaxtar.parallel import (
 
 def test_fsdp_rule():
     assert fsdp_spec((2, 64, 128), 4) == P(None, None, "fsdp")  # largest divisible dim, never the layer axis
-    assert fsdp_spec((2, 64, 10), 4) == P(None, "fsdp", None)
-    assert fsdp_spec((256, 64), 4) == P("fsdp", None)
+    assert fsdp_spec((2, 64, 10), 4) == P(None, "fsdp")
+    assert fsdp_spec((256, 64), 4) == P("fsdp")
     assert fsdp_spec((10, 10), 4) == P()  # too small
     assert fsdp_spec((3, 3, 333, 333), 4, min_size=1) == P()  # nothing divisible
     assert fsdp_spec((4096,), 1) == P()

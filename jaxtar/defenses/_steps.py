@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from jax.sharding import Mesh
 
 from jaxtar.data.rows import materialise
 from jaxtar.errors import InputError
-from jaxtar.parallel import batch_shardings, param_shardings, shard
+from jaxtar.parallel import batch_shardings, param_shardings, shard, with_shardings
 
 PyTree = Any
 
@@ -75,9 +76,13 @@ def _commit(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x if getattr(x, "committed", True) else jax.device_put(x, x.sharding), tree)
 
 
-def jit_step(step: Callable, compiler_options: dict[str, Any] | None = None) -> Callable:
+def jit_step(step: Callable, compiler_options: dict[str, Any] | None = None, mesh: Mesh | None = None) -> Callable:
     """``jax.jit(step)`` for ``step(params, opt_state, batches, key, frozen)``, called with committed state so that
     fresh, resumed and hand-made inputs all hit one compiled executable (``.jitted`` is the jitted function).
+
+    On a ``mesh`` the new params and optimiser state keep the FSDP placement of `place` (the loop places its inputs
+    so): left to itself XLA may shard small arrays the rule replicates, and every later step, taking the first
+    step's outputs, would compile again.
 
     ``.donating`` is the same step with the params' and optimiser state's buffers donated to its outputs (XLA
     updates them in place: one copy of the weights and optimiser state instead of two at the step's peak). The
@@ -88,6 +93,15 @@ def jit_step(step: Callable, compiler_options: dict[str, Any] | None = None) -> 
         >>> p = jax.numpy.zeros(3); _ = step.donating(p, 0, None, None, None); p.is_deleted()
         True
     """
+    if mesh is not None:
+        unplaced = step
+
+        @functools.wraps(unplaced)
+        def step(params, opt_state, batches, key, frozen):
+            params, opt_state, metrics = unplaced(params, opt_state, batches, key, frozen)
+            params = with_shardings(params, param_shardings(params, mesh))
+            return params, with_shardings(opt_state, param_shardings(opt_state, mesh)), metrics
+
     jitted = jax.jit(step, compiler_options=compiler_options)
     donating = jax.jit(step, compiler_options=compiler_options, donate_argnums=(0, 1))
 

@@ -160,11 +160,12 @@ def baseline_objective(
 
 
 def make_baseline_step(
-    model: Any, config: BaselineConfig, compute_dtype: str | None = None
+    model: Any, config: BaselineConfig, compute_dtype: str | None = None, mesh: Mesh | None = None
 ) -> tuple[Callable, optax.GradientTransformation]:
     """The jitted step ``(params, opt_state, batches, key, frozen) -> (params, opt_state, metrics)`` and its
     schedule-free AdamW optimiser (``key`` is unused; ``frozen``: the original weights or None). RMU's gradient
-    is zero outside ``rmu_params`` of `rmu_layers` (with weight decay 0 those weights stay exactly as they were)."""
+    is zero outside ``rmu_params`` of `rmu_layers` (with weight decay 0 those weights stay exactly as they were). On a
+    ``mesh`` the new params and optimiser state keep their FSDP placement (`jaxtar.defenses._steps.jit_step`)."""
     objective = baseline_objective(model, config, compute_dtype)
     optimizer = schedule_free_adamw(
         config.lr, config.warmup_steps, config.b1, config.b2, config.eps, config.weight_decay, None
@@ -179,7 +180,7 @@ def make_baseline_step(
         metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
         return optax.apply_updates(params, updates), opt_state, metrics
 
-    return jit_step(step), optimizer
+    return jit_step(step, mesh=mesh), optimizer
 
 
 def _check_rmu(config: BaselineConfig, model: Any, params: PyTree) -> None:
@@ -227,7 +228,7 @@ def build_baseline_phases(
             out["completion"] = completion.take(step * bf, bf).lazy
         return out
 
-    step, optimizer = cached_step(make_baseline_step, model, bc, config.model.compute_dtype)
+    step, optimizer = cached_step(make_baseline_step, model, bc, config.model.compute_dtype, mesh)
     rows = bf + br + (bf if completion is not None else 0)
     memory = training_bytes(model, rows, data.max_length, extra_param_copies=int(uses_frozen_base(bc)))
     return [Phase(bc.method, bc.steps, step, batches, optimizer.init, schedule_free_params,

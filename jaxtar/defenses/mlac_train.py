@@ -164,7 +164,7 @@ def mlac_phase(
     return Phase(
         name,
         start + cfg.outer_steps,
-        jit_step(loop_step, compiler_options=compiler_options),
+        jit_step(loop_step, compiler_options=compiler_options, mesh=mesh),
         lambda _: train_d,  # the whole defence set on device; each step draws its batches from it
         lambda params: tuple(init_state(params, cfg)[1:]),
         validate=check,

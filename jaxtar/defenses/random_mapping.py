@@ -68,10 +68,11 @@ def random_mapping_objective(
 
 
 def make_random_mapping_step(
-    model: Any, config: RandomMappingConfig, compute_dtype: str | None = None
+    model: Any, config: RandomMappingConfig, compute_dtype: str | None = None, mesh: Mesh | None = None
 ) -> tuple[Callable, optax.GradientTransformation]:
     """The jitted step ``(params, opt_state, batches, key, frozen) -> (params, opt_state, metrics)`` and its
-    schedule-free AdamW optimiser (``key`` and ``frozen`` are unused; the signature is the loop's)."""
+    schedule-free AdamW optimiser (``key`` and ``frozen`` are unused; the signature is the loop's). On a
+    ``mesh`` the new params and optimiser state keep their FSDP placement (`jaxtar.defenses._steps.jit_step`)."""
     objective = random_mapping_objective(model, config, compute_dtype)
     optimizer = schedule_free_adamw(
         config.lr, config.warmup_steps, config.b1, config.b2, config.eps, config.weight_decay, None
@@ -83,7 +84,7 @@ def make_random_mapping_step(
         metrics = {"loss": loss, "random_mapping": rm, "retain_ce": ce, "grad_norm": optax.global_norm(grads)}
         return optax.apply_updates(params, updates), opt_state, metrics
 
-    return jit_step(step), optimizer
+    return jit_step(step, mesh=mesh), optimizer
 
 
 def build_random_mapping_phases(
@@ -106,7 +107,7 @@ def build_random_mapping_phases(
     def batches(step: int) -> dict[str, Any]:
         return {"forget": forget.take(step * bf, bf).lazy, "retain": retain.take(step * br, br).lazy}
 
-    step, optimizer = cached_step(make_random_mapping_step, model, rm, config.model.compute_dtype)
+    step, optimizer = cached_step(make_random_mapping_step, model, rm, config.model.compute_dtype, mesh)
     tokens = tokens_in(bf + br, data.max_length)
     memory = training_bytes(model, bf + br, data.max_length)
     return [Phase("random_mapping", rm.steps, step, batches, optimizer.init, schedule_free_params, tokens,

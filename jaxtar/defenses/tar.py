@@ -62,7 +62,6 @@ from jaxtar.objectives import (
     negative_entropy_loss_from_hidden,
     representation_distance_loss,
 )
-from jaxtar.parallel import param_shardings, with_shardings
 
 PyTree = Any
 
@@ -167,9 +166,6 @@ def make_tar_step(
         )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        if mesh is not None:  # keep params and optimiser state FSDP-sharded across steps
-            params = with_shardings(params, param_shardings(params, mesh))
-            opt_state = with_shardings(opt_state, param_shardings(opt_state, mesh))
         ok = meta.aux.is_finite  # [A]: a diverged adversary's gradient is zeroed; its values are left out here
         tamper_value = _finite_mean(meta.value, ok)
         metrics = {
@@ -188,7 +184,7 @@ def make_tar_step(
         }
         return params, opt_state, metrics
 
-    return jit_step(step), optimizer
+    return jit_step(step, mesh=mesh), optimizer
 
 
 def _finite_mean(x: jax.Array, ok: jax.Array) -> jax.Array:
@@ -197,8 +193,11 @@ def _finite_mean(x: jax.Array, ok: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(ok[:, None], rows, 0.0)) / (jnp.sum(ok) * rows.shape[1])
 
 
-def make_sft_step(model: Any, lr: float, compute_dtype: str | None = None) -> tuple[Callable, Any]:
-    """The refusal setting's post-TAR SFT step: AdamW(lr) on next-token CE (masked to responses when given)."""
+def make_sft_step(
+    model: Any, lr: float, compute_dtype: str | None = None, mesh: Mesh | None = None
+) -> tuple[Callable, Any]:
+    """The refusal setting's post-TAR SFT step: AdamW(lr) on next-token CE (masked to responses when given); on a
+    ``mesh`` the new params and optimiser state keep their FSDP placement (`jaxtar.defenses._steps.jit_step`)."""
     dtype = _dtype(compute_dtype)
     optimizer = optax.adamw(lr, weight_decay=0.0)
 
@@ -211,7 +210,7 @@ def make_sft_step(model: Any, lr: float, compute_dtype: str | None = None) -> tu
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"sft_ce": value}
 
-    return jit_step(step), optimizer
+    return jit_step(step, mesh=mesh), optimizer
 
 
 # On a mesh (`Phase.batch_axes`): the adversary rows [A, K, B, T] and the hyper-parameters [A] of `TarData.batches`
@@ -248,7 +247,7 @@ def build_tar_phases(
         )
     ]
     if tar.sft_steps:
-        sft_step, sft_opt = cached_step(make_sft_step, model, tar.sft_lr, config.model.compute_dtype)
+        sft_step, sft_opt = cached_step(make_sft_step, model, tar.sft_lr, config.model.compute_dtype, mesh)
         sft_batches = functools.partial(data.sft_batches, lazy=True)
         phases.append(
             Phase("sft", tar.outer_steps + tar.sft_steps, sft_step, sft_batches, sft_opt.init,

@@ -52,8 +52,8 @@ def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 1024) -> P
     >=3-D array, which `lax.scan` slices), if the array has at least `min_size` elements; else replicate.
 
     Example:
-        >>> tuple(fsdp_spec((2, 64, 128), 4))
-        (None, None, 'fsdp')
+        >>> tuple(fsdp_spec((2, 64, 128), 4)), tuple(fsdp_spec((128, 64), 4))
+        ((None, None, 'fsdp'), ('fsdp',))
     """
     if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
@@ -62,7 +62,9 @@ def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 1024) -> P
     if not candidates:
         return P()
     best = max(candidates, key=lambda i: (shape[i], i))
-    return P(*[("fsdp" if i == best else None) for i in range(len(shape))])
+    # no trailing Nones: P("fsdp") is how a jitted step reports the same placement of its outputs, and an equal
+    # but differently written spec would compile the step again for its second call
+    return P(*[None] * best, "fsdp")
 
 
 def param_shardings(tree: PyTree, mesh: Mesh, min_size: int = 1024) -> PyTree:

@@ -90,6 +90,13 @@ _RUN = textwrap.dedent(
     overrides = json.loads(sys.argv[1])
     result = run_tar(load_config("toy", overrides))
     spec = [str(a) for a in result.params["layers"]["q_proj"]["kernel"].sharding.spec]
+    # every step of a run on the mesh reuses the first step's executable (its outputs keep the inputs' placement)
+    from jaxtar.defenses import run_random_mapping
+    from jaxtar.defenses._steps import _STEPS
+    run_random_mapping(load_config("toy", {**overrides, "run.output_dir": overrides["run.output_dir"] + "-rm",
+                                           "random_mapping.steps": 3, "random_mapping.warmup_steps": 0,
+                                           "run.mesh_data": 4, "run.mesh_adversary": 1}))
+    compiles = {key[0]: step.donating.jitted._cache_size() for key, (step, _) in _STEPS.items()}
     # resume the finished run for one more step on one device (the checkpoint was saved sharded on the mesh)
     more = {**overrides, "tar.outer_steps": 3, "run.resume": True, "run.mesh_data": 1, "run.mesh_fsdp": 1,
             "run.mesh_adversary": 1}
@@ -111,7 +118,7 @@ _RUN = textwrap.dedent(
         refused = str(e)
     print(json.dumps({"steps": result.steps, "model_dir": str(result.model_dir), "spec": spec,
                       "resumed_steps": resumed.steps, "refused": refused, "anchor_spec": anchor_spec,
-                      "anchor_equal": anchor_equal}))
+                      "anchor_equal": anchor_equal, "compiles": compiles}))
     """
 )
 
@@ -130,6 +137,7 @@ def test_tar_run_on_a_mesh_matches_one_device(tar_overrides, tmp_path, run_on_de
     out = run_on_devices(_RUN, json.dumps(meshed), str(tmp_path / "odd"))
     assert out["steps"] == single.steps == 2 and (Path(out["model_dir"]) / "config.json").is_file()
     assert "fsdp" in out["spec"], out
+    assert out["compiles"] == {"make_tar_step": 1, "make_random_mapping_step": 1}, out  # measured 2 before the fix
     assert "fsdp" in out["anchor_spec"] and out["anchor_equal"], out
     assert out["resumed_steps"] == 3
     assert "tamper_batch_size = 6 does not divide" in out["refused"] and not (tmp_path / "odd").exists()

@@ -75,7 +75,7 @@ import numpy as np
 from jaxtar.config import MLACConfig
 from jaxtar.data.bias_in_bios import synthetic_bias_in_bios
 from jaxtar.data.bios_tokens import build_word_tokenizer, encode_bios, encode_bios_lazily
-from jaxtar.defenses._steps import shard_batches
+from jaxtar.defenses._steps import place, shard_batches
 from jaxtar.defenses.mlac import prepare_model
 from jaxtar.defenses.mlac_run import defence_split
 from jaxtar.defenses.mlac_train import mlac_phase
@@ -95,7 +95,12 @@ mesh = make_mesh(1, 2, 1)
 phase = mlac_phase(model, lazy, train, cfg, mesh=mesh)
 first = phase.batches_fn(0)
 placed = shard_batches(first, mesh, phase.batch_axes)
+params = place(model.init(0), mesh)
+opt_state = place(phase.init_opt_state(params), mesh)
+for step in range(3):  # each step takes the previous one's outputs
+    params, opt_state, _ = phase.step_fn(params, opt_state, phase.batches_fn(step), None, None)
 print(json.dumps({
+    "compiles": phase.step_fn.jitted._cache_size(),
     "same": all(placed[k] is first[k] and phase.batches_fn(1)[k] is first[k] for k in first),
     "split": [len(first[k].addressable_shards) for k in first],
     "rows": [int(first[k].addressable_shards[0].data.shape[0]) for k in first],
@@ -112,5 +117,6 @@ def test_the_defence_set_is_placed_on_the_mesh_once(run_on_devices):
     across processes each fills, and tokenises, only its own shards)."""
     out = run_on_devices(_PLACED_ONCE)
     assert out["same"] and out["equal"], out
+    assert out["compiles"] == 1, out  # the steps' outputs keep the inputs' FSDP placement (measured 2 before)
     assert out["n"] % 2 == 1 and out["padding"], out  # an odd number of rows, padded with one copy of row 0
     assert out["split"] == [2, 2, 2, 2] and all(2 * r == out["n"] + 1 for r in out["rows"]), out
