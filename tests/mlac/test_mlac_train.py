@@ -34,7 +34,12 @@ def _standin():
     return *defence_split(train, 256), heldout, len(tokenizer)  # checkpoint-selection data cut from train
 
 
-def test_short_mlac_run_lowers_post_attack_harmful_accuracy_on_the_standin(fast_compile):
+# 860 steps run here: compiled at XLA's default optimisation level (the suite's is 0, see tests/conftest.py) the
+# test takes 47 s instead of 73 s on this machine
+RUNTIME_BOUND = {"xla_backend_optimization_level": 2}
+
+
+def test_short_mlac_run_lowers_post_attack_harmful_accuracy_on_the_standin():
     train, val, heldout, vocab_size = _standin()
     base = MLACConfig(num_desired=28, inner_steps=4, inner_batch_sizes=(16, 24), inner_lr=1e-2, outer_batch_size=32,
                       inner_lr_bounds=(1e-4, 0.1), calibration_steps=20, val_attacks=2, seed=0)  # fmt: skip
@@ -46,20 +51,21 @@ def test_short_mlac_run_lowers_post_attack_harmful_accuracy_on_the_standin(fast_
     # steps instead of emerging late), so its encoder leaks gender
     joint = dataclasses.replace(base, variant="joint", harmful_weight=3.0, outer_lr=3e-3, outer_steps=800,
                                 eval_every=400)  # fmt: skip
-    leaky = train_mlac(model, params, train, val, joint).best_params
+    leaky = train_mlac(model, params, train, val, joint, compiler_options=RUNTIME_BOUND).best_params
     cfg = dataclasses.replace(base, outer_lr=3e-3, outer_steps=60, eval_every=15)
-    res = train_mlac(model, leaky, train, val, cfg, compiler_options=fast_compile)
+    res = train_mlac(model, leaky, train, val, cfg, compiler_options=RUNTIME_BOUND)
 
     assert res.best_score == min(r["val_score"] for r in res.history)  # the best-validation checkpoint is kept
     assert res.best_step > 0 and [r["step"] for r in res.history] == [0, 15, 30, 45, 60]
 
     # held-out evaluation: val1, 8 attacks with seeds the training never drew
-    evaluate = make_validator(model, dataclasses.replace(cfg, val_attacks=8, seed=1234), compiler_options=fast_compile)
+    evaluate = make_validator(model, dataclasses.replace(cfg, val_attacks=8, seed=1234), compiler_options=RUNTIME_BOUND)
     held = {k: jnp.asarray(heldout[k]) for k in ("input_ids", "attention_mask", "profession", "gender")}
     before = {k: float(v) for k, v in evaluate(leaky, jnp.float32(cfg.inner_lr), held).items()}
     after = {k: float(v) for k, v in evaluate(res.best_params, jnp.float32(cfg.inner_lr), held).items()}
-    # measured: attacker 0.90 -> 0.59, harmful CE 0.43 -> 0.66, desired 0.81 -> 0.80 (best step 30). With init seed 1
-    # the effect is smaller: attacker 0.90 -> 0.72, CE 0.40 -> 0.60, desired 0.79 -> 0.70 (best step 45).
+    # measured: attacker 0.90 -> 0.65, harmful CE 0.38 -> 0.65, desired 0.84 -> 0.79 (best step 30; compiled at XLA
+    # level 0 instead: 0.90 -> 0.59, 0.43 -> 0.66, 0.81 -> 0.80, best step 30). With init seed 1 the effect was
+    # smaller: attacker 0.90 -> 0.72, CE 0.40 -> 0.60, desired 0.79 -> 0.70 (best step 45).
     assert before["val_attacker_acc"] > 0.75, before  # the start leaks gender to the attacker
     assert after["val_attacker_acc"] < before["val_attacker_acc"] - 0.15, (before, after)
     assert after["val_harmful_ce"] > before["val_harmful_ce"] + 0.1, (before, after)
