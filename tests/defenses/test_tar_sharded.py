@@ -94,7 +94,7 @@ _RUN = textwrap.dedent(
     from jaxtar.defenses import run_random_mapping
     from jaxtar.defenses._steps import _STEPS
     run_random_mapping(load_config("toy", {**overrides, "run.output_dir": overrides["run.output_dir"] + "-rm",
-                                           "random_mapping.steps": 3, "random_mapping.warmup_steps": 0,
+                                           "random_mapping.steps": 2, "random_mapping.warmup_steps": 0,
                                            "run.mesh_data": 4, "run.mesh_adversary": 1}))
     compiles = {key[0]: step.donating.jitted._cache_size() for key, (step, _) in _STEPS.items()}
     # resume the finished run for one more step on one device (the checkpoint was saved sharded on the mesh)

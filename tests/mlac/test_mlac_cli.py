@@ -67,22 +67,23 @@ def _checkpoint_steps(folder):
 
 
 def test_defend_mlac_resumed_after_kill_9_equals_an_uninterrupted_run(tmp_path, capsys):
-    # 60 warm-up + 8 MLAC steps, a checkpoint every step; killed inside the MLAC phase, after a validation (its
+    # 8 warm-up + 8 MLAC steps, a checkpoint every step; killed inside the MLAC phase, after a validation (its
     # best-so-far weights live in the checkpoint), resumed: the same model, baseline, metrics and summary
-    args = ["defend", "mlac", "--preset", "mlac-offline", *TINY_RUN, "--mlac.outer-steps", "8",
-            "--run.checkpoint-every", "1", "--run.keep-checkpoints", "3", "--run.progress", "false"]  # fmt: skip
+    args = ["defend", "mlac", "--preset", "mlac-offline", *TINY_RUN, "--mlac-run.warmup-steps", "8",
+            "--mlac.outer-steps", "8", "--run.checkpoint-every", "1", "--run.keep-checkpoints", "3",
+            "--run.progress", "false"]  # fmt: skip
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert main([*args, "--output", str(full)]) == 0
     launch = "import sys; from jaxtar.cli import main; sys.exit(main(sys.argv[1:]))"
     env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-c", launch, *args, "--output", str(killed)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    while proc.poll() is None and not [s for s in _checkpoint_steps(killed) if s >= 63]:
+    while proc.poll() is None and not [s for s in _checkpoint_steps(killed) if s >= 11]:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
-    assert not (killed / "model").exists() and 63 <= max(_checkpoint_steps(killed)) < 68
+    assert not (killed / "model").exists() and 11 <= max(_checkpoint_steps(killed)) < 16
     assert main([*args, "--output", str(killed), "--resume"]) == 0
     assert "resumed from step" in capsys.readouterr().err
     for folder in ("model", "baseline"):
