@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -35,7 +36,7 @@ from jaxtar.config import MLACConfig, MLACRunConfig, save_config
 from jaxtar.data.rows import TableRows
 from jaxtar.defenses._inputs import params_sha256
 from jaxtar.defenses._loop import Phase, check_divides
-from jaxtar.defenses.mlac_train import mlac_phase
+from jaxtar.defenses.mlac_train import mlac_phase, place_defence_set
 from jaxtar.defenses.runner import Defence, Loaded, RunResult, export_model, run_defence
 from jaxtar.errors import InputError
 from jaxtar.parallel import gather_json, on_main_process, process_share
@@ -149,6 +150,9 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
     train = _defence_data(config, tokenizer)
     n_val = min(s.val_examples, len(train["gender"]) // 5)  # the defence's own validation: held out from train
     fit, val = defence_split(train, n_val)
+    # placed (and, on a mesh, tokenised) once: the warm-up and the MLAC phase share one device copy of each set
+    fit = place_defence_set(model, fit, cfg, mesh)
+    val = {k: jnp.asarray(v) for k, v in val.items()}
     opts = FAST_COMPILE if s.fast_compile else None
     baseline = Path(config.run.output_dir) / "baseline"
 

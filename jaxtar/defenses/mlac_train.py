@@ -102,9 +102,38 @@ def make_validator(
 
 
 # ------------------------------------------------------------------------------------------------- the phase
+class DefenceSet(NamedTuple):
+    """The defence set placed once (:func:`place_defence_set`): its device arrays, rows padded to the mesh, and
+    the number of real rows."""
+
+    arrays: Arrays
+    rows: int
+
+
+def place_defence_set(model: Model, train: dict[str, Any], cfg: MLACConfig, mesh: Any = None) -> DefenceSet:
+    """``train`` checked and placed once, as the loop places a step's batches, so the loop finds it in place at
+    every step: on a mesh its rows are split across data x fsdp (padded to a multiple with copies of row 0, which
+    no step draws); each process fills only its own shards, and token columns made on demand
+    (`jaxtar.data.bios_tokens.encode_bios_lazily`) are tokenised only there. Phases given the same `DefenceSet`
+    (MLAC's warm-up and its MLAC phase) share one device copy.
+
+    Example:
+        >>> data = place_defence_set(model, train_arrays, cfg, mesh)  # doctest: +SKIP
+        >>> warmup, main = mlac_phase(model, data, val, warm_cfg), mlac_phase(model, data, val, cfg)  # doctest: +SKIP
+    """
+    _check_arrays(model, train, cfg, "train")
+    keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
+    n = int(np.shape(train["input_ids"])[0])
+    rows = _padded_rows(n, mesh)
+    arrays = place_batch({k: _take(train[k], rows) for k in keys}, mesh)
+    if mesh is None:
+        arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+    return DefenceSet(arrays, n)
+
+
 def mlac_phase(
     model: Model,
-    train: dict[str, np.ndarray],
+    train: dict[str, np.ndarray] | DefenceSet,
     val: dict[str, np.ndarray],
     cfg: MLACConfig,
     *,
@@ -124,7 +153,8 @@ def mlac_phase(
     Args:
         model: the released model (``prepare_model`` layout).
         train: arrays ``input_ids``, ``attention_mask`` [N, T] (or those columns made on demand) and the label
-            vectors (defence data).
+            vectors (defence data), or that set already placed (:func:`place_defence_set`; phases that share it
+            share one device copy).
         val: the same for checkpoint selection (a held-out part of the defence data, not the attacker's splits).
         cfg: the run's hyper-parameters.
         name: the phase's name (``warmup`` for the desired-only warm-up).
@@ -132,20 +162,15 @@ def mlac_phase(
         compiler_options: XLA options for the step and the validator (``{"xla_backend_optimization_level": 0}``
             halves compile time on CPU at some cost per step: tests and tiny demos).
         on_end: called with the best weights when the phase completes.
-        mesh: the run's mesh: the defence set is placed on it once, its rows split across data x fsdp (padded to
-            a multiple), instead of being placed again at every step; each process fills only its own shards, and
-            token columns made on demand (`jaxtar.data.bios_tokens.encode_bios_lazily`) are tokenised only there.
+        mesh: the run's mesh (see :func:`place_defence_set`).
     """
-    _check_arrays(model, train, cfg, "train")
+    if not isinstance(train, DefenceSet):
+        train = place_defence_set(model, train, cfg, mesh)
     _check_arrays(model, val, cfg, "val")
     keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
-    n = int(np.shape(train["input_ids"])[0])
-    rows = _padded_rows(n, mesh)
-    # placed as the loop places a step's batches, so the loop finds it in place: on a mesh its rows (padded to a
-    # multiple of data x fsdp with copies of row 0, which the step never draws) are split across the devices
-    train_d = place_batch({k: _take(train[k], rows) for k in keys}, mesh)
-    if mesh is None:
-        train_d = {k: jnp.asarray(v) for k, v in train_d.items()}
+    if missing := [k for k in keys if k not in train.arrays]:
+        raise ValueError(f"the placed defence set lacks {missing} (have {sorted(train.arrays)})")
+    train_d, n = {k: train.arrays[k] for k in keys}, train.rows
     val_d = {k: jnp.asarray(val[k]) for k in keys}
     step = outer_step(model, cfg)
     validate = make_validator(model, cfg, compiler_options=compiler_options)

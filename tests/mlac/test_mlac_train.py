@@ -105,7 +105,17 @@ params = place(model.init(0), mesh)
 opt_state = place(phase.init_opt_state(params), mesh)
 for step in range(3):  # each step takes the previous one's outputs
     params, opt_state, _ = phase.step_fn(params, opt_state, phase.batches_fn(step), None, None)
+# a run with a warm-up: its two phases share one placed copy of the defence set
+from jaxtar.config import load_mlac_config
+from jaxtar.defenses.mlac_run import _load, _phases
+config = load_mlac_config("mlac-offline", {"mlac_run.num_examples": 200, "mlac_run.warmup_steps": 2,
+                                           "mlac.outer_batch_size": 16, "run.output_dir": "unused"})
+loaded = _load(config, mesh)
+warmup, main = _phases(config, loaded.model, loaded.params, loaded.tokenizer, mesh)
+a, b = warmup.batches_fn(0), main.batches_fn(0)
 print(json.dumps({
+    "phases": [warmup.name, main.name],
+    "shared": sorted(a) == sorted(b) and all(a[k] is b[k] and len(a[k].addressable_shards) == 2 for k in a),
     "compiles": phase.step_fn.jitted._cache_size(),
     "same": all(placed[k] is first[k] and phase.batches_fn(1)[k] is first[k] for k in first),
     "split": [len(first[k].addressable_shards) for k in first],
@@ -118,11 +128,12 @@ print(json.dumps({
 
 
 def test_the_defence_set_is_placed_on_the_mesh_once(run_on_devices):
-    """On a mesh MLAC's defence set is placed once, its rows (made on demand, padded to a multiple of data x fsdp)
+    """On a mesh MLAC's defence set is placed once (one copy for the warm-up and the MLAC phase), its rows (made on demand, padded to a multiple of data x fsdp)
     split across data x fsdp, and the loop finds it in place at every step (no copy of the whole set per step;
     across processes each fills, and tokenises, only its own shards)."""
     out = run_on_devices(_PLACED_ONCE)
     assert out["same"] and out["equal"], out
+    assert out["phases"] == ["warmup", "mlac"] and out["shared"], out  # the warm-up and MLAC share one copy
     assert out["compiles"] == 1, out  # the steps' outputs keep the inputs' FSDP placement (measured 2 before)
     assert out["n"] % 2 == 1 and out["padding"], out  # an odd number of rows, padded with one copy of row 0
     assert out["split"] == [2, 2, 2, 2] and all(2 * r == out["n"] + 1 for r in out["rows"]), out
