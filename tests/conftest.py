@@ -16,10 +16,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    # XLA's quick-compile level: most tests compile more than they run (measured on tests/meta + tests/defenses,
-    # 2 cores: 375 s instead of 560 s, every test passing either way). The product and the benchmarks keep XLA's
-    # default; the device scripts below set it themselves.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    # Quick compiles: most tests compile more than they run. XLA's -O0 (measured on tests/meta + tests/defenses,
+    # 2 cores: 375 s instead of 560 s) and its older CPU fusion code generator instead of the MLIR fusion emitters
+    # (tests/meta + tests/mlac/test_mlac_train.py + tests/test_demo.py: 185 s instead of 244 s); every test passes
+    # either way. The product and the benchmarks keep XLA's defaults. The scripts the tests start (simulated devices,
+    # other processes) add their own flags to these.
+    QUICK_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + QUICK_COMPILE).strip()
 
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ
 if _OWN_CACHE:
@@ -38,10 +41,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_on_devices(script: str, *args: str, timeout: int = 900) -> dict:
-    """Runs ``script`` (which sets its own XLA_FLAGS, e.g. 8 simulated devices, before importing jax) in a fresh
-    interpreter with this checkout importable; returns the JSON object its last stdout line prints."""
+    """Runs ``script`` (which adds its own XLA_FLAGS to the suite's, e.g. 8 simulated devices, before importing jax)
+    in a fresh interpreter with this checkout importable; returns the JSON object its last stdout line prints."""
     env = dict(os.environ, PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("XLA_FLAGS", None)
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
                           timeout=timeout)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -51,8 +51,8 @@ def test_single_device_mesh_helpers():
 _SCRIPT = textwrap.dedent(
     """
     import json, os
-    # 8 simulated devices; LLVM -O0 only shortens compilation (the numbers are compared at 1e-9)
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    # 8 simulated devices, on top of the suite's quick-compile flags (the numbers are compared at 1e-9)
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     jax.config.update("jax_enable_x64", True)  # float64: the two programs sum in different orders
     from jaxtar.attacks import Adversary, full_parameter_problem

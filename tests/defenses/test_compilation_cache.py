@@ -14,12 +14,16 @@ from jaxtar.defenses._steps import COMPILATION_CACHE_DIR, use_compilation_cache
 
 @pytest.fixture
 def no_cache_configured():
-    """The session's cache (tests/conftest.py) switched off for one test, then restored."""
-    before = jax.config.jax_compilation_cache_dir
+    """The session's cache (tests/conftest.py) switched off for one test, then restored. Every program is cached
+    meanwhile, however fast it compiles (JAX caches only those over 1 s by default, and the suite's quick-compile
+    flags bring the step this test runs under that)."""
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     compilation_cache.reset_cache()
     yield
-    jax.config.update("jax_compilation_cache_dir", before)
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
     compilation_cache.reset_cache()
 
 

@@ -76,7 +76,7 @@ def test_short_mlac_run_lowers_post_attack_harmful_accuracy_on_the_standin():
 
 _PLACED_ONCE = """
 import json, os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 import numpy as np
 from jaxtar.config import MLACConfig
 from jaxtar.data.bias_in_bios import synthetic_bias_in_bios
@@ -128,9 +128,9 @@ print(json.dumps({
 
 
 def test_the_defence_set_is_placed_on_the_mesh_once(run_on_devices):
-    """On a mesh MLAC's defence set is placed once (one copy for the warm-up and the MLAC phase), its rows (made on demand, padded to a multiple of data x fsdp)
-    split across data x fsdp, and the loop finds it in place at every step (no copy of the whole set per step;
-    across processes each fills, and tokenises, only its own shards)."""
+    """On a mesh MLAC's defence set is placed once (one copy for the warm-up and the MLAC phase), its rows (made on
+    demand, padded to a multiple of data x fsdp) split across data x fsdp, and the loop finds it in place at every
+    step (no copy of the whole set per step; across processes each fills, and tokenises, only its own shards)."""
     out = run_on_devices(_PLACED_ONCE)
     assert out["same"] and out["equal"], out
     assert out["phases"] == ["warmup", "mlac"] and out["shared"], out  # the warm-up and MLAC share one copy

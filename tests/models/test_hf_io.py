@@ -154,7 +154,11 @@ def test_sharded_loading_over_8_cpu_devices_gives_same_logits(saved, tmp_path):
     model, params, folder = saved
     ids = np.random.default_rng(0).integers(0, 256, (2, 10))
     np.save(tmp_path / "ids.npy", ids)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
     subprocess.run(
