@@ -185,9 +185,10 @@ def _run_blocking(args: argparse.Namespace) -> int:
 
 
 def _blocking_to(out: Path, fast_compile: bool, paths: dict, settings: Any, cfg: Any, models: dict) -> int:
+    from jaxtar.defenses.mlac_run import FAST_COMPILE
     from jaxtar.eval.blocking import blocking_eval
 
-    opts = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} if fast_compile else None
+    opts = FAST_COMPILE if fast_compile else None
     data = {k: getattr(settings, k) for k in ("data", "num_examples", "data_seed", "max_length")}
     result: dict[str, Any] = {"models": {}, "data": data}
     num_desired = 28
