@@ -122,7 +122,7 @@ def place_defence_set(model: Model, train: dict[str, Any], cfg: MLACConfig, mesh
         >>> warmup, main = mlac_phase(model, data, val, warm_cfg), mlac_phase(model, data, val, cfg)  # doctest: +SKIP
     """
     _check_arrays(model, train, cfg, "train")
-    keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
+    keys = _columns(cfg)
     n = int(np.shape(train["input_ids"])[0])
     rows = _padded_rows(n, mesh)
     arrays = place_batch({k: _take(train[k], rows) for k in keys}, mesh)
@@ -167,7 +167,7 @@ def mlac_phase(
     if not isinstance(train, DefenceSet):
         train = place_defence_set(model, train, cfg, mesh)
     _check_arrays(model, val, cfg, "val")
-    keys = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
+    keys = _columns(cfg)
     if missing := [k for k in keys if k not in train.arrays]:
         raise ValueError(f"the placed defence set lacks {missing} (have {sorted(train.arrays)})")
     train_d, n = {k: train.arrays[k] for k in keys}, train.rows
@@ -250,9 +250,13 @@ def _take(column: Any, rows: np.ndarray) -> Any:
     return column.view(rows) if isinstance(column, TableRows) else np.asarray(column)[rows]
 
 
+def _columns(cfg: MLACConfig) -> tuple[str, ...]:
+    """The columns a step and the validator read: tokens, mask and the two label vectors."""
+    return ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
+
+
 def _check_arrays(model: Model, arrays: dict[str, np.ndarray], cfg: MLACConfig, name: str) -> None:
-    needed = ("input_ids", "attention_mask", cfg.desired_key, cfg.harmful_key)
-    missing = [k for k in needed if k not in arrays]
+    missing = [k for k in _columns(cfg) if k not in arrays]
     if missing:
         raise ValueError(f"{name} arrays lack {missing} (have {sorted(arrays)})")
     n, t = np.shape(arrays["input_ids"])
