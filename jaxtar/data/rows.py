@@ -209,6 +209,17 @@ def materialise(tree: Any) -> Any:
     return tree
 
 
+def take_rows(column: Any, rows: np.ndarray | slice) -> Any:
+    """``column[rows]`` along the leading axis, still made on demand for a :class:`TableRows` column (nothing read).
+
+    Example:
+        >>> x = gather([RowTable.of_arrays({"x": np.arange(5)})], np.zeros(5, int), np.arange(5))["x"]
+        >>> take_rows(x, np.array([4, 0])), take_rows(np.arange(5), slice(3, None)).tolist()
+        (TableRows('x', shape=(2,), dtype=int64), [3, 4])
+    """
+    return column.view(rows) if isinstance(column, TableRows) else np.asarray(column)[rows]
+
+
 def text_key(example: Any) -> int:
     """A 64-bit content hash of an example (equal texts, equal keys), for splitting without keeping the texts.
 

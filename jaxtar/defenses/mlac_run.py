@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from jaxtar.checkpoint import RunDir
 from jaxtar.config import MLACConfig, MLACRunConfig, save_config
-from jaxtar.data.rows import TableRows
+from jaxtar.data.rows import take_rows
 from jaxtar.defenses._inputs import params_sha256
 from jaxtar.defenses._loop import Phase, check_divides
 from jaxtar.defenses.mlac_train import mlac_phase, place_defence_set
@@ -100,15 +99,15 @@ def encode_splits(bios: Any, tokenizer: Any, max_length: int) -> dict[str, dict[
 def defence_split(train: dict[str, Any], num_val: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(defence_train, defence_val)``: the first ``num_val`` rows of ``train`` become the defence's own validation
     data (checkpoint selection), the rest its training data; the attacker's splits (val1 / val2) stay untouched.
-    Columns made on demand (`jaxtar.data.rows.TableRows`) stay so in the training part; the validation part is read.
+    Columns made on demand (`jaxtar.data.rows.TableRows`) stay so in both parts (nothing is read here).
 
     Example:
         >>> fit, val = defence_split({"gender": np.arange(10)}, 3)
         >>> fit["gender"].tolist(), val["gender"].tolist()
         ([3, 4, 5, 6, 7, 8, 9], [0, 1, 2])
     """
-    fit = {k: v.view(slice(num_val, None)) if isinstance(v, TableRows) else v[num_val:] for k, v in train.items()}
-    return fit, {k: np.asarray(v[:num_val]) for k, v in train.items()}
+    split = lambda rows: {k: take_rows(v, rows) for k, v in train.items()}  # noqa: E731
+    return split(slice(num_val, None)), split(slice(None, num_val))
 
 
 @functools.lru_cache(maxsize=2)
@@ -150,9 +149,10 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
     train = _defence_data(config, tokenizer)
     n_val = min(s.val_examples, len(train["gender"]) // 5)  # the defence's own validation: held out from train
     fit, val = defence_split(train, n_val)
-    # placed (and, on a mesh, tokenised) once: the warm-up and the MLAC phase share one device copy of each set
+    # placed (and, on a mesh, tokenised: each process its own shards) once: the warm-up and the MLAC phase share
+    # one device copy of each set
     fit = place_defence_set(model, fit, cfg, mesh)
-    val = {k: jnp.asarray(v) for k, v in val.items()}
+    val = place_defence_set(model, val, cfg, mesh, name="val")
     opts = FAST_COMPILE if s.fast_compile else None
     baseline = Path(config.run.output_dir) / "baseline"
 
@@ -168,23 +168,24 @@ def _phases(config: MLACRunConfig, model: Any, params: Any, tokenizer: Any, mesh
     return phases
 
 
-def _finish(config: MLACRunConfig, run_dir: RunDir, result: Any, loaded: Loaded) -> dict[str, Any]:
-    """``baseline/`` (when there was no warm-up) and the summary: best steps and the test accuracies."""
-    from jaxtar.data.bios_tokens import encode_bios
+def _finish(config: MLACRunConfig, run_dir: RunDir, result: Any, loaded: Loaded, mesh: Mesh | None) -> dict[str, Any]:
+    """``baseline/`` (when there was no warm-up) and the summary: best steps and the test accuracies (on a mesh each
+    process tokenises and scores only the test rows of its own shards)."""
+    from jaxtar.data.bios_tokens import encode_bios_lazily
     from jaxtar.eval.blocking import desired_accuracy
     from jaxtar.models import from_pretrained
 
     model, cfg, baseline = loaded.model, config.mlac, run_dir.path / "baseline"
     if not on_main_process(baseline.is_dir, "look for baseline/"):  # the same answer on every process
         export_model(model, loaded.params, baseline, tokenizer=loaded.tokenizer)
-    test = encode_bios(_bios(config.mlac_run)["test"], loaded.tokenizer, config.mlac_run.max_length)
+    test = encode_bios_lazily(_bios(config.mlac_run)["test"], loaded.tokenizer, config.mlac_run.max_length)
     warm = config.mlac_run.warmup_steps
     summary: dict[str, Any] = {"preset": config.preset, "model": config.mlac_run.model, "data": config.mlac_run.data}
     if "warmup" in result.selected:
         summary["warmup"] = {"best_step": result.selected["warmup"].step,
                              "best_val_desired_ce": result.selected["warmup"].to_json()["score"]}  # fmt: skip
     chosen = result.selected["mlac"]
-    accuracy = lambda params: desired_accuracy(model, params, test, cfg.num_desired, cfg.desired_key)
+    accuracy = lambda params: desired_accuracy(model, params, test, cfg.num_desired, cfg.desired_key, mesh=mesh)
     summary.update(
         best_step=chosen.step - warm,  # counted from MLAC's start, as its eval_every is
         best_val_score=chosen.to_json()["score"],

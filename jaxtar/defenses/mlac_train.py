@@ -24,7 +24,7 @@ import numpy as np
 from jaxtar.attacks import unroll
 from jaxtar.checkpoint import open_run_dir
 from jaxtar.config import MLACConfig, RunConfig
-from jaxtar.data.rows import TableRows
+from jaxtar.data.rows import take_rows
 from jaxtar.defenses._loop import Phase, jit_step, run_phases
 from jaxtar.defenses._run_log import read_metrics_lines
 from jaxtar.defenses._steps import place_batch
@@ -103,29 +103,32 @@ def make_validator(
 
 # ------------------------------------------------------------------------------------------------- the phase
 class DefenceSet(NamedTuple):
-    """The defence set placed once (:func:`place_defence_set`): its device arrays, rows padded to the mesh, and
-    the number of real rows."""
+    """A set of rows placed once (:func:`place_defence_set`): its device arrays, rows padded to the mesh, and the
+    number of real rows."""
 
     arrays: Arrays
     rows: int
 
 
-def place_defence_set(model: Model, train: dict[str, Any], cfg: MLACConfig, mesh: Any = None) -> DefenceSet:
-    """``train`` checked and placed once, as the loop places a step's batches, so the loop finds it in place at
-    every step: on a mesh its rows are split across data x fsdp (padded to a multiple with copies of row 0, which
-    no step draws); each process fills only its own shards, and token columns made on demand
-    (`jaxtar.data.bios_tokens.encode_bios_lazily`) are tokenised only there. Phases given the same `DefenceSet`
-    (MLAC's warm-up and its MLAC phase) share one device copy.
+def place_defence_set(
+    model: Model, columns: dict[str, Any], cfg: MLACConfig, mesh: Any = None, *, name: str = "train"
+) -> DefenceSet:
+    """The defence set (or its validation part, ``name="val"``) checked and placed once, as the loop places a step's
+    batches, so the loop finds it in place at every step: on a mesh its rows are split across data x fsdp (padded
+    to a multiple with copies of row 0, which no step or validation reads); each process fills only its own
+    shards, and token columns made on demand (`jaxtar.data.bios_tokens.encode_bios_lazily`) are tokenised only
+    there. Phases given the same `DefenceSet` (MLAC's warm-up and its MLAC phase) share one device copy.
 
     Example:
         >>> data = place_defence_set(model, train_arrays, cfg, mesh)  # doctest: +SKIP
+        >>> val = place_defence_set(model, val_arrays, cfg, mesh, name="val")  # doctest: +SKIP
         >>> warmup, main = mlac_phase(model, data, val, warm_cfg), mlac_phase(model, data, val, cfg)  # doctest: +SKIP
     """
-    _check_arrays(model, train, cfg, "train")
+    _check_arrays(model, columns, cfg, name)
     keys = _columns(cfg)
-    n = int(np.shape(train["input_ids"])[0])
+    n = int(np.shape(columns["input_ids"])[0])
     rows = _padded_rows(n, mesh)
-    arrays = place_batch({k: _take(train[k], rows) for k in keys}, mesh)
+    arrays = place_batch({k: take_rows(columns[k], rows) for k in keys}, mesh)
     if mesh is None:
         arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
     return DefenceSet(arrays, n)
@@ -134,7 +137,7 @@ def place_defence_set(model: Model, train: dict[str, Any], cfg: MLACConfig, mesh
 def mlac_phase(
     model: Model,
     train: dict[str, np.ndarray] | DefenceSet,
-    val: dict[str, np.ndarray],
+    val: dict[str, np.ndarray] | DefenceSet,
     cfg: MLACConfig,
     *,
     name: str = "mlac",
@@ -155,7 +158,8 @@ def mlac_phase(
         train: arrays ``input_ids``, ``attention_mask`` [N, T] (or those columns made on demand) and the label
             vectors (defence data), or that set already placed (:func:`place_defence_set`; phases that share it
             share one device copy).
-        val: the same for checkpoint selection (a held-out part of the defence data, not the attacker's splits).
+        val: the same for checkpoint selection (a held-out part of the defence data, not the attacker's splits),
+            or that set placed (``place_defence_set(..., name="val")``).
         cfg: the run's hyper-parameters.
         name: the phase's name (``warmup`` for the desired-only warm-up).
         start: the global step the phase starts at.
@@ -166,12 +170,14 @@ def mlac_phase(
     """
     if not isinstance(train, DefenceSet):
         train = place_defence_set(model, train, cfg, mesh)
-    _check_arrays(model, val, cfg, "val")
+    if not isinstance(val, DefenceSet):
+        val = place_defence_set(model, val, cfg, mesh, name="val")
     keys = _columns(cfg)
-    if missing := [k for k in keys if k not in train.arrays]:
-        raise ValueError(f"the placed defence set lacks {missing} (have {sorted(train.arrays)})")
+    for placed in (train, val):
+        if missing := [k for k in keys if k not in placed.arrays]:
+            raise ValueError(f"a placed defence set lacks {missing} (have {sorted(placed.arrays)})")
     train_d, n = {k: train.arrays[k] for k in keys}, train.rows
-    val_d = {k: jnp.asarray(val[k]) for k in keys}
+    val_d = {k: val.arrays[k] if len(val.arrays[k]) == val.rows else val.arrays[k][: val.rows] for k in keys}
     step = outer_step(model, cfg)
     validate = make_validator(model, cfg, compiler_options=compiler_options)
     key0 = jax.random.key(cfg.seed)
@@ -243,11 +249,6 @@ def _padded_rows(n: int, mesh: Any) -> np.ndarray:
     """Row indices ``0..n-1`` padded with 0s to a multiple of the mesh's data x fsdp devices (``n`` without one)."""
     split = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     return np.concatenate([np.arange(n), np.zeros(-n % split, np.int64)])
-
-
-def _take(column: Any, rows: np.ndarray) -> Any:
-    """``column[rows]``, still lazy for a column made on demand (`jaxtar.data.rows.TableRows`)."""
-    return column.view(rows) if isinstance(column, TableRows) else np.asarray(column)[rows]
 
 
 def _columns(cfg: MLACConfig) -> tuple[str, ...]:

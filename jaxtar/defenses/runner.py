@@ -63,7 +63,7 @@ class Defence:
             starting weights, or ``load_anchor(config, loaded)`` when that returns a `Loaded`.
         load_anchor: ``(config, loaded, mesh) -> Loaded | None``: other frozen weights (None: the starting ones),
             loaded onto ``mesh`` (None: one device).
-        finish: ``(config, run_dir, result, loaded) -> dict`` after a complete run (e.g. test-set metrics,
+        finish: ``(config, run_dir, result, loaded, mesh) -> dict`` after a complete run (e.g. test-set metrics,
             ``result`` a `jaxtar.defenses._loop.LoopResult`); the runner writes it to ``summary.json`` and returns
             it in `RunResult.summary` (a finished run resumed reads it back instead).
     """
@@ -168,7 +168,7 @@ def run_defence(defence: Defence, config: Any, loaded: Loaded | None = None) -> 
             if already_done and summary_path.is_file():  # a finished run resumed: reported, not redone
                 summary = json.loads(summary_path.read_text())
             else:
-                summary = defence.finish(config, run_dir, result, loaded)
+                summary = defence.finish(config, run_dir, result, loaded, mesh)
                 on_main_process(lambda: write_json_atomic(summary_path, summary), "write summary.json")
     return RunResult(run_dir.path, model_dir, model, result.params, tokenizer, result.steps, result.interrupted,
                      result.metrics, result.selected, summary)  # fmt: skip

@@ -47,7 +47,9 @@ import numpy as np
 import optax
 
 from jaxtar.config.blocking import MODES, BlockingConfig, log_grid  # noqa: F401 - re-exported
+from jaxtar.data.rows import materialise, take_rows
 from jaxtar.models import Model, model_for_config
+from jaxtar.parallel import batch_shardings, param_shardings, shard
 
 Params = dict[str, Any]
 
@@ -250,20 +252,49 @@ def _evaluate_model(att: _Attacks, model: Model, params: Params, log: Callable[[
     return {"harmful": {str(n): harmful[str(n)] for n in cfg.ns}}
 
 
-def desired_accuracy(model: Model, params: Params, arrays: Mapping[str, np.ndarray], num_desired: int,
-                     label_key: str = "profession", batch_size: int = 256) -> float | None:  # fmt: skip
+def desired_accuracy(
+    model: Model,
+    params: Params,
+    arrays: Mapping[str, Any],
+    num_desired: int,
+    label_key: str = "profession",
+    batch_size: int = 256,
+    mesh: Any = None,
+) -> float | None:
     """Accuracy of the model's own desired-task head (its first ``num_desired`` outputs); None without a head.
+
+    The rows are scored in equal chunks of about ``batch_size`` (one compilation). On a ``mesh`` (`jaxtar.parallel`)
+    each chunk is split across its data x fsdp devices and ``params`` are FSDP-sharded; across processes each
+    process reads (and, for token columns made on demand, tokenises) only the rows of its own shards, and every
+    process gets the same count.
 
     Example:
         >>> accuracy = desired_accuracy(model, params, test_arrays, num_desired=28)  # doctest: +SKIP
     """
     if model.config.num_labels < num_desired or "classifier" not in params:
         return None
-    f = jax.jit(lambda p, i, m: jnp.argmax(model.apply(p, i, m).logits[:, :num_desired], -1))
-    ids, mask, y = (np.asarray(arrays[k]) for k in ("input_ids", "attention_mask", label_key))
-    pred = np.concatenate([np.asarray(f(params, ids[i : i + batch_size], mask[i : i + batch_size]))
-                           for i in range(0, len(y), batch_size)])  # fmt: skip
-    return float(np.mean(pred == y))
+    labels = np.asarray(arrays[label_key])
+    n = len(labels)
+    split = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    ceil = lambda a, b: -(-a // b)  # noqa: E731
+    size = ceil(ceil(n, ceil(n, batch_size)), split) * split  # rows per chunk: about batch_size, a multiple of split
+    if mesh is not None:
+        params = shard(params, param_shardings(params, mesh))
+
+    @jax.jit
+    def correct(p, batch):
+        logits = model.apply(p, batch["input_ids"], batch["attention_mask"]).logits[:, :num_desired]
+        return jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) & batch["real"])
+
+    total = 0
+    for start in range(0, n, size):
+        real = np.arange(start, min(start + size, n))
+        rows = np.concatenate([real, np.full(size - len(real), start)])  # padded with copies of the chunk's first row
+        batch = {k: take_rows(arrays[k], rows) for k in ("input_ids", "attention_mask")}
+        batch.update(labels=labels[rows], real=np.arange(size) < len(real))
+        batch = materialise(batch) if mesh is None else shard(batch, batch_shardings(batch, mesh))
+        total += int(correct(params, batch))
+    return total / n
 
 
 def blocking_eval(

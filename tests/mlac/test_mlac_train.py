@@ -113,7 +113,26 @@ config = load_mlac_config("mlac-offline", {"mlac_run.num_examples": 200, "mlac_r
 loaded = _load(config, mesh)
 warmup, main = _phases(config, loaded.model, loaded.params, loaded.tokenizer, mesh)
 a, b = warmup.batches_fn(0), main.batches_fn(0)
+# the validation rows are placed the same way (each process tokenising its own shards); the test split is scored on
+# the mesh in equal chunks (37 rows in 5 chunks of 8, the last padded), with the numbers of one device
+from jaxtar.data.rows import take_rows
+from jaxtar.defenses.mlac_train import place_defence_set
+from jaxtar.eval.blocking import desired_accuracy
+val = place_defence_set(model, defence_split(encode_bios_lazily(bios["train"], tokenizer, 24), 37)[1], cfg, mesh,
+                        name="val")  # fmt: skip
+full = encode_bios(bios["train"], tokenizer, 24)["input_ids"]
+test = {k: take_rows(v, slice(0, 37)) for k, v in encode_bios_lazily(bios["test"], tokenizer, 24).items()}
+whole = encode_bios(bios["test"], tokenizer, 24)
+logits = np.asarray(model.apply(model.init(0), whole["input_ids"][:37], whole["attention_mask"][:37]).logits)
+pred = np.argmax(logits[:, :28], -1)
+test["profession"] = np.where(np.arange(37) < 20, pred, (pred + 1) % 28)  # the first 20 rows right, 17 wrong
 print(json.dumps({
+    "val": [val.rows, int(val.arrays["input_ids"].shape[0]), len(val.arrays["input_ids"].addressable_shards)],
+    "val_equal": bool(np.array_equal(np.asarray(val.arrays["input_ids"]), full[np.r_[0:37, 0]])),
+    "accuracy": [desired_accuracy(model, params, test, 28, batch_size=8, mesh=mesh),
+                 desired_accuracy(model, params, test, 28, batch_size=8)],
+    "accuracy_init": [desired_accuracy(model, model.init(0), test, 28, batch_size=8, mesh=mesh),
+                      desired_accuracy(model, model.init(0), test, 28, batch_size=8)],
     "phases": [warmup.name, main.name],
     "shared": sorted(a) == sorted(b) and all(a[k] is b[k] and len(a[k].addressable_shards) == 2 for k in a),
     "compiles": phase.step_fn.jitted._cache_size(),
@@ -137,3 +156,7 @@ def test_the_defence_set_is_placed_on_the_mesh_once(run_on_devices):
     assert out["compiles"] == 1, out  # the steps' outputs keep the inputs' FSDP placement (measured 2 before)
     assert out["n"] % 2 == 1 and out["padding"], out  # an odd number of rows, padded with one copy of row 0
     assert out["split"] == [2, 2, 2, 2] and all(2 * r == out["n"] + 1 for r in out["rows"]), out
+    # the validation rows too (37, padded to 38 with a copy of row 0); the test split scored on the mesh
+    assert out["val"] == [37, 38, 2] and out["val_equal"], out
+    assert out["accuracy"][0] == out["accuracy"][1], out  # the trained weights, FSDP-sharded, and on one device
+    assert out["accuracy_init"] == [20 / 37] * 2, out  # labels made so that exactly 20 of the 37 rows are right

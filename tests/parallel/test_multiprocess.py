@@ -294,7 +294,7 @@ def test_mlac_across_two_processes_equals_one_process(tmp_path):
     processes x 1 device logs the metrics of one process x 2 devices (1e-5 relative), exports the same weights and
     baseline (gathered on every process, written by process 0; the others wait) and reports the same test
     accuracies. Each process counts words of only its half of the train texts (the counts are added up) and
-    tokenises only its half of the defence set's training rows."""
+    tokenises only its half of the defence set's training and validation rows and of the test rows."""
     port = _free_port()
 
     def start(out, devices, *mp):
@@ -307,10 +307,11 @@ def test_mlac_across_two_processes_equals_one_process(tmp_path):
     _ok(_finish([start(two, 1, *mp(0)), start(two, 1, *mp(1)), start(one, 2)]))
     counts = lambda out, i: json.loads(Path(f"{out}.counts.{i}.json").read_text())  # noqa: E731
     whole, halves = counts(one, 0), [counts(two, i) for i in (0, 1)]
-    # 400 examples: 340 train texts, of which 40 are the defence's validation rows (read whole by every process,
-    # as are the 40 test rows) and 300 its training rows (150 per process)
+    # 400 examples: 340 train texts, of which 40 are the defence's validation rows and 300 its training rows, and 40
+    # test rows; each process tokenises its half of each, and process 1 also row 0 of the train and test tables (made
+    # on creation to learn their columns; in process 0's half)
     assert whole == {"counted": 340, "tokenised": 300 + 40 + 40}, whole
-    assert halves == [{"counted": 170, "tokenised": 150 + 40 + 40}] * 2, halves
+    assert halves == [{"counted": 170, "tokenised": 150 + 20 + 20 + extra} for extra in (0, 2)], halves
     a, b = _metrics(two), _metrics(one)
     assert [r["step"] for r in a] == [r["step"] for r in b] and len(b) >= 2
     for x, y in zip(a, b, strict=True):
