@@ -34,8 +34,9 @@ lint: setup-test
 	$(BIN)/ruff check jaxtar tests benchmarks
 	$(BIN)/ruff format --check jaxtar tests benchmarks
 
+# the notebooks first: the longest items start early, so the two xdist workers run out of tests together
 test: setup-test lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS) tests notebooks --nbmake
+	$(BIN)/python -m pytest $(PYTEST_ARGS) notebooks tests --nbmake
 
 # Publish demo numbers: `make results RUN=runs/demo-X` copies a full run's demo.json to docs/results/demo.json (a
 # --quick run's to docs/results/demo-quick.json, the tests' snapshot) and rewrites the README's demo block from it;

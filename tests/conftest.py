@@ -15,15 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    # Quick compiles: most tests compile more than they run. XLA's -O0 (measured on tests/meta + tests/defenses,
-    # 2 cores: 375 s instead of 560 s) and its older CPU fusion code generator instead of the MLIR fusion emitters
-    # (tests/meta + tests/mlac/test_mlac_train.py + tests/test_demo.py: 185 s instead of 244 s); every test passes
-    # either way. The product and the benchmarks keep XLA's defaults. The scripts the tests start (simulated devices,
-    # other processes) add their own flags to these.
-    QUICK_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + QUICK_COMPILE).strip()
-
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ
 if _OWN_CACHE:
     # One persistent XLA compilation cache for the session: the xdist workers, the CLI subprocesses and the notebook

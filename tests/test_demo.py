@@ -292,7 +292,7 @@ def test_quick_demo_says_what_a_newcomer_needs_first(quick):
 # The quick demo is deterministic on one machine (two runs and a single-threaded run gave identical demo.json
 # numbers); across CPUs / XLA versions float rounding may flip a question: each accuracy here is out of 40
 # questions (2.5 points each), so accuracies may move by 2 questions and losses by 5 % before this test fails.
-# The snapshot is made at XLA's default optimisation level and the suite compiles at level 0 (tests/conftest.py),
+# The snapshot is made at XLA's default optimisation level and the suite compiles at level 0 (conftest.py),
 # whose rounding moved the first loss of one attack curve by 3.3 % (every accuracy and every other loss within 2 %).
 ACC_TOLERANCE, LOSS_RTOL = 0.05 + 1e-9, 0.05
 

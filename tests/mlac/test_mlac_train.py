@@ -34,7 +34,7 @@ def _standin():
     return *defence_split(train, 256), heldout, len(tokenizer)  # checkpoint-selection data cut from train
 
 
-# 860 steps run here: compiled at XLA's default optimisation level (the suite's is 0, see tests/conftest.py) the
+# 860 steps run here: compiled at XLA's default optimisation level (the suite's is 0, see conftest.py) the
 # test takes 47 s instead of 73 s on this machine
 RUNTIME_BOUND = {"xla_backend_optimization_level": 2}
 

@@ -56,7 +56,7 @@ def _free_port() -> int:
 
 def _env(devices: int, mlir_emitters: bool = False) -> dict[str, str]:
     """The environment of a process on ``devices`` simulated devices, compiled with the suite's quick-compile flags
-    (tests/conftest.py); ``mlir_emitters`` keeps XLA's default fusion code generator instead of the older one those
+    (conftest.py); ``mlir_emitters`` keeps XLA's default fusion code generator instead of the older one those
     flags pick, whose float32 noise a TAR run's step 2 amplifies past 1e-5 (measured 2.2e-5 on grad_norm_tamper)."""
     quick = os.environ.get("XLA_FLAGS", "").split()
     if mlir_emitters:
