@@ -40,13 +40,7 @@ from jaxtar.defenses.runner import Defence, Loaded, RunResult, export_model, run
 from jaxtar.errors import InputError
 from jaxtar.parallel import gather_json, on_main_process, process_share
 
-# XLA's quick compiles (``mlac_run.fast_compile``, for tests and tiny demos): -O0, no expensive LLVM passes and the
-# older CPU fusion code generator; the compiled code computes the same and runs slower
-FAST_COMPILE = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-    "xla_cpu_use_fusion_emitters": False,
-}
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 BERT_TINY = "google/bert_uncased_L-2_H-128_A-2"
 
 
