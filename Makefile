@@ -31,8 +31,8 @@ demo: setup
 	$(BIN)/jaxtar demo
 
 lint: setup-test
-	$(BIN)/ruff check jaxtar tests benchmarks
-	$(BIN)/ruff format --check jaxtar tests benchmarks
+	$(BIN)/ruff check jaxtar tests benchmarks conftest.py
+	$(BIN)/ruff format --check jaxtar tests benchmarks conftest.py
 
 # the notebooks first: the longest items start early, so the two xdist workers run out of tests together
 test: setup-test lint
