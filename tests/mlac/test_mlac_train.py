@@ -118,8 +118,15 @@ a, b = warmup.batches_fn(0), main.batches_fn(0)
 from jaxtar.data.rows import take_rows
 from jaxtar.defenses.mlac_train import place_defence_set
 from jaxtar.eval.blocking import desired_accuracy
-val = place_defence_set(model, defence_split(encode_bios_lazily(bios["train"], tokenizer, 24), 37)[1], cfg, mesh,
-                        name="val")  # fmt: skip
+val_rows = defence_split(encode_bios_lazily(bios["train"], tokenizer, 24), 37)[1]
+val = place_defence_set(model, val_rows, cfg, mesh, name="val")
+# MLAC validates on those rows placed (padded on the mesh, read without the padding): the numbers of one device
+validation = []
+for where, rows in ((mesh, val), (None, val_rows)):
+    check = mlac_phase(model, lazy, rows, cfg, mesh=where)
+    weights = place(model.init(0), where)
+    metrics = check.validate(weights, place(check.init_opt_state(weights), where))
+    validation.append({k: float(v) for k, v in metrics.items()})
 full = encode_bios(bios["train"], tokenizer, 24)["input_ids"]
 test = {k: take_rows(v, slice(0, 37)) for k, v in encode_bios_lazily(bios["test"], tokenizer, 24).items()}
 whole = encode_bios(bios["test"], tokenizer, 24)
@@ -131,6 +138,7 @@ print(json.dumps({
     "val_equal": bool(np.array_equal(np.asarray(val.arrays["input_ids"]), full[np.r_[0:37, 0]])),
     "accuracy": [desired_accuracy(model, params, test, 28, batch_size=8, mesh=mesh),
                  desired_accuracy(model, params, test, 28, batch_size=8)],
+    "validation": validation,
     "accuracy_init": [desired_accuracy(model, model.init(0), test, 28, batch_size=8, mesh=mesh),
                       desired_accuracy(model, model.init(0), test, 28, batch_size=8)],
     "phases": [warmup.name, main.name],
@@ -158,5 +166,8 @@ def test_the_defence_set_is_placed_on_the_mesh_once(run_on_devices):
     assert out["split"] == [2, 2, 2, 2] and all(2 * r == out["n"] + 1 for r in out["rows"]), out
     # the validation rows too (37, padded to 38 with a copy of row 0); the test split scored on the mesh
     assert out["val"] == [37, 38, 2] and out["val_equal"], out
+    mesh_val, one_val = out["validation"]
+    assert sorted(mesh_val) == sorted(one_val) and len(one_val) >= 5, out
+    assert all(abs(mesh_val[k] - v) <= 1e-5 * max(1.0, abs(v)) for k, v in one_val.items()), out
     assert out["accuracy"][0] == out["accuracy"][1], out  # the trained weights, FSDP-sharded, and on one device
     assert out["accuracy_init"] == [20 / 37] * 2, out  # labels made so that exactly 20 of the 37 rows are right
