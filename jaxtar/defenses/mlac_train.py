@@ -177,7 +177,7 @@ def mlac_phase(
         if missing := [k for k in keys if k not in placed.arrays]:
             raise ValueError(f"a placed defence set lacks {missing} (have {sorted(placed.arrays)})")
     train_d, n = {k: train.arrays[k] for k in keys}, train.rows
-    val_d = {k: val.arrays[k] if len(val.arrays[k]) == val.rows else val.arrays[k][: val.rows] for k in keys}
+    val_d = {k: val.arrays[k][: val.rows] for k in keys}  # without the padding rows
     step = outer_step(model, cfg)
     validate = make_validator(model, cfg, compiler_options=compiler_options)
     key0 = jax.random.key(cfg.seed)

@@ -92,7 +92,8 @@ from jaxtar.parallel import make_mesh
 bios = synthetic_bias_in_bios(400, seed=0)
 tokenizer = build_word_tokenizer(bios["train"]["hard_text"], min_frequency=2)
 train = {k: v[1:] for k, v in encode_bios(bios["train"], tokenizer, 24).items()}  # 339 rows: an odd number
-lazy = defence_split(encode_bios_lazily(bios["train"], tokenizer, 24), 1)[0]  # the same rows, made on demand
+train_lazy = encode_bios_lazily(bios["train"], tokenizer, 24)
+lazy = defence_split(train_lazy, 1)[0]  # the same rows, made on demand
 cfg = MLACConfig(num_desired=28, inner_steps=1, inner_batch_sizes=(8,), outer_batch_size=16, outer_steps=2)
 model = model_for_config(BertConfig.tiny(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
                                          num_layers=1, num_heads=2, max_position_embeddings=24))
@@ -118,7 +119,7 @@ a, b = warmup.batches_fn(0), main.batches_fn(0)
 from jaxtar.data.rows import take_rows
 from jaxtar.defenses.mlac_train import place_defence_set
 from jaxtar.eval.blocking import desired_accuracy
-val_rows = defence_split(encode_bios_lazily(bios["train"], tokenizer, 24), 37)[1]
+val_rows = defence_split(train_lazy, 37)[1]
 val = place_defence_set(model, val_rows, cfg, mesh, name="val")
 # MLAC validates on those rows placed (padded on the mesh, read without the padding): the numbers of one device
 validation = []
